@@ -1,0 +1,1 @@
+"""hawqc: a compiler for quantized neural networks."""

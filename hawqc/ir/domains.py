@@ -1,0 +1,26 @@
+"""The operator domains hawqc recognizes, and the one it normalizes them to.
+
+QONNX ops reach us under several domain names, depending on which exporter wrote the file.
+Every part of hawqc after loading sees only `QONNX_DOMAIN`.
+"""
+
+from __future__ import annotations
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
+
+# Older Brevitas, HAWQ's own exporter and FINN all wrote the same ops under their own names.
+QONNX_DOMAIN_ALIASES = frozenset(
+    {QONNX_DOMAIN, "onnx.brevitas", "hawq2qonnx", "finn.custom_op.general", "qonnx.custom_op"}
+)
+
+# `IntQuant` is the newer name of `Quant`; both have the same inputs, attributes and meaning.
+QUANT_OPS = frozenset({"Quant", "IntQuant"})
+
+
+def is_qonnx_domain(domain: str) -> bool:
+    return domain in QONNX_DOMAIN_ALIASES
+
+
+def is_quant(op_type: str, domain: str) -> bool:
+    return op_type in QUANT_OPS and is_qonnx_domain(domain)
