@@ -1,0 +1,41 @@
+"""The ONNX frontend: QONNX, Brevitas and HAWQ-exported `.onnx` / `.onnxtxt` files into hawqc's IR.
+
+Loading is where a user's file is judged: an invariant broken here is the file's fault (exit code
+2, naming the file and node), while the same invariant broken later is a pass's bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx_ir as ir
+
+from hawqc.errors import UserInputError, VerificationError
+from hawqc.ir.io import parse_text, read_model
+from hawqc.ir.normalize import normalize
+from hawqc.ir.shape_inference import infer_shapes
+from hawqc.ir.verifier import verify
+
+
+def load_onnx(path: str | Path) -> ir.Model:
+    """Read, normalize, infer shapes and verify the model in `path`."""
+    return _prepare(read_model(path), str(path))
+
+
+def load_onnx_text(text: str, *, source: str = "<text>") -> ir.Model:
+    return _prepare(parse_text(text, source=source), source)
+
+
+def _prepare(model: ir.Model, source: str) -> ir.Model:
+    if not model.graph.outputs:
+        raise UserInputError(f"{source}: the graph has no outputs")
+    normalize(model)
+    try:
+        infer_shapes(model)
+    except UserInputError as err:
+        raise UserInputError(f"{source}: {err}") from None
+    try:
+        verify(model)
+    except VerificationError as err:
+        raise UserInputError(f"{source}: {err}") from None
+    return model

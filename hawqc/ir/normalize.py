@@ -1,0 +1,55 @@
+"""Bring a model as exported by any QONNX producer into the one form the rest of hawqc expects.
+
+Real exports differ in ways that carry no meaning: the domain name of the QONNX ops, parameters
+held in `Constant` nodes, graph inputs that an initializer of the same name shadows (older ONNX
+exporters list every initializer as an input too). qonnx's own transformations raise on several of
+these; hawqc removes them once, on load, so that no pass has to care.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitializersFromInputsPass
+
+from hawqc.ir.domains import QONNX_DOMAIN, is_qonnx_domain
+
+
+@dataclass(frozen=True)
+class NormalizeReport:
+    """What normalization changed, for messages and tests."""
+
+    renamed_domains: int
+    lifted_constants: int
+    unshadowed_inputs: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.renamed_domains or self.lifted_constants or self.unshadowed_inputs)
+
+
+def normalize(model: ir.Model) -> NormalizeReport:
+    """Normalize `model` in place."""
+    renamed = _normalize_domains(model)
+    constants = sum(1 for node in model.graph if node.op_type == "Constant" and node.domain == "")
+    # size_limit=0: quantization parameters are scalars, and they must become initializers too.
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    constants -= sum(1 for node in model.graph if node.op_type == "Constant" and node.domain == "")
+    shadowed = sum(1 for value in model.graph.inputs if value.name in model.graph.initializers)
+    RemoveInitializersFromInputsPass()(model)
+    return NormalizeReport(renamed, constants, shadowed)
+
+
+def _normalize_domains(model: ir.Model) -> int:
+    renamed = 0
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain != QONNX_DOMAIN and is_qonnx_domain(node.domain):
+            node.domain = QONNX_DOMAIN
+            renamed += 1
+    for domain in list(model.opset_imports):
+        if domain != QONNX_DOMAIN and is_qonnx_domain(domain):
+            del model.opset_imports[domain]
+    if any(node.domain == QONNX_DOMAIN for node in model.graph):
+        model.opset_imports.setdefault(QONNX_DOMAIN, 1)
+    return renamed
