@@ -1,0 +1,103 @@
+"""`fold-constants`: evaluate standard ONNX nodes whose inputs are all constant.
+
+QONNX nodes are never folded: a Quant on a weight carries the quantization (bit width, scale,
+rounding) that precision inference and the backends read; folding it into a float initializer, as
+qonnx's cleanup does, throws that away.
+
+One sweep in topological order folds whole constant chains: a folded result becomes an initializer
+under the same name, so the next node in the chain already sees a constant input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
+
+from hawqc.passes.base import Pass, PassResult, option
+
+# Ops whose result is not a function of their inputs, or that hold subgraphs.
+NEVER_FOLD = frozenset(
+    {
+        "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+        "Multinomial", "Bernoulli", "If", "Loop", "Scan",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FoldConstants(Pass):
+    name: ClassVar[str] = "fold-constants"
+    summary: ClassVar[str] = (
+        "Evaluate standard ONNX nodes with constant inputs (and Shape of static shapes); "
+        "QONNX quantizers are left alone."
+    )
+    max_elements: int = option(1 << 22, "largest result (in elements) to store as an initializer")
+
+    def run(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        opset = model.opset_imports.get("", 17)
+        folded = 0
+        for node in list(graph):
+            if node.domain != "" or node.op_type in NEVER_FOLD:
+                continue
+            if any(output in graph.outputs for output in node.outputs):
+                continue  # a graph output keeps its producer, so the model keeps its signature
+            results = self._evaluate(node, opset)
+            if results is None:
+                continue
+            for output, array in zip(node.outputs, results, strict=True):
+                _replace_with_initializer(graph, output, array)
+            graph.remove(node, safe=True)
+            folded += 1
+        return PassResult(folded > 0, {"nodes-folded": folded})
+
+    def _evaluate(self, node: ir.Node, opset: int) -> list[np.ndarray] | None:
+        if node.op_type == "Shape":
+            return _static_shape(node)
+        if any(value is not None and value.const_value is None for value in node.inputs):
+            return None
+        arrays = {
+            value.name: value.const_value.numpy() for value in node.inputs if value is not None
+        }
+        proto = ir.serde.serialize_node(node)
+        graph = onnx.helper.make_graph(
+            [proto],
+            "fold",
+            [onnx.helper.make_empty_tensor_value_info(name) for name in arrays],
+            [onnx.helper.make_empty_tensor_value_info(out.name) for out in node.outputs],
+        )
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+        try:
+            results = ReferenceEvaluator(model).run(None, arrays)
+        except Exception:  # noqa: BLE001 - an op the reference evaluator lacks stays unfolded
+            return None
+        results = [np.asarray(result) for result in results]
+        if any(result.size > self.max_elements for result in results):
+            return None
+        return results
+
+
+def _static_shape(node: ir.Node) -> list[np.ndarray] | None:
+    shape = node.inputs[0].shape
+    if shape is None or not all(isinstance(dim, int) for dim in shape):
+        return None
+    dims = list(shape)
+    start = node.attributes.get_int("start", 0)
+    end = node.attributes.get_int("end", len(dims))
+    return [np.array(dims[start:end], dtype=np.int64)]
+
+
+def _replace_with_initializer(graph: ir.Graph, output: ir.Value, array: np.ndarray) -> None:
+    name = output.name
+    tensor = ir.tensor(array, name=name)
+    constant = ir.Value(
+        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
+    ir.convenience.replace_all_uses_with(output, constant)
+    output.name = None  # the name moves to the initializer; the dead output is removed with its node
+    graph.register_initializer(constant)
