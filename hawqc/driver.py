@@ -1,0 +1,134 @@
+"""The compile driver: model file -> passes -> backend project -> C simulation -> verification.
+
+`compile_model` is what `hawqc MODEL -o OUTDIR` and `hawqc.compile(...)` run. It owns the
+all-or-nothing rule for the output directory: either OUTDIR ends up holding a complete project and
+its report, or it is left exactly as it was (an existing directory replaced with `--force` is
+restored if the compile fails).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx_ir as ir
+
+from hawqc.backends.base import get_backend
+from hawqc.errors import UserInputError
+from hawqc.frontends.onnx import load_onnx
+from hawqc.passes.manager import PassManager, PassRecord
+from hawqc.report import CompileReport
+from hawqc.verify import VerifyResult, compare, draw_inputs
+
+# The named pipeline every backend needs in front of it: a clean graph whose dense layers are
+# MatMul + Add (see hawqc.passes.registry).
+DEFAULT_PIPELINE = "default"
+
+
+@dataclass
+class CompileOptions:
+    backend: str = "vitis"
+    pipeline: str = DEFAULT_PIPELINE
+    verify_samples: int = 0
+    force: bool = False
+    seed: int = 0
+    io_type: str = "io_parallel"
+    project_name: str = "myproject"
+    verify_each: bool = True
+    # Called with each pass record as it finishes, for progress output and `--time-passes`.
+    on_pass: list[Callable[[PassRecord], None]] = field(default_factory=list)
+
+
+@dataclass
+class CompileResult:
+    outdir: Path
+    model: ir.Model
+    report: CompileReport
+    verify: VerifyResult | None
+
+
+def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOptions) -> CompileResult:
+    model_path, outdir = Path(model_path), Path(outdir)
+    # Everything that can be checked without writing is checked before anything is written.
+    backend = get_backend(options.backend)
+    if options.verify_samples < 0:
+        raise UserInputError(f"--verify must be a non-negative count, got {options.verify_samples}")
+    if options.io_type not in ("io_parallel", "io_stream"):
+        raise UserInputError(f"--io-type must be io_parallel or io_stream, got {options.io_type!r}")
+    if outdir.exists() and not outdir.is_dir():
+        raise UserInputError(f"{outdir}: exists and is not a directory")
+    if outdir.exists() and any(outdir.iterdir()) and not options.force:
+        raise UserInputError(f"{outdir}: directory is not empty (use --force to replace it)")
+    manager = PassManager.parse(options.pipeline, verify_each=options.verify_each)
+    for callback in options.on_pass:
+        manager.after_pass.append(lambda _pass, _model, record, cb=callback: cb(record))
+
+    model = load_onnx(model_path)
+    records = manager.run(model)
+
+    with _ReplacedOnFailure(outdir):
+        lowering_start = time.perf_counter()
+        project = backend.lower(
+            model, outdir, project_name=options.project_name, io_type=options.io_type
+        )
+        report = CompileReport.new(
+            model=str(model_path),
+            backend=backend.name,
+            pipeline=options.pipeline,
+            passes=records,
+            layers=project.layers,
+            lowering_seconds=time.perf_counter() - lowering_start,
+        )
+        result = None
+        if options.verify_samples:
+            result = verify_project(model, project, options.verify_samples, options.seed, report)
+        report.write(outdir / "hawqc_report.json")
+    return CompileResult(outdir, model, report, result)
+
+
+def verify_project(model: ir.Model, project, samples: int, seed: int, report: CompileReport) -> VerifyResult:
+    """Run `samples` inputs through the C simulation and the reference executor; record the result."""
+    from hawqc.backends.csim import compile_csim
+    from hawqc.sim import Executor
+
+    inputs = draw_inputs(model, samples, seed)
+    executor = Executor(model)
+    reference = executor.run(inputs)[executor.output_names[0]]
+    csim = compile_csim(project)
+    simulated = csim.predict(inputs[executor.input_names[0]])
+    result = compare(reference, simulated)
+    report.verify = result.as_dict()
+    report.csim = csim.stats()
+    return result
+
+
+class _ReplacedOnFailure:
+    """Write into `outdir`; on failure put back what was there (nothing, or the old directory)."""
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir
+        self.backup: Path | None = None
+
+    def __enter__(self) -> None:
+        if self.outdir.exists() and any(self.outdir.iterdir()):
+            self.backup = self.outdir.with_name(f".{self.outdir.name}.hawqc-old")
+            if self.backup.exists():
+                shutil.rmtree(self.backup)
+            self.outdir.rename(self.backup)
+        self.existed_empty = self.outdir.exists()
+        self.outdir.mkdir(parents=True, exist_ok=True)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            if self.backup is not None:
+                shutil.rmtree(self.backup)
+            return False
+        shutil.rmtree(self.outdir, ignore_errors=True)
+        if self.backup is not None:
+            self.backup.rename(self.outdir)
+        elif self.existed_empty:
+            self.outdir.mkdir()
+        return False

@@ -1,0 +1,65 @@
+"""`hawqc_report.json`: what was compiled, how, with which types, and whether it is bit-exact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hawqc import __version__
+from hawqc.passes.manager import PassRecord
+
+
+@dataclass
+class CompileReport:
+    model: str
+    backend: str
+    pipeline: str
+    passes: list[dict[str, Any]]
+    layers: list[dict[str, Any]]
+    lowering_seconds: float
+    verify: dict[str, Any] | None = None
+    csim: dict[str, Any] | None = None
+    hawqc_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, *, model, backend, pipeline, passes: list[PassRecord], layers, lowering_seconds) -> CompileReport:
+        return cls(
+            model=model,
+            backend=backend,
+            pipeline=pipeline,
+            passes=[
+                {
+                    "name": record.name,
+                    "seconds": round(record.seconds, 6),
+                    "changed": record.changed,
+                    "statistics": record.statistics,
+                    "pipeline": record.pipeline,
+                }
+                for record in passes
+            ],
+            layers=[_layer_dict(layer) for layer in layers],
+            lowering_seconds=round(lowering_seconds, 6),
+        )
+
+    def passes_as_records(self) -> list[PassRecord]:
+        return [
+            PassRecord(p["name"], p["seconds"], p["changed"], p["statistics"], p["pipeline"])
+            for p in self.passes
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def _layer_dict(layer: Any) -> dict[str, Any]:
+    if isinstance(layer, dict):
+        return layer
+    return {"name": layer.name, "op": layer.op, "precision": str(layer.precision)}
