@@ -146,7 +146,11 @@ def _opt(args: argparse.Namespace) -> int:
     if args.input is None:
         raise UserInputError("no input file given (a path, or - for ONNX text on stdin)")
     manager = PassManager.parse(args.pipeline, verify_each=not args.no_verify) if args.pipeline else None
-    model = load_onnx_text(sys.stdin.read(), source="<stdin>") if args.input == "-" else load_onnx(args.input)
+    verify_ir = not args.no_verify
+    if args.input == "-":
+        model = load_onnx_text(sys.stdin.read(), source="<stdin>", verify_ir=verify_ir)
+    else:
+        model = load_onnx(args.input, verify_ir=verify_ir)
     records = manager.run(model) if manager else []
     if args.time_passes:
         _print_pass_table(records)
