@@ -30,15 +30,34 @@ class GemmToMatMul(Pass):
 
     def run(self, model: ir.Model) -> PassResult:
         graph = model.graph
+        names = _FreshNames(graph)
         rewritten = 0
         for node in list(graph):
             if node.op_type == "Gemm" and node.domain == "":
-                _rewrite(graph, node)
+                _rewrite(graph, node, names)
                 rewritten += 1
         return PassResult(rewritten > 0, {"gemms-rewritten": rewritten})
 
 
-def _rewrite(graph: ir.Graph, gemm: ir.Node) -> None:
+class _FreshNames:
+    """Names not yet used by any value or node of the graph (gathered once: linear per pass run)."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.used = {value.name for value in (*graph.inputs, *graph.initializers.values())}
+        for node in graph:
+            self.used.add(node.name)
+            self.used.update(value.name for value in node.outputs)
+
+    def __call__(self, wanted: str) -> str:
+        candidate, index = wanted, 0
+        while candidate in self.used:
+            index += 1
+            candidate = f"{wanted}_{index}"
+        self.used.add(candidate)
+        return candidate
+
+
+def _rewrite(graph: ir.Graph, gemm: ir.Node, names: _FreshNames) -> None:
     a, b = gemm.inputs[0], gemm.inputs[1]
     c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
     alpha = gemm.attributes.get_float("alpha", 1.0)
@@ -48,8 +67,8 @@ def _rewrite(graph: ir.Graph, gemm: ir.Node) -> None:
     new_nodes: list[ir.Node] = []
 
     def emit(op_type: str, inputs: list[ir.Value], suffix: str, **attributes) -> ir.Value:
-        node = ir.node(op_type, inputs, attributes or None, name=f"{base}_{suffix}")
-        node.outputs[0].name = f"{base}_{suffix}_out"
+        node = ir.node(op_type, inputs, attributes or None, name=names(f"{base}_{suffix}"))
+        node.outputs[0].name = names(f"{base}_{suffix}_out")
         node.outputs[0].type = result.type
         new_nodes.append(node)
         return node.outputs[0]
@@ -58,15 +77,15 @@ def _rewrite(graph: ir.Graph, gemm: ir.Node) -> None:
         a = emit("Transpose", [a], "transpose_a", perm=[1, 0])
         a.shape = _transposed_shape(gemm.inputs[0].shape)
     if gemm.attributes.get_int("transB", 0):
-        b = _transposed_weight(graph, b, base, new_nodes, emit)
+        b = _transposed_weight(graph, b, base, new_nodes, emit, names)
     y = emit("MatMul", [a, b], "matmul")
     y.shape = result.shape
     if alpha != 1.0:
-        y = emit("Mul", [y, _scalar(graph, alpha, f"{base}_alpha")], "alpha")
+        y = emit("Mul", [y, _scalar(graph, alpha, names(f"{base}_alpha"))], "alpha")
         y.shape = result.shape
     if c is not None:
         if beta != 1.0:
-            c = emit("Mul", [c, _scalar(graph, beta, f"{base}_beta")], "beta")
+            c = emit("Mul", [c, _scalar(graph, beta, names(f"{base}_beta"))], "beta")
             c.shape = gemm.inputs[2].shape
         y = emit("Add", [y, c], "bias")
         y.shape = result.shape
@@ -78,9 +97,9 @@ def _rewrite(graph: ir.Graph, gemm: ir.Node) -> None:
     y.name = name  # consumers and graph outputs keep the name they knew
 
 
-def _transposed_weight(graph, b: ir.Value, base: str, new_nodes: list[ir.Node], emit) -> ir.Value:
+def _transposed_weight(graph, b: ir.Value, base: str, new_nodes: list[ir.Node], emit, names) -> ir.Value:
     if b.const_value is not None:
-        return _initializer(graph, b.const_value.numpy().T, f"{b.name}_transposed")
+        return _initializer(graph, b.const_value.numpy().T, names(f"{b.name}_transposed"))
     producer = b.producer()
     if (
         producer is not None
@@ -89,18 +108,18 @@ def _transposed_weight(graph, b: ir.Value, base: str, new_nodes: list[ir.Node], 
         and producer.inputs[0].const_value is not None
     ):
         weight = producer.inputs[0]
-        inputs = [_initializer(graph, weight.const_value.numpy().T, f"{weight.name}_transposed")]
+        inputs = [_initializer(graph, weight.const_value.numpy().T, names(f"{weight.name}_transposed"))]
         for parameter in producer.inputs[1:]:
-            inputs.append(_transposed_parameter(graph, parameter))
+            inputs.append(_transposed_parameter(graph, parameter, names))
         quant = ir.node(
             producer.op_type,
             inputs,
             {attr.name: attr for attr in producer.attributes.values()},
             domain=producer.domain,
-            name=f"{producer.name or base}_transposed",
+            name=names(f"{producer.name or base}_transposed"),
         )
         out = quant.outputs[0]
-        out.name = f"{b.name}_transposed"
+        out.name = names(f"{b.name}_transposed")
         out.type = b.type
         out.shape = _transposed_shape(b.shape)
         new_nodes.append(quant)
@@ -110,18 +129,17 @@ def _transposed_weight(graph, b: ir.Value, base: str, new_nodes: list[ir.Node], 
     return transposed
 
 
-def _transposed_parameter(graph, parameter: ir.Value) -> ir.Value:
+def _transposed_parameter(graph, parameter: ir.Value, names: _FreshNames) -> ir.Value:
     """A quantizer parameter that broadcasts against W^T as the original did against W."""
     array = parameter.const_value.numpy()
     if array.size == 1:
         return parameter  # a scalar (bit width, per-tensor scale) broadcasts the same either way
     # Broadcasting aligns trailing axes: lift to rank 2 first so that a [in] vector becomes [1, in]
     # and, transposed, the [in, 1] column that lines up with W^T's rows.
-    return _initializer(graph, np.atleast_2d(array).T.copy(), f"{parameter.name}_transposed")
+    return _initializer(graph, np.atleast_2d(array).T.copy(), names(f"{parameter.name}_transposed"))
 
 
 def _initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
-    name = _fresh_name(graph, name)
     tensor = ir.tensor(np.ascontiguousarray(array), name=name)
     value = ir.Value(
         name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
@@ -132,14 +150,6 @@ def _initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
 
 def _scalar(graph: ir.Graph, number: float, name: str) -> ir.Value:
     return _initializer(graph, np.array(number, dtype=np.float32), name)
-
-
-def _fresh_name(graph: ir.Graph, name: str) -> str:
-    candidate, index = name, 0
-    while candidate in graph.initializers:
-        index += 1
-        candidate = f"{name}_{index}"
-    return candidate
 
 
 def _transposed_shape(shape: ir.Shape | None) -> ir.Shape | None:

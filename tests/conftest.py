@@ -1,0 +1,19 @@
+"""Shared test fixtures: where the real models are, and small helpers to build graphs from text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# CI clones the repository with shared/ beside it; a developer's checkout sits in the same place.
+SHARED_MODELS = REPO.parent / "shared" / "models"
+JET_TAGGER = REPO / "examples" / "jet_tagger" / "jet_tagger.onnx"
+
+
+def shared_model(name: str) -> Path:
+    path = SHARED_MODELS / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests need ../shared/models beside the checkout")
+    return path
