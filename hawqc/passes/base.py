@@ -73,17 +73,23 @@ class Pass:
     def options(cls) -> tuple[OptionSpec, ...]:
         if not dataclasses.is_dataclass(cls):
             return ()
-        hints = typing.get_type_hints(cls)
-        return tuple(
-            OptionSpec(
-                name=f.name.replace("_", "-"),
-                attribute=f.name,
-                type=hints[f.name],
-                default=f.default,
-                help=f.metadata.get("help", ""),
+        specs = []
+        for f in dataclasses.fields(cls):
+            kind = f.type
+            if isinstance(kind, str):
+                # Postponed annotations (`from __future__ import annotations`): resolve them. Done
+                # only then, because a class made in a REPL or exec() has no module to resolve in.
+                kind = typing.get_type_hints(cls)[f.name]
+            specs.append(
+                OptionSpec(
+                    name=f.name.replace("_", "-"),
+                    attribute=f.name,
+                    type=kind,
+                    default=f.default,
+                    help=f.metadata.get("help", ""),
+                )
             )
-            for f in dataclasses.fields(cls)
-        )
+        return tuple(specs)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> Pass:
