@@ -22,7 +22,7 @@ def test_readme_custom_pass_runs():
     (snippet,) = [block for block in blocks if "register_pass" in block]
     model = load_onnx_text(MODEL)
     try:
-        exec(compile(snippet, "README.md", "exec"), {"model": model})
+        exec(compile(snippet, "README.md", "exec", dont_inherit=True), {"model": model})
         assert [node.op_type for node in model.graph] == ["Dropout", "Relu"]
     finally:
         default_registry().passes.pop("drop-dropout", None)
