@@ -225,3 +225,15 @@ def test_three_layer_quantized_inputs_are_exact() -> None:
         exact = np.maximum(exact, 0) if layer < 3 else exact
     np.testing.assert_array_equal(got.astype(np.float64), exact)
     assert_identical(got, qonnx_run(proto, x, per_sample=True)[out])
+
+
+JET_TAGGER = Path(__file__).resolve().parents[1] / "examples" / "jet_tagger" / "jet_tagger.onnx"
+
+
+@pytest.mark.skipif(not JET_TAGGER.exists(), reason="bundled jet tagger absent")
+def test_bundled_jet_tagger() -> None:
+    model = ir.load(JET_TAGGER)
+    x = mlp_inputs(2000, 16, seed=9)
+    got = Executor(model).run(x)["global_out"]
+    assert_identical(got[:40], qonnx_run(model, x[:40], per_sample=True)["global_out"])
+    assert_identical(got, qonnx_run(model, x, per_sample=False)["global_out"])

@@ -47,7 +47,8 @@ class QonnxOracle:
         self.output_names = [vi.name for vi in self._proto.graph.output]
         self._wrappers: dict[int, object] = {}
 
-    def _wrapper(self, batch: int) -> object:
+    def prepare(self, batch: int) -> object:
+        """The ModelWrapper at `batch`, shapes inferred (cached): call it to keep it out of timings."""
         from qonnx.core.modelwrapper import ModelWrapper
         from qonnx.transformation.infer_shapes import InferShapes
 
@@ -65,7 +66,7 @@ class QonnxOracle:
             inputs = {self.input_names[0]: inputs}
         n = len(next(iter(inputs.values())))
         if not per_sample:
-            return execute_onnx(self._wrapper(n), dict(inputs))
-        wrapper = self._wrapper(1)
+            return execute_onnx(self.prepare(n), dict(inputs))
+        wrapper = self.prepare(1)
         runs = [execute_onnx(wrapper, {k: v[i : i + 1] for k, v in inputs.items()}) for i in range(n)]
         return {name: np.concatenate([r[name] for r in runs]) for name in self.output_names}
