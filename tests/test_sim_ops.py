@@ -307,6 +307,17 @@ def test_gemm(attrs: dict[str, float], bias: str) -> None:
     check_against_qonnx(proto, dyadic(tuple(a_shape)))
 
 
+@pytest.mark.parametrize(("alpha", "beta"), [(0.3, 1.0), (0.3, 0.7), (1.0, 0.7), (0.3, 0.0)])
+def test_gemm_alpha_and_bias_round_once_like_onnxruntime(alpha: float, beta: float) -> None:
+    """Exact products (dyadic A, B) but an inexact alpha and a float C: onnxruntime computes
+    fl(alpha * acc + fl(beta * C)) with one FMA, which an unfused float32 form misses ~30% of the time."""
+    w = dyadic((16, 32))
+    c = RNG.standard_normal(32).astype(np.float32)
+    node = oh.make_node("Gemm", ["x", "w", "c"], ["y"], alpha=alpha, beta=beta)
+    proto = make_proto([node], {"x": [1, 16]}, {"y": [1, 32]}, {"w": w, "c": c})
+    check_against_qonnx(proto, dyadic((64, 16)), per_sample=True)
+
+
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
 @pytest.mark.parametrize("const_shape", [(), (1, 4), (4,)])
 def test_elementwise(op: str, const_shape: tuple[int, ...]) -> None:
