@@ -103,7 +103,7 @@ def test_gemm_transposed_input_matches_onnxruntime():
 g (float[3,1] x) => (float[1,2] y)
    <float[3,2] w = {1.5,2,-3,4,5.25,6}, float[2] c = {1, -1}>
 {
-   y = Gemm <transA: int = 1, alpha: float = 0.75, beta: float = 0.5> (x, w, c)
+   y = Gemm <transA: int = 1, alpha: float = 0.25, beta: float = 0.5> (x, w, c)
 }"""
     model = load_onnx_text(text)
     x = np.random.default_rng(0).standard_normal((3, 1)).astype(np.float32)
@@ -123,3 +123,17 @@ def test_passes_report_no_change_on_a_clean_graph():
     PassManager.parse("default").run(model)
     records = PassManager.parse("default").run(model)
     assert not any(record.changed for record in records), [r.name for r in records if r.changed]
+
+
+def test_gemm_with_inexact_factors_is_left_alone():
+    # alpha = 0.75 scales inexactly: MatMul then Mul would round twice where Gemm rounds once.
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3] x) => (float[1,2] y)
+   <float[3,2] w = {1.5,2,-3,4,5.25,6}, float[2] c = {1, -1}>
+{
+   y = Gemm <alpha: float = 0.75> (x, w, c)
+}"""
+    model = load_onnx_text(text)
+    (record,) = PassManager.parse("gemm-to-matmul").run(model)
+    assert not record.changed and record.statistics["gemms-kept-inexact"] == 1
+    assert [node.op_type for node in model.graph] == ["Gemm"]

@@ -1,5 +1,8 @@
 """`gemm-to-matmul`: rewrite `Gemm` as `MatMul` (+ `Mul` by alpha) (+ `Add` of the bias).
 
+A Gemm whose alpha or beta is not a power of two is left as it is (and counted): splitting it would
+round one more time than Gemm does (see `_exactly_splittable`).
+
 The backends know one dense layer, MatMul with a [in, out] weight followed by an optional bias Add;
 Gemm's four attributes (all optional in real exports) become explicit nodes. A transposed weight is
 transposed where it is stored: a constant initializer directly, and a QONNX quantizer of a constant
@@ -31,12 +34,33 @@ class GemmToMatMul(Pass):
     def run(self, model: ir.Model) -> PassResult:
         graph = model.graph
         names = _FreshNames(graph)
-        rewritten = 0
+        rewritten = kept = 0
         for node in list(graph):
-            if node.op_type == "Gemm" and node.domain == "":
-                _rewrite(graph, node, names)
-                rewritten += 1
-        return PassResult(rewritten > 0, {"gemms-rewritten": rewritten})
+            if node.op_type != "Gemm" or node.domain != "":
+                continue
+            if not _exactly_splittable(node):
+                kept += 1
+                continue
+            _rewrite(graph, node, names)
+            rewritten += 1
+        return PassResult(rewritten > 0, {"gemms-rewritten": rewritten, "gemms-kept-inexact": kept})
+
+
+def _exactly_splittable(gemm: ir.Node) -> bool:
+    """Whether MatMul, Mul and Add, each rounded to float32, give Gemm's result bit for bit.
+
+    onnxruntime rounds `alpha * acc + beta * C` once. Scaling by a power of two is exact in
+    float32, so with power-of-two factors the split graph rounds only in the Add, like Gemm does;
+    any other factor would add a rounding, and the pass would change the model's results.
+    """
+    return all(
+        _is_power_of_two(gemm.attributes.get_float(name, 1.0)) for name in ("alpha", "beta")
+    )
+
+
+def _is_power_of_two(factor: float) -> bool:
+    mantissa, _ = np.frexp(np.float32(factor))
+    return factor > 0 and mantissa == 0.5
 
 
 class _FreshNames:
