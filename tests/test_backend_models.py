@@ -45,6 +45,26 @@ class MlpSpec:
         default_factory=lambda: [Act(8, -3), Act(8, -2), Act(8, -2), None]
     )
     in_rounding: str = "ROUND"
+    # Exact float weights / biases per layer instead of random ones (None: random).
+    weights: list[np.ndarray] | None = None
+    biases: list[np.ndarray] | None = None
+
+
+# Every rounding mode hawqc maps (ROUND is in the default MLP), signed narrow (SAT_SYM) quantizers,
+# no Relu so that negative ties and negative saturation happen.
+ROUNDING_SPEC = MlpSpec(
+    sizes=(16, 24, 16, 12, 8),
+    seed=3,
+    w_exps=[-5, -5, [-4, -6], -5],
+    relu=[False, False, False, False],
+    acts=[
+        Act(8, -3, signed=True, narrow=True, rounding="HALF_UP"),
+        Act(7, -2, signed=True, narrow=False, rounding="DOWN"),
+        Act(8, -3, signed=True, narrow=False, rounding="HALF_DOWN"),
+        Act(6, -1, signed=True, narrow=True, rounding="FLOOR"),
+    ],
+    in_rounding="HALF_UP",
+)
 
 
 def _quant(name: str, x: str, scale: str, zp: str, bw: str, signed: bool, narrow: bool, rounding: str) -> onnx.NodeProto:
@@ -80,6 +100,8 @@ def build_mlp(spec: MlpSpec | None = None) -> onnx.ModelProto:
         # Float weights, some beyond the range to exercise the clamp, some on exact ties.
         w_int = rng.integers(-w_max - 3, w_max + 4, size=(n_in, n_out)).astype(np.float64)
         w = (w_int + rng.choice([0.0, 0.5, 0.3], size=w_int.shape)) * 2.0**col_exps
+        if spec.weights is not None:
+            w = spec.weights[i]
         w_name = const(f"W{i}", w)
         nodes.append(_quant(f"qw{i}", w_name, const(f"s_w{i}", scale), zero, const(f"bw_w{i}", np.float32(spec.w_bits)), True, True, "ROUND"))
         y = f"mm{i}_out"
@@ -88,6 +110,8 @@ def build_mlp(spec: MlpSpec | None = None) -> onnx.ModelProto:
         if spec.bias[i]:
             b_exp = acc_exp
             b = rng.integers(-(2 ** 10), 2 ** 10, size=n_out) * 2.0**b_exp
+            if spec.biases is not None:
+                b = spec.biases[i]
             nodes.append(_quant(f"qb{i}", const(f"b{i}", b), const(f"s_b{i}", np.float32(2.0**b_exp)), zero, const(f"bw_b{i}", np.float32(spec.b_bits)), True, False, "ROUND"))
             nodes.append(helper.make_node("Add", [y, f"qb{i}_out"], [f"add{i}_out"], name=f"add{i}"))
             y = f"add{i}_out"
@@ -166,13 +190,10 @@ def numpy_reference(proto: onnx.ModelProto, x: np.ndarray, *, keep_all: bool = F
 
 
 def reference(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """QONNX semantics: hawqc.sim's executor where it exists, else the numpy reference above."""
-    try:
-        from hawqc.sim import execute
-    except ImportError:
-        return numpy_reference(proto, x)
-    outs = execute(to_ir(proto), {"x": x.astype(np.float32)})
-    return np.asarray(outs["y"])
+    """QONNX semantics by hawqc's reference executor (which the test below ties to qonnx)."""
+    from hawqc.sim import execute
+
+    return np.asarray(execute(to_ir(proto), {"x": x.astype(np.float32)})["y"])
 
 
 def draw_inputs(n: int, features: int, bits: int, exp: int, seed: int = 1) -> np.ndarray:
@@ -204,6 +225,36 @@ def draw_inputs(n: int, features: int, bits: int, exp: int, seed: int = 1) -> np
     return x.astype(np.float32)
 
 
+# ---- lowering, compiling and comparing ---------------------------------------------------------
+
+
+def assert_bit_exact(reference_out: np.ndarray, simulated: np.ndarray) -> None:
+    """Equal value for value (float32 reference widened to float64; +0.0 == -0.0)."""
+    expected = np.asarray(reference_out, dtype=np.float64).reshape(simulated.shape)
+    mismatched = np.argwhere(expected != simulated)
+    if len(mismatched):
+        first = tuple(mismatched[0])
+        raise AssertionError(
+            f"{len(mismatched)} of {expected.size} values differ; first at {first}: "
+            f"reference {expected[first]!r}, C simulation {simulated[first]!r}"
+        )
+
+
+def lower_compile_compare(backend: str, outdir, spec: MlpSpec | None = None, *, io_type: str = "io_parallel", n: int = 1000):
+    """Lower `spec`'s MLP with `backend`, compile its C simulation (cached), run `n` drawn inputs and
+    assert it equals the QONNX reference bit for bit. Returns (project, csim)."""
+    from hawqc.backends.base import get_backend
+    from hawqc.backends.csim import compile_csim
+
+    spec = spec or MlpSpec()
+    proto = build_mlp(spec)
+    project = get_backend(backend).lower(to_ir(proto), outdir, io_type=io_type)
+    csim = compile_csim(project)
+    x = draw_inputs(n, spec.sizes[0], spec.in_bits, spec.in_exp)
+    assert_bit_exact(reference(proto, x), csim.predict(x))
+    return project, csim
+
+
 # ---- tests of the helpers themselves ------------------------------------------------------------
 
 
@@ -221,6 +272,13 @@ def test_numpy_reference_equals_qonnx_oracle() -> None:
     for i in range(len(x)):
         oracle = execute_onnx(wrapper, {"x": x[i : i + 1]})["y"]
         assert np.array_equal(oracle, ours[i : i + 1]), i
+
+
+def test_numpy_reference_equals_hawqc_sim() -> None:
+    for spec in (MlpSpec(), ROUNDING_SPEC):
+        proto = build_mlp(spec)
+        x = draw_inputs(1000, spec.sizes[0], spec.in_bits, spec.in_exp)
+        assert np.array_equal(reference(proto, x), numpy_reference(proto, x))
 
 
 def test_reference_is_not_trivial() -> None:

@@ -1,0 +1,283 @@
+"""Compile a written project's C simulation with g++, cache it, and run it from Python.
+
+hls4ml's own `compile()` runs `build_lib.sh` and reloads a fresh library on every call. hawqc calls
+g++ directly with the flags of that script (see each backend's `CSimRecipe`) so that it can:
+- cache the library by a content hash of everything that goes into it (all firmware sources and
+  headers, the bridge, the flags, the compiler's version), under
+  `${HAWQC_CACHE_DIR:-~/.cache/hawqc}/csim/<hash>.so`, so repeated runs and tests do not recompile;
+  concurrent writers are safe: each builds in its own temporary directory and publishes with an
+  atomic rename (two writers of one hash produce the same bytes, the last rename wins);
+- compile the translation units in parallel;
+- measure each g++ child (wall time, CPU time, peak RSS);
+- report a compile error with g++'s own message (Catapult's build_lib.sh has no `set -e` and would
+  only leave a missing `.so` behind).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hawqc.backends.project import CSimRecipe, LoweredProject
+from hawqc.errors import BackendError
+
+CACHE_ENV = "HAWQC_CACHE_DIR"
+# Part of every cache key: bump when the way libraries are built or loaded changes.
+CACHE_FORMAT = "csim-1"
+_STDERR_LIMIT = 6000
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "hawqc")
+    return Path(root).expanduser() / "csim"
+
+
+@functools.cache
+def _compiler_identity(cxx: str) -> str:
+    try:
+        done = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise BackendError(f"C++ compiler {cxx!r} is not usable: {error}") from error
+    return done.stdout.splitlines()[0] if done.stdout else cxx
+
+
+@functools.cache
+def _accepts(cxx: str, flag: str) -> bool:
+    """Does the compiler accept `flag`? (build_lib.sh's probe: compile an empty file with -Werror)."""
+    done = subprocess.run(
+        [cxx, "-Werror", "-fsyntax-only", flag, "-xc++", "-", "-o", os.devnull],
+        input=b"",
+        capture_output=True,
+    )
+    return done.returncode == 0
+
+
+def compiler_flags(recipe: CSimRecipe, cxx: str = "g++") -> list[str]:
+    _compiler_identity(cxx)  # a missing compiler is reported as such, not by the first probe
+    flags = list(recipe.cxxflags)
+    std = next((s for s in recipe.std_candidates if _accepts(cxx, f"-std={s}")), recipe.std_candidates[-1])
+    flags.append(f"-std={std}")
+    flags.extend(f for f in recipe.optional_flags if _accepts(cxx, f))
+    return flags
+
+
+def _hash_file(digest: hashlib._Hash, path: Path, rel: str, unhashed: tuple[str, ...]) -> None:
+    data = path.read_bytes()
+    if unhashed and rel.endswith((".cpp", ".h")):
+        lines = data.splitlines(keepends=True)
+        data = b"".join(line for line in lines if not line.lstrip().startswith(tuple(p.encode() for p in unhashed)))
+    digest.update(f"{rel}\0{len(data)}\0".encode())
+    digest.update(data)
+
+
+def cache_key(project: LoweredProject, flags: list[str], cxx: str = "g++") -> str:
+    """Content hash of what the library is built from: every file under firmware/ (sources, headers,
+    weights), the listed sources, the flags and the compiler's version line."""
+    recipe = project.csim
+    digest = hashlib.sha256()
+    header = [CACHE_FORMAT, _compiler_identity(cxx), *flags, "|", *recipe.include_dirs, "|", *recipe.sources]
+    header += ["|", recipe.entry, str(recipe.runtime_weights_dir)]
+    digest.update("\0".join(header).encode())
+    outdir = project.outdir
+    files = {p.relative_to(outdir).as_posix(): p for p in (outdir / "firmware").rglob("*") if p.is_file()}
+    for rel in recipe.sources:
+        files[rel] = outdir / rel
+    for rel in sorted(files):
+        _hash_file(digest, files[rel], rel, recipe.unhashed_line_prefixes)
+    return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class CompileStats:
+    """`seconds`: wall time of compiling and linking (0 on a cache hit); `cpu_seconds`: user+system
+    time of all g++ children; `peak_rss_bytes`: the largest resident set of any one g++ child
+    (including its cc1plus), as reported by wait4 for that child."""
+
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    cached: bool
+    jobs: int
+
+
+@dataclass(frozen=True)
+class _ChildResult:
+    returncode: int
+    cpu_seconds: float
+    peak_rss_bytes: int
+    stderr: str
+
+
+def _start(cmd: list[str], cwd: Path, stderr_path: Path) -> tuple[subprocess.Popen, Path]:
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+    return proc, stderr_path
+
+
+def _finish(proc: subprocess.Popen, stderr_path: Path) -> _ChildResult:
+    # wait4 on this child alone gives its own rusage (RUSAGE_CHILDREN of the whole process is a
+    # high-water mark over every child ever reaped, so before/after differences can read zero).
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return _ChildResult(
+        returncode=proc.returncode,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        peak_rss_bytes=usage.ru_maxrss * 1024,  # kilobytes on Linux
+        stderr=stderr_path.read_text(errors="replace"),
+    )
+
+
+def _run_parallel(commands: list[list[str]], cwd: Path, workdir: Path, jobs: int) -> list[_ChildResult]:
+    """Run up to `jobs` commands at a time; after the first failure, stop the others (their
+    results are then failures too, and only the first is reported)."""
+    results: list[_ChildResult] = []
+    running: list[tuple[subprocess.Popen, Path]] = []
+    pending = list(enumerate(commands))
+    failed = False
+    while pending or running:
+        while pending and len(running) < jobs and not failed:
+            i, cmd = pending.pop(0)
+            running.append(_start(cmd, cwd, workdir / f"stderr{i}.txt"))
+        if not running:
+            break
+        proc, err = running.pop(0)
+        result = _finish(proc, err)
+        results.append(result)
+        if result.returncode != 0 and not failed:
+            failed = True
+            for other, _ in running:
+                other.kill()
+    return results
+
+
+def _failure(what: str, cmd: list[str], result: _ChildResult) -> BackendError:
+    """The command and g++'s error lines first (ap_types emits pages of deprecation warnings under
+    C++20 and later that would bury them), then the end of its output."""
+    text = result.stderr.strip()
+    errors = [line for line in text.splitlines() if " error: " in line or "error:" in line.split(" ")[0:2]]
+    tail = text[-_STDERR_LIMIT:]
+    if len(tail) < len(text):
+        tail = "...\n" + tail
+    head = "\n".join(errors[:20])
+    body = f"{head}\n--- compiler output (end) ---\n{tail}" if head else tail
+    return BackendError(f"C simulation {what} failed (exit {result.returncode}): {' '.join(cmd)}\n{body}")
+
+
+def _publish_dir(src: Path, dst: Path) -> None:
+    try:
+        os.rename(src, dst)
+    except OSError:
+        # Another writer published the same hash first; its copy has the same content.
+        if not dst.is_dir():
+            raise
+
+
+def _build(project: LoweredProject, flags: list[str], key: str, root: Path, cxx: str, jobs: int) -> CompileStats:
+    recipe = project.csim
+    outdir = project.outdir
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        defines = []
+        weights = root / f"{key}.weights"
+        if recipe.runtime_weights_dir is not None:
+            # The library will read its weights from the cache's copy, published with it below.
+            escaped = str(weights).replace("\\", "\\\\").replace('"', '\\"')
+            defines.append(f'-DWEIGHTS_DIR="{escaped}"')
+        includes = [f"-I{outdir / inc}" for inc in recipe.include_dirs]
+        objects = [workdir / f"unit{i}.o" for i in range(len(recipe.sources))]
+        compiles = [
+            [cxx, *flags, *includes, *defines, "-c", str(outdir / src), "-o", str(obj)]
+            for src, obj in zip(recipe.sources, objects, strict=True)
+        ]
+        start = time.perf_counter()
+        results = _run_parallel(compiles, outdir, workdir, jobs)
+        for cmd, result in zip(compiles, results):
+            if result.returncode != 0:
+                raise _failure("compilation", cmd, result)
+        library = workdir / "lib.so"
+        link = [cxx, *flags, "-shared", *map(str, objects), "-o", str(library)]
+        linked = _run_parallel([link], outdir, workdir, 1)[0]
+        seconds = time.perf_counter() - start
+        if linked.returncode != 0 or not library.is_file():
+            raise _failure("link", link, linked)
+        if recipe.runtime_weights_dir is not None and not weights.is_dir():
+            shutil.copytree(outdir / recipe.runtime_weights_dir, workdir / "weights")
+            _publish_dir(workdir / "weights", weights)
+        # Last: a library in the cache means everything it needs is there.
+        os.replace(library, root / f"{key}.so")
+        everything = [*results, linked]
+        return CompileStats(
+            seconds=seconds,
+            cpu_seconds=sum(r.cpu_seconds for r in everything),
+            peak_rss_bytes=max(r.peak_rss_bytes for r in everything),
+            cached=False,
+            jobs=jobs,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class CSim:
+    """A compiled C simulation: `predict(x)` runs every sample through the generated C++ function.
+
+    Inputs go in as float64 and are converted by the bridge (`nnet::convert_data`, i.e. the input
+    type's own rounding and saturation: that conversion is the input Quant); outputs come back as
+    float64 via the fixed-point type's exact `to_double` (output types are at most 53 bits wide).
+    """
+
+    def __init__(self, library: Path, project: LoweredProject, compile_stats: CompileStats) -> None:
+        self.library = library
+        self.project = project
+        self.compile_stats = compile_stats
+        self._lib = ctypes.CDLL(str(library), mode=os.RTLD_LOCAL)
+        try:
+            self._fn = getattr(self._lib, project.csim.entry)
+        except AttributeError as error:
+            raise BackendError(f"{library}: no function {project.csim.entry!r}") from error
+        self._fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._fn.restype = None
+
+    def stats(self) -> dict[str, object]:
+        """The compile figures as plain data (for reports)."""
+        return {"library": str(self.library), **asdict(self.compile_stats)}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        n = x.shape[0] if x.ndim > 0 else 0
+        flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64) if n else np.zeros((0, 0))
+        if n and flat.shape[1] != self.project.input_size:
+            raise ValueError(
+                f"C simulation of {self.project.outdir.name} takes {self.project.input_size} values per sample "
+                f"(shape {list(self.project.input_shape)}), got array of shape {list(x.shape)}"
+            )
+        out = np.zeros((n, self.project.output_size), dtype=np.float64)
+        in_ptr, out_ptr = flat.ctypes.data, out.ctypes.data
+        in_stride, out_stride = flat.strides[0] if n else 0, out.strides[0]
+        for i in range(n):
+            self._fn(in_ptr + i * in_stride, out_ptr + i * out_stride)
+        return out.reshape((n, *self.project.output_shape))
+
+
+def compile_csim(project: LoweredProject, *, cxx: str = "g++", jobs: int | None = None) -> CSim:
+    """The C simulation of `project`, from the cache or compiled now (and then cached)."""
+    flags = compiler_flags(project.csim, cxx)
+    key = cache_key(project, flags, cxx)
+    root = cache_dir()
+    library = root / f"{key}.so"
+    workers = jobs if jobs is not None else max(1, min(len(project.csim.sources), os.cpu_count() or 1))
+    if library.is_file():
+        stats = CompileStats(seconds=0.0, cpu_seconds=0.0, peak_rss_bytes=0, cached=True, jobs=workers)
+    else:
+        stats = _build(project, flags, key, root, cxx, workers)
+    return CSim(library, project, stats)

@@ -1,0 +1,78 @@
+"""What a backend hands back: the written project, its layers' types, and how to compile its C simulation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+# Not in hls4ml's build_lib.sh. GCC 12's -Wfree-nonheap-object analysis is superlinear in function
+# size and the static initializer of hls4ml's unrolled weight arrays is one huge function: on the
+# 16-64-32-32-5 MLP it took 14 of 18 s of compiling firmware/myproject.cpp. A warning flag, it leaves
+# the object code byte-identical (checked with cmp on that project).
+FAST_COMPILE_FLAGS: tuple[str, ...] = ("-Wno-free-nonheap-object",)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One layer of the generated project.
+
+    `precision` is the result type in hawqc's neutral spelling; `types` maps each role the layer's
+    kernel uses (`result`, `weight`, `bias`, `accum`) to the C++ type written in `defines.h`.
+    """
+
+    name: str
+    op: str
+    precision: str
+    types: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CSimRecipe:
+    """How to compile the C simulation of a written project with plain g++ (no vendor tool).
+
+    Paths are relative to the project directory. `runtime_weights_dir` is set for projects whose C
+    simulation reads its weights from text files at run time (Catapult); the compiled library then
+    needs that directory, so the compiler keeps a copy next to it.
+    """
+
+    sources: tuple[str, ...]
+    include_dirs: tuple[str, ...]
+    cxxflags: tuple[str, ...]
+    entry: str
+    # build_lib.sh probes the compiler: the first C++ standard it accepts, and optional flags it knows.
+    std_candidates: tuple[str, ...] = ("c++11",)
+    optional_flags: tuple[str, ...] = ()
+    runtime_weights_dir: str | None = None
+    # Lines of the sources that differ between otherwise identical projects (absolute paths) and do
+    # not affect the compiled code once `runtime_weights_dir` is overridden; left out of the cache key.
+    unhashed_line_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoweredProject:
+    outdir: Path
+    backend: str
+    project_name: str
+    io_type: str
+    layers: list[LayerReport]
+    # Shapes without the batch dimension, as the generated C function sees them.
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    input_name: str
+    output_name: str
+    csim: CSimRecipe
+
+    @property
+    def input_size(self) -> int:
+        size = 1
+        for d in self.input_shape:
+            size *= d
+        return size
+
+    @property
+    def output_size(self) -> int:
+        size = 1
+        for d in self.output_shape:
+            size *= d
+        return size

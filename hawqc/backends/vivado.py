@@ -1,0 +1,46 @@
+"""Vivado HLS projects (ap_fixed types), through the shared hls4ml lowering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx_ir as ir
+
+from hawqc.backends.hls4ml_lowering import Hls4mlTarget, lower_with_hls4ml
+from hawqc.backends.project import FAST_COMPILE_FLAGS, CSimRecipe, LoweredProject
+from hawqc.ir.qtypes import FixedType
+
+
+def ap_csim_recipe(project_name: str) -> CSimRecipe:
+    """The flags of hls4ml's Vivado/Vitis `build_lib.sh` (it prefers C++23, else C++11).
+
+    `write_weights_txt` is off, so the weights are compiled in and the library depends on no file
+    of the project directory; `-D WEIGHTS_DIR` of build_lib.sh is then unused and left out.
+    """
+    return CSimRecipe(
+        sources=(f"firmware/{project_name}.cpp", f"{project_name}_bridge.cpp"),
+        include_dirs=("firmware/ap_types",),
+        cxxflags=("-O3", "-fPIC"),
+        std_candidates=("c++23", "c++11"),
+        optional_flags=("-fno-gnu-unique", *FAST_COMPILE_FLAGS),
+        entry=f"{project_name}_double",
+    )
+
+
+def vivado_target() -> Hls4mlTarget:
+    return Hls4mlTarget(
+        name="vivado",
+        hls4ml_backend="Vivado",
+        options={"write_weights_txt": False},
+        cpp_spelling=FixedType.ap_cpp,
+        csim=ap_csim_recipe,
+    )
+
+
+class VivadoBackend:
+    name = "vivado"
+
+    def lower(
+        self, model: ir.Model, outdir: Path, *, project_name: str = "myproject", io_type: str = "io_parallel"
+    ) -> LoweredProject:
+        return lower_with_hls4ml(model, outdir, vivado_target(), project_name=project_name, io_type=io_type)
