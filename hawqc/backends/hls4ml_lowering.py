@@ -218,6 +218,9 @@ class _Planner:
         if weights.ndim != 2:
             raise UnsupportedModelError(f"{describe(node)}: weights must be 2-D, got {list(weights.shape)}")
         n_in, n_out = weights.shape
+        if x is not None and len(_feature_dims(x, node)) != 1:
+            # hls4ml turns a Dense on a multi-dimensional input into a pointwise convolution.
+            raise UnsupportedModelError(f"{describe(node)}: only [batch, features] inputs are lowered to Dense")
         result_value = node.outputs[0]
         bias = None
         bias_type = None

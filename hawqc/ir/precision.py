@@ -20,7 +20,7 @@ where `[tmin_ij, tmax_ij]` is the interval of product i. When every product inte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -430,7 +430,3 @@ def infer_types(model: ir.Model) -> PrecisionResult:
     """
     return _Analysis(model).run()
 
-
-def type_table(result: PrecisionResult) -> Mapping[str, str]:
-    """name -> type text, for reports and tests."""
-    return {name: str(t) for name, t in result.types.items()}
