@@ -147,7 +147,7 @@ def test_precision_errors_surface_through_lowering(tmp_path: Path) -> None:
     for init in proto.graph.initializer:
         if init.name == "s_w1":
             init.CopyFrom(helper.make_tensor("s_w1", 1, [], [0.3]))
-    with pytest.raises(UnsupportedModelError, match=r"'qw1' \(Quant\).*power of two"):
+    with pytest.raises(UnsupportedModelError, match=r"'qw1' \(qonnx\.custom_op\.general\.Quant\).*power of two"):
         get_backend("catapult").lower(to_ir(proto), tmp_path)
 
 

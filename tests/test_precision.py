@@ -194,7 +194,7 @@ def _single_quant_model(**overrides) -> ir.Model:
     ],
 )
 def test_unsupported_quant_names_the_node(overrides, reason) -> None:
-    with pytest.raises(UnsupportedModelError, match=rf"'the_quant' \(Quant\).*{reason}"):
+    with pytest.raises(UnsupportedModelError, match=rf"'the_quant' \(qonnx\.custom_op\.general\.Quant\).*{reason}"):
         infer_types(_single_quant_model(**overrides))
 
 

@@ -22,9 +22,9 @@ ENTRY_POINT_GROUP = "hawqc.backends"
 
 # name -> "module:factory"; the factory takes no arguments and returns a Backend.
 _BUILTIN: dict[str, str] = {
-    "vivado": "hawqc.backends.vivado:VivadoBackend",
-    "vitis": "hawqc.backends.vitis:VitisBackend",
-    "catapult": "hawqc.backends.catapult:CatapultBackend",
+    "vivado": "hawqc.backends.vivado:vivado_backend",
+    "vitis": "hawqc.backends.vitis:vitis_backend",
+    "catapult": "hawqc.backends.catapult:catapult_backend",
 }
 
 

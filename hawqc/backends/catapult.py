@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
-import onnx_ir as ir
 
-from hawqc.backends.hls4ml_lowering import Hls4mlTarget, lower_with_hls4ml
-from hawqc.backends.project import FAST_COMPILE_FLAGS, CSimRecipe, LoweredProject
+from hawqc.backends.hls4ml_lowering import Hls4mlBackend, Hls4mlTarget
+from hawqc.backends.project import FAST_COMPILE_FLAGS, CSimRecipe
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.qtypes import FixedType
 
@@ -63,13 +61,5 @@ def catapult_target(tech: str = "fpga") -> Hls4mlTarget:
     )
 
 
-class CatapultBackend:
-    name = "catapult"
-
-    def __init__(self, tech: str = "fpga") -> None:
-        self.tech = tech
-
-    def lower(
-        self, model: ir.Model, outdir: Path, *, project_name: str = "myproject", io_type: str = "io_parallel"
-    ) -> LoweredProject:
-        return lower_with_hls4ml(model, outdir, catapult_target(self.tech), project_name=project_name, io_type=io_type)
+def catapult_backend(tech: str = "fpga") -> Hls4mlBackend:
+    return Hls4mlBackend(catapult_target(tech))

@@ -32,7 +32,8 @@ import onnx_ir as ir
 from hawqc.backends.project import CSimRecipe, LayerReport, LoweredProject
 from hawqc.errors import BackendError, UnsupportedModelError
 from hawqc.ir.domains import is_quant
-from hawqc.ir.precision import PrecisionResult, describe, infer_types
+from hawqc.ir.diagnostics import describe
+from hawqc.ir.precision import PrecisionResult, infer_types
 from hawqc.ir.qtypes import FixedType
 
 IO_TYPES = ("io_parallel", "io_stream")
@@ -448,3 +449,19 @@ def lower_with_hls4ml(
         output_name=model.graph.outputs[0].name,
         csim=target.csim(project_name),
     )
+
+
+@dataclass(frozen=True)
+class Hls4mlBackend:
+    """The `Backend` of one hls4ml target: Vivado, Vitis and Catapult differ only in their target."""
+
+    target: Hls4mlTarget
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def lower(
+        self, model: ir.Model, outdir: Path, *, project_name: str = "myproject", io_type: str = "io_parallel"
+    ) -> LoweredProject:
+        return lower_with_hls4ml(model, outdir, self.target, project_name=project_name, io_type=io_type)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import onnx_ir as ir
-
-from hawqc.backends.hls4ml_lowering import Hls4mlTarget, lower_with_hls4ml
-from hawqc.backends.project import LoweredProject
+from hawqc.backends.hls4ml_lowering import Hls4mlBackend, Hls4mlTarget
 from hawqc.backends.vivado import ap_csim_recipe
 from hawqc.ir.qtypes import FixedType
 
@@ -23,10 +19,5 @@ def vitis_target() -> Hls4mlTarget:
     )
 
 
-class VitisBackend:
-    name = "vitis"
-
-    def lower(
-        self, model: ir.Model, outdir: Path, *, project_name: str = "myproject", io_type: str = "io_parallel"
-    ) -> LoweredProject:
-        return lower_with_hls4ml(model, outdir, vitis_target(), project_name=project_name, io_type=io_type)
+def vitis_backend() -> Hls4mlBackend:
+    return Hls4mlBackend(vitis_target())

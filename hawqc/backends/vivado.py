@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import onnx_ir as ir
-
-from hawqc.backends.hls4ml_lowering import Hls4mlTarget, lower_with_hls4ml
-from hawqc.backends.project import FAST_COMPILE_FLAGS, CSimRecipe, LoweredProject
+from hawqc.backends.hls4ml_lowering import Hls4mlBackend, Hls4mlTarget
+from hawqc.backends.project import FAST_COMPILE_FLAGS, CSimRecipe
 from hawqc.ir.qtypes import FixedType
 
 
@@ -37,10 +34,5 @@ def vivado_target() -> Hls4mlTarget:
     )
 
 
-class VivadoBackend:
-    name = "vivado"
-
-    def lower(
-        self, model: ir.Model, outdir: Path, *, project_name: str = "myproject", io_type: str = "io_parallel"
-    ) -> LoweredProject:
-        return lower_with_hls4ml(model, outdir, vivado_target(), project_name=project_name, io_type=io_type)
+def vivado_backend() -> Hls4mlBackend:
+    return Hls4mlBackend(vivado_target())

@@ -28,16 +28,13 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
+from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import is_quant
 from hawqc.ir.qtypes import FixedType, power_of_two_exponent
 
 # float32 holds every integer up to 2**24 exactly; QONNX semantics run in float32, so a value whose
 # integer code (in units of its LSB) exceeds this may be rounded by the reference but not by hardware.
 FLOAT32_EXACT_INT = 1 << 24
-
-
-def describe(node: ir.Node) -> str:
-    return f"node {node.name or '<unnamed>'!r} ({node.op_type})"
 
 
 # ---- exact per-feature intervals --------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import VerificationError
+from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import QONNX_DOMAIN, QUANT_OPS
 
 ROUNDING_MODES = frozenset({"ROUND", "CEIL", "FLOOR", "UP", "DOWN", "HALF_UP", "HALF_DOWN"})
@@ -88,12 +89,6 @@ def verify(model: ir.Model, *, require_shapes: bool = True) -> None:
             raise VerificationError(f"graph output '{value.name}' is never defined")
         if require_shapes and value.shape is None:
             raise VerificationError(f"graph output '{value.name}' has no known shape")
-
-
-def describe(node: ir.Node) -> str:
-    """How messages name a node: its name and op, which is what a user can find in Netron."""
-    op = f"{node.domain}.{node.op_type}" if node.domain else node.op_type
-    return f"node '{node.name}' ({op})" if node.name else f"unnamed node ({op})"
 
 
 def _verify_qonnx_node(node: ir.Node, where: str) -> None:

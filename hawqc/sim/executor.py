@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError
+from hawqc.ir.diagnostics import describe
 from hawqc.sim import ops
 
 MODES = ("semantic", "hardware")
@@ -71,7 +72,7 @@ def _topological_order(graph: ir.Graph) -> list[ir.Node]:
                 heapq.heappush(ready, r)
     if len(order) != len(nodes):
         stuck = next(node for i, node in enumerate(nodes) if waiting_on[i] > 0)
-        raise UserInputError(f"the graph has a cycle through {ops.describe(stuck)}")
+        raise UserInputError(f"the graph has a cycle through {describe(stuck)}")
     return order
 
 
@@ -233,7 +234,7 @@ def _call(node: ir.Node, kernel: ops.Kernel, args: Sequence[np.ndarray | None]) 
         return kernel(args)
     except ValueError as error:
         shapes = ", ".join("-" if a is None else str(list(a.shape)) for a in args)
-        raise UserInputError(f"{ops.describe(node)} failed on inputs of shapes {shapes}: {error}") from None
+        raise UserInputError(f"{describe(node)} failed on inputs of shapes {shapes}: {error}") from None
 
 
 def execute(model: ir.Model, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:

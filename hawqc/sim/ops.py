@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError
+from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import QONNX_DOMAIN, is_qonnx_domain
 from hawqc.sim import quant
 
@@ -43,12 +44,6 @@ class NodeSpec:
 
 
 Builder = Callable[[NodeSpec], Kernel]
-
-
-def describe(node: ir.Node) -> str:
-    """How error messages name a node: its name and op type, and its domain if not the default."""
-    domain = f", domain {node.domain}" if node.domain else ""
-    return f"node '{node.name or '<unnamed>'}' ({node.op_type}{domain})"
 
 
 # ---------------------------------------------------------------------------------------------------
