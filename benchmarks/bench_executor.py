@@ -2,9 +2,8 @@
 
     .venv/bin/python benchmarks/bench_executor.py [--model PATH] [--batch 10000] [--qonnx-samples 300]
 
-The model defaults to the bundled jet tagger (examples/jet_tagger/jet_tagger.onnx); if that file is
-absent, an equivalent synthetic model is built here (16-64-32-32-5, 8-bit input Quant, 6-bit weight
-Quants, 8-bit unsigned activation Quants after Relu, quantized biases, power-of-two scales).
+The model defaults to the bundled jet tagger (examples/jet_tagger/jet_tagger.onnx, made by
+examples/jet_tagger/make_model.py).
 
 qonnx is timed two ways:
 - per sample, at the batch of 1 the model declares (how qonnx is normally run): ~10 ms per sample,
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,49 +40,6 @@ except ImportError:
     threadpool_limits = None
 
 DEFAULT_MODEL = ROOT / "examples" / "jet_tagger" / "jet_tagger.onnx"
-QONNX = "qonnx.custom_op.general"
-
-
-def synthetic_jet_tagger(seed: int = 0) -> onnx.ModelProto:
-    """A stand-in for the bundled jet tagger with the same structure and quantization."""
-    rng = np.random.default_rng(seed)
-    layers = (16, 64, 32, 32, 5)
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
-
-    def quant(name: str, x: str, scale: float, bits: int, signed: int, narrow: int) -> str:
-        for suffix, value in (("scale", scale), ("zeropt", 0.0), ("bits", bits)):
-            inits.append(numpy_helper.from_array(np.float32(value), f"{name}_{suffix}"))
-        inputs = [x, f"{name}_scale", f"{name}_zeropt", f"{name}_bits"]
-        nodes.append(helper.make_node("Quant", inputs, [f"{name}_out"], name=name, domain=QONNX,
-                                      signed=signed, narrow=narrow, rounding_mode="ROUND"))  # fmt: skip
-        return f"{name}_out"
-
-    act, act_scale = quant("input_quant", "global_in", 2.0**-4, 8, 1, 0), 2.0**-4
-    for i, (n_in, n_out) in enumerate(zip(layers, layers[1:])):
-        name = f"fc{i + 1}"
-        w_scale = 2.0**-5
-        inits.append(numpy_helper.from_array((rng.standard_normal((n_in, n_out)) * 0.3).astype(np.float32), f"{name}_w"))
-        inits.append(numpy_helper.from_array((rng.standard_normal(n_out) * 0.3).astype(np.float32), f"{name}_b"))
-        w = quant(f"{name}_weight_quant", f"{name}_w", w_scale, 6, 1, 1)
-        b = quant(f"{name}_bias_quant", f"{name}_b", act_scale * w_scale, 16, 1, 0)
-        nodes.append(helper.make_node("MatMul", [act, w], [f"{name}_mm"], name=f"{name}_matmul"))
-        last = i == len(layers) - 2
-        out = "global_out" if last else f"{name}_out"
-        nodes.append(helper.make_node("Add", [f"{name}_mm", b], [out], name=f"{name}_bias"))
-        if not last:
-            nodes.append(helper.make_node("Relu", [out], [f"{name}_relu"], name=f"{name}_relu"))
-            act, act_scale = quant(f"{name}_act_quant", f"{name}_relu", 2.0**-3, 8, 0, 0), 2.0**-3
-    graph = helper.make_graph(
-        nodes,
-        "synthetic_jet_tagger",
-        [helper.make_tensor_value_info("global_in", TensorProto.FLOAT, [1, layers[0]])],
-        [helper.make_tensor_value_info("global_out", TensorProto.FLOAT, [1, layers[-1]])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1)])
-    model.ir_version = 8
-    return model
 
 
 def time_hawqc(
@@ -117,11 +72,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    path = args.model or (DEFAULT_MODEL if DEFAULT_MODEL.exists() else None)
-    proto = onnx.load(path) if path else synthetic_jet_tagger(args.seed)
+    path = args.model or DEFAULT_MODEL
+    proto = onnx.load(path)
     proto.ir_version = min(proto.ir_version, 10)
     model = ir.from_proto(proto)
-    print(f"model: {path or 'synthetic 16-64-32-32-5 jet tagger (bundled file absent)'}")
+    print(f"model: {path}")
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores, "
           f"python {platform.python_version()}, numpy {np.__version__}")  # fmt: skip
 
