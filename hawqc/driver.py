@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx_ir as ir
@@ -19,7 +18,7 @@ import onnx_ir as ir
 from hawqc.backends.base import get_backend
 from hawqc.errors import UserInputError
 from hawqc.frontends.onnx import load_onnx
-from hawqc.passes.manager import PassManager, PassRecord
+from hawqc.passes.manager import PassManager
 from hawqc.report import CompileReport
 from hawqc.verify import VerifyResult, compare, draw_inputs
 
@@ -38,8 +37,6 @@ class CompileOptions:
     io_type: str = "io_parallel"
     project_name: str = "myproject"
     verify_each: bool = True
-    # Called with each pass record as it finishes, for progress output and `--time-passes`.
-    on_pass: list[Callable[[PassRecord], None]] = field(default_factory=list)
 
 
 @dataclass
@@ -63,8 +60,6 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     if outdir.exists() and any(outdir.iterdir()) and not options.force:
         raise UserInputError(f"{outdir}: directory is not empty (use --force to replace it)")
     manager = PassManager.parse(options.pipeline, verify_each=options.verify_each)
-    for callback in options.on_pass:
-        manager.after_pass.append(lambda _pass, _model, record, cb=callback: cb(record))
 
     model = load_onnx(model_path)
     records = manager.run(model)
@@ -111,6 +106,7 @@ class _ReplacedOnFailure:
     def __init__(self, outdir: Path) -> None:
         self.outdir = outdir
         self.backup: Path | None = None
+        self.existed_empty = False
 
     def __enter__(self) -> None:
         if self.outdir.exists() and any(self.outdir.iterdir()):

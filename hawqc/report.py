@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ class CompileReport:
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None
     hawqc_version: str = __version__
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def new(cls, *, model, backend, pipeline, passes: list[PassRecord], layers, lowering_seconds) -> CompileReport:

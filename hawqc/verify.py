@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from hawqc.errors import BackendError
 from hawqc.ir.domains import QONNX_DOMAIN, QUANT_OPS
 
 
@@ -90,7 +91,10 @@ def compare(reference: np.ndarray, simulated: np.ndarray) -> VerifyResult:
     reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     simulated = np.asarray(simulated, dtype=np.float64).reshape(len(simulated), -1)
     if reference.shape != simulated.shape:
-        raise ValueError(f"output shapes differ: reference {reference.shape}, C simulation {simulated.shape}")
+        # The backend wrote a project whose output is not the model's: hawqc's bug, said plainly.
+        raise BackendError(
+            f"output shapes differ: reference {reference.shape}, C simulation {simulated.shape}"
+        )
     differs = np.any(reference != simulated, axis=1)
     bad = np.flatnonzero(differs)
     diff = np.abs(reference - simulated)

@@ -57,3 +57,12 @@ def test_verification_inputs_cover_the_input_range_and_ties():
     on_grid = np.mean(x / lsb == np.round(x / lsb))
     ties = np.mean((x / lsb) % 1 == 0.5)
     assert 0.2 < on_grid < 0.5 and 0.2 < ties < 0.5
+
+
+def test_an_output_of_the_wrong_shape_is_a_backend_error_not_a_crash():
+    from hawqc.errors import BackendError
+    from hawqc.verify import compare
+
+    with pytest.raises(BackendError, match="output shapes differ"):
+        compare(np.zeros((4, 5), np.float32), np.zeros((4, 6)))
+    assert compare(np.ones((4, 5), np.float32), np.ones((4, 5))).bit_exact
