@@ -260,7 +260,6 @@ def lower_compile_compare(backend: str, outdir, spec: MlpSpec | None = None, *, 
 
 def test_numpy_reference_equals_qonnx_oracle() -> None:
     """The numpy reference is qonnx's execute_onnx, bit for bit, on a few samples."""
-    pytest.importorskip("qonnx")
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.transformation.infer_shapes import InferShapes

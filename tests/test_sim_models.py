@@ -8,20 +8,20 @@ see `test_three_layer_float_gemms`, which measures and bounds the difference ins
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 import pytest
+from conftest import JET_TAGGER, shared_model
 from onnx import TensorProto, numpy_helper
 
+import hawqc
 from hawqc.errors import UnsupportedModelError
 from hawqc.sim import Executor
 from hawqc.sim.qonnx_oracle import QonnxOracle
 
-MODELS = Path("/work/shared/models")
 QONNX = "qonnx.custom_op.general"
 
 
@@ -149,12 +149,12 @@ def test_quantized_mlp_large_batch_matches_qonnx_subset() -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (MODELS / "bnn_model_fc_1layer.onnx").exists(), reason="shared models absent")
 def test_brevitas_bnn_fc_1layer() -> None:
     """Old Brevitas export: domain onnx.brevitas, BipolarQuant, a bias Quant whose input is a graph
     input shadowed by an initializer."""
-    model = ir.load(MODELS / "bnn_model_fc_1layer.onnx")
-    ex = Executor(model)
+    raw = ir.load(shared_model("bnn_model_fc_1layer.onnx"))
+    loaded = hawqc.load(shared_model("bnn_model_fc_1layer.onnx"))  # normalized and verified
+    ex = Executor(raw)
     assert ex.input_names == ("x.1",)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 3)).astype(np.float32)
@@ -163,14 +163,14 @@ def test_brevitas_bnn_fc_1layer() -> None:
     x[50:60] = np.float32(-0.0)
     x[60:70] = rng.choice(np.float32([1e-38, -1e-38, 1e-45, -1e-45]), size=(10, 3))
     got = ex.run(x)["12"]
-    assert_identical(got, qonnx_run(model, x)["12"])
+    assert_identical(got, qonnx_run(raw, x)["12"])
+    assert_identical(Executor(loaded).run(x)["12"], got)
     assert len(np.unique(got, axis=0)) > 1
 
 
-THREE_LAYER = MODELS / "three_layer_pytorch.onnx"
+THREE_LAYER = shared_model("three_layer_pytorch.onnx")
 
 
-@pytest.mark.skipif(not THREE_LAYER.exists(), reason="shared models absent")
 def test_three_layer_softmax_is_unsupported() -> None:
     with pytest.raises(UnsupportedModelError, match="Softmax"):
         Executor(ir.load(THREE_LAYER))
@@ -187,7 +187,6 @@ def _three_layer_logits() -> onnx.ModelProto:
     return proto
 
 
-@pytest.mark.skipif(not THREE_LAYER.exists(), reason="shared models absent")
 def test_three_layer_float_gemms() -> None:
     """A float (unquantized) model: matrix products sum in a different order in onnxruntime (MLAS)
     and numpy (OpenBLAS), so results may differ in the last bits. Measured here on 2 cores:
@@ -205,7 +204,6 @@ def test_three_layer_float_gemms() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not THREE_LAYER.exists(), reason="shared models absent")
 def test_three_layer_quantized_inputs_are_exact() -> None:
     """The same Gemms on exactly representable data (weights rounded to k / 16, inputs to k / 8):
     every sum is exact in float32 (checked against float64), so the summation order cannot show
@@ -227,10 +225,8 @@ def test_three_layer_quantized_inputs_are_exact() -> None:
     assert_identical(got, qonnx_run(proto, x, per_sample=True)[out])
 
 
-JET_TAGGER = Path(__file__).resolve().parents[1] / "examples" / "jet_tagger" / "jet_tagger.onnx"
 
 
-@pytest.mark.skipif(not JET_TAGGER.exists(), reason="bundled jet tagger absent")
 def test_bundled_jet_tagger() -> None:
     model = ir.load(JET_TAGGER)
     x = mlp_inputs(2000, 16, seed=9)
