@@ -1,17 +1,22 @@
 """The command line: `hawqc` (compile a model) and `hawqc-opt` (run a pipeline on IR).
 
 A user's mistake ends in one line on stderr and exit code 2; a verification mismatch in exit code
-1; only a bug in hawqc shows a traceback.
+1; only a bug in hawqc shows a traceback. Both commands take the same pass-manager flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hawqc.errors import HawqcError, UserInputError
+
+# `--split-input-file`: chunks of one ONNX text file, separated by a line of this form.
+SPLIT_MARKER = re.compile(r"^# -----\s*$", re.M)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -33,29 +38,75 @@ def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         return 130
 
 
+# --- the pass-manager flags, shared ------------------------------------------------------------
+
+
+def _pass_names(text: str) -> frozenset[str]:
+    return frozenset(name.strip() for name in text.split(",") if name.strip())
+
+
 def _add_pass_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--time-passes", action="store_true", help="print a table of pass times")
-    parser.add_argument(
-        "--no-verify", action="store_true", help="do not verify the IR after every pass"
-    )
+    group = parser.add_argument_group("pass manager")
+    group.add_argument("--time-passes", action="store_true", help="print a table of pass times (stderr)")
+    group.add_argument("--pass-statistics", action="store_true", help="print each pass's counters (stderr)")
+    group.add_argument("--no-verify", action="store_true", help="do not verify the IR around passes")
+    group.add_argument("--print-ir-before", type=_pass_names, default=frozenset(), metavar="PASSES",
+                       help="print the IR before these passes (comma-separated names; stderr)")  # fmt: skip
+    group.add_argument("--print-ir-after", type=_pass_names, default=frozenset(), metavar="PASSES",
+                       help="print the IR after these passes (comma-separated names; stderr)")  # fmt: skip
+    group.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    group.add_argument("--print-ir-after-change", action="store_true",
+                       help="print the IR after a pass only if it changed it (alone: after any such pass)")  # fmt: skip
+    group.add_argument("--validate", type=int, default=0, metavar="N",
+                       help="translation validation: run N inputs before and after every pass, fail on any bit difference")  # fmt: skip
+    group.add_argument("--reproducer-dir", type=Path, default=None, metavar="DIR",
+                       help="where a failing pass leaves its reproducer (default: $HAWQC_REPRODUCER_DIR or the temp dir)")  # fmt: skip
+    group.add_argument("--load-pass-plugin", action="append", type=Path, default=[], metavar="FILE",
+                       help="import a Python file that registers passes (repeatable)")  # fmt: skip
 
 
-def _print_pass_table(records) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _configure(manager, args: argparse.Namespace) -> None:
+    """Attach what the flags ask for to a parsed PassManager."""
+    from hawqc.passes.instrumentation import IRPrinter
+    from hawqc.passes.reproducer import default_reproducer_dir
 
-    table = Table(title="pass timing", title_justify="left")
-    table.add_column("pass")
-    table.add_column("seconds", justify="right")
-    table.add_column("changed")
-    table.add_column("statistics")
-    total = 0.0
-    for record in records:
-        total += record.seconds
-        stats = ", ".join(f"{k}={v}" for k, v in record.statistics.items() if v)
-        table.add_row(record.name, f"{record.seconds:.4f}", "yes" if record.changed else "", stats)
-    table.add_row("total", f"{total:.4f}", "", "")
-    Console(stderr=True).print(table)
+    if args.validate < 0:
+        raise UserInputError(f"--validate must be a non-negative count, got {args.validate}")
+    manager.verify_each = not args.no_verify
+    manager.reproducer_dir = args.reproducer_dir or default_reproducer_dir()
+    if args.print_ir_before or args.print_ir_after or args.print_ir_after_all or args.print_ir_after_change:
+        manager.instrumentations.append(
+            IRPrinter(args.print_ir_before, args.print_ir_after, args.print_ir_after_all, args.print_ir_after_change)
+        )
+    if args.validate:
+        from hawqc.passes.validation import TranslationValidator
+
+        manager.instrumentations.append(TranslationValidator(args.validate))
+
+
+def _report(records, args: argparse.Namespace) -> None:
+    from hawqc.passes.instrumentation import print_statistics, print_timing
+
+    if args.time_passes:
+        print_timing(records)
+    if args.pass_statistics:
+        print_statistics(records)
+
+
+def load_pass_plugins(paths: Sequence[Path]) -> None:
+    """Import each file; it registers its passes (with `hawqc.register_pass`) as it is imported."""
+    for path in paths:
+        if not path.is_file():
+            raise UserInputError(f"{path}: no such pass plugin file")
+        spec = importlib.util.spec_from_file_location(f"hawqc_plugin_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+        try:
+            spec.loader.exec_module(module)
+        except HawqcError:
+            raise
+        except Exception as err:
+            raise UserInputError(f"{path}: cannot load pass plugin ({type(err).__name__}: {err})") from None
 
 
 # --- hawqc -------------------------------------------------------------------------------------
@@ -70,9 +121,7 @@ def compile_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", type=Path, help="the model: .onnx or .onnxtxt")
     parser.add_argument("-o", "--output", type=Path, required=True, help="project directory to write")
-    parser.add_argument(
-        "--backend", default="vitis", help="vitis, vivado or catapult (default: vitis)"
-    )
+    parser.add_argument("--backend", default="vitis", help="vitis, vivado or catapult (default: vitis)")
     parser.add_argument(
         "--verify",
         type=int,
@@ -95,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from hawqc.driver import CompileOptions, compile_model
 
+    load_pass_plugins(args.load_pass_plugin)
     options = CompileOptions(
         backend=args.backend,
         pipeline=args.pipeline,
@@ -102,11 +152,10 @@ def _compile(args: argparse.Namespace) -> int:
         force=args.force,
         seed=args.seed,
         io_type=args.io_type,
-        verify_each=not args.no_verify,
+        configure_passes=lambda manager: _configure(manager, args),
     )
     result = compile_model(args.model, args.output, options)
-    if args.time_passes:
-        _print_pass_table(result.report.passes_as_records())
+    _report(result.records, args)
     print(f"hawqc: wrote {result.report.backend} project to {result.outdir}")
     if result.verify is None:
         return 0
@@ -126,6 +175,11 @@ def opt_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pipeline", default="", help="pipeline, e.g. 'cleanup,gemm-to-matmul'")
     parser.add_argument("-o", "--output", type=Path, help="write here (.onnx or .onnxtxt) instead of stdout")
     parser.add_argument("--list-passes", action="store_true", help="list passes and named pipelines")
+    parser.add_argument(
+        "--split-input-file",
+        action="store_true",
+        help="treat each '# -----' separated chunk of the text input as its own model",
+    )
     _add_pass_options(parser)
     return parser
 
@@ -135,30 +189,76 @@ def opt_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _opt(args: argparse.Namespace) -> int:
-    from hawqc.frontends.onnx import load_onnx, load_onnx_text
-    from hawqc.ir.io import to_text, write_model
-    from hawqc.passes.manager import PassManager
     from hawqc.passes.registry import default_registry
 
+    load_pass_plugins(args.load_pass_plugin)
     if args.list_passes:
         _list_passes(default_registry())
         return 0
     if args.input is None:
         raise UserInputError("no input file given (a path, or - for ONNX text on stdin)")
-    manager = PassManager.parse(args.pipeline, verify_each=not args.no_verify) if args.pipeline else None
+    if not args.split_input_file:
+        model, records = _opt_one(args, args.input)
+        _report(records, args)
+        _emit(model, args)
+        return 0
+    if args.output:
+        raise UserInputError("--split-input-file writes to stdout; it cannot be combined with -o")
+    # Each chunk is compiled on its own; a failing chunk is reported and the others still run.
+    text = sys.stdin.read() if args.input == "-" else _read_text(Path(args.input))
+    status, printed = 0, []
+    line = 1
+    for index, chunk in enumerate(SPLIT_MARKER.split(text)):
+        source = f"{args.input}:{line} (chunk {index + 1})"
+        line += chunk.count("\n") + 1
+        try:
+            model, records = _opt_one(args, source, text=chunk)
+        except HawqcError as err:
+            print(f"hawqc-opt: error: {err}", file=sys.stderr)
+            status = max(status, err.exit_code)
+            continue
+        _report(records, args)
+        printed.append(_text(model))
+    sys.stdout.write("\n# -----\n".join(printed) + "\n")
+    return status
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such file")
+    return path.read_text()
+
+
+def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
+    from hawqc.frontends.onnx import load_onnx, load_onnx_text
+    from hawqc.passes.manager import PassManager
+
+    manager = PassManager.parse(args.pipeline) if args.pipeline else None
+    if manager is not None:
+        _configure(manager, args)
     verify_ir = not args.no_verify
-    if args.input == "-":
+    if text is not None:
+        model = load_onnx_text(text, source=source, verify_ir=verify_ir)
+    elif source == "-":
         model = load_onnx_text(sys.stdin.read(), source="<stdin>", verify_ir=verify_ir)
     else:
-        model = load_onnx(args.input, verify_ir=verify_ir)
-    records = manager.run(model) if manager else []
-    if args.time_passes:
-        _print_pass_table(records)
+        model = load_onnx(source, verify_ir=verify_ir)
+    return model, (manager.run(model) if manager else [])
+
+
+def _text(model) -> str:
+    from hawqc.ir.io import to_text
+
+    return to_text(model)
+
+
+def _emit(model, args: argparse.Namespace) -> None:
+    from hawqc.ir.io import write_model
+
     if args.output:
         write_model(model, args.output)
     else:
-        sys.stdout.write(to_text(model) + "\n")
-    return 0
+        sys.stdout.write(_text(model) + "\n")
 
 
 def _list_passes(registry) -> None:

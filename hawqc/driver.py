@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,10 @@ import onnx_ir as ir
 from hawqc.backends.base import get_backend
 from hawqc.errors import UserInputError
 from hawqc.frontends.onnx import load_onnx
-from hawqc.passes.manager import PassManager
+from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.report import CompileReport
-from hawqc.verify import VerifyResult, compare, draw_inputs
+from hawqc.sim.inputs import draw_inputs
+from hawqc.verify import VerifyResult, compare
 
 # The named pipeline every backend needs in front of it: a clean graph whose dense layers are
 # MatMul + Add (see hawqc.passes.registry).
@@ -36,13 +38,15 @@ class CompileOptions:
     seed: int = 0
     io_type: str = "io_parallel"
     project_name: str = "myproject"
-    verify_each: bool = True
+    # Called with the parsed PassManager before it runs: instrumentation, validation, reproducers.
+    configure_passes: Callable[[PassManager], None] | None = None
 
 
 @dataclass
 class CompileResult:
     outdir: Path
     model: ir.Model
+    records: list[PassRecord]
     report: CompileReport
     verify: VerifyResult | None
 
@@ -59,7 +63,9 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         raise UserInputError(f"{outdir}: exists and is not a directory")
     if outdir.exists() and any(outdir.iterdir()) and not options.force:
         raise UserInputError(f"{outdir}: directory is not empty (use --force to replace it)")
-    manager = PassManager.parse(options.pipeline, verify_each=options.verify_each)
+    manager = PassManager.parse(options.pipeline)
+    if options.configure_passes is not None:
+        options.configure_passes(manager)
 
     model = load_onnx(model_path)
     records = manager.run(model)
@@ -81,7 +87,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         if options.verify_samples:
             result = verify_project(model, project, options.verify_samples, options.seed, report)
         report.write(outdir / "hawqc_report.json")
-    return CompileResult(outdir, model, report, result)
+    return CompileResult(outdir, model, records, report, result)
 
 
 def verify_project(model: ir.Model, project, samples: int, seed: int, report: CompileReport) -> VerifyResult:

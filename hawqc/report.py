@@ -43,12 +43,6 @@ class CompileReport:
             lowering_seconds=round(lowering_seconds, 6),
         )
 
-    def passes_as_records(self) -> list[PassRecord]:
-        return [
-            PassRecord(p["name"], p["seconds"], p["changed"], p["statistics"], p["pipeline"])
-            for p in self.passes
-        ]
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

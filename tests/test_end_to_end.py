@@ -48,7 +48,7 @@ def test_a_mismatch_exits_1_and_names_the_first_sample(tmp_path, capsys, monkeyp
 
 def test_verification_inputs_cover_the_input_range_and_ties():
     from hawqc.frontends.onnx import load_onnx
-    from hawqc.verify import draw_inputs
+    from hawqc.sim.inputs import draw_inputs
 
     model = load_onnx(JET_TAGGER)
     (x,) = draw_inputs(model, 1000, seed=0).values()

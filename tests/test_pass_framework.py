@@ -140,7 +140,7 @@ def test_custom_pass_runs_with_statistics_and_hooks():
     model = load_onnx(JET_TAGGER)
     manager = PassManager.parse("count-relus{remove-first=true}", registry=registry())
     seen = []
-    manager.after_pass.append(lambda p, m, record: seen.append(record.name))
+    manager.add_callbacks(after=lambda p, m, record: seen.append(record.name))
     (record,) = manager.run(model)
     assert record.changed and record.statistics == {"relus": 3}
     assert seen == ["count-relus{remove-first=true}"]

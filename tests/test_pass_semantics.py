@@ -17,7 +17,7 @@ from hawqc.ir.io import to_proto
 from hawqc.passes.manager import PassManager
 from hawqc.passes.registry import BUILTIN_PASSES, BUILTIN_PIPELINES
 from hawqc.sim import Executor
-from hawqc.verify import draw_inputs
+from hawqc.sim.inputs import draw_inputs
 
 QUANT = 'qonnx.custom_op.general.Quant <signed: int = 1, narrow: int = 1, rounding_mode: string = "ROUND">'
 

@@ -29,7 +29,10 @@ BUILTIN_PASSES: dict[str, str] = {
 # leaves the producers of folded values (and their now unused constants) behind.
 BUILTIN_PIPELINES: dict[str, str] = {
     "cleanup": "dce,remove-identity,fold-constants,dce,topo-sort,unique-names",
-    "default": "cleanup,gemm-to-matmul,cleanup",
+    # What the hls4ml lowering needs in front of it: a clean graph whose dense layers are MatMul+Add.
+    "hls4ml-prepare": "cleanup,gemm-to-matmul,cleanup",
+    # What `hawqc` runs before lowering.
+    "default": "hls4ml-prepare",
 }
 
 
