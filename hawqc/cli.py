@@ -74,6 +74,8 @@ def _configure(manager, args: argparse.Namespace) -> None:
         raise UserInputError(f"--validate must be a non-negative count, got {args.validate}")
     manager.verify_each = not args.no_verify
     manager.reproducer_dir = args.reproducer_dir or default_reproducer_dir()
+    for plugin in args.load_pass_plugin:
+        manager.reproducer_flags += ["--load-pass-plugin", str(plugin.resolve())]
     if args.print_ir_before or args.print_ir_after or args.print_ir_after_all or args.print_ir_after_change:
         manager.instrumentations.append(
             IRPrinter(args.print_ir_before, args.print_ir_after, args.print_ir_after_all, args.print_ir_after_change)

@@ -73,6 +73,8 @@ class PassManager:
     instrumentations: list[PassInstrumentation] = field(default_factory=list)
     # Where reproducers go when a pass fails; None: write none.
     reproducer_dir: Path | None = None
+    # Flags the reproducer's re-run command needs besides the pipeline (e.g. plugins to load).
+    reproducer_flags: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(
@@ -186,7 +188,13 @@ class _Run:
             if self.snapshot is None or isinstance(err, UserInputError):
                 raise
             command = write_reproducer(
-                self.manager.reproducer_dir, self.snapshot, self.succeeded, instance, self.manager.text, err
+                self.manager.reproducer_dir,
+                self.snapshot,
+                self.succeeded,
+                instance,
+                self.manager.text,
+                err,
+                self.manager.reproducer_flags,
             )
             raise type(err)(f"{err}; reproduce with: {command}") from err
         self.records.append(record)

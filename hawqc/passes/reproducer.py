@@ -45,7 +45,13 @@ class Snapshot:
 
 
 def write_reproducer(
-    directory: Path, snapshot: Snapshot, succeeded: Sequence, failing, full_pipeline: str, error: BaseException
+    directory: Path,
+    snapshot: Snapshot,
+    succeeded: Sequence,
+    failing,
+    full_pipeline: str,
+    error: BaseException,
+    flags: Sequence[str] = (),
 ) -> str:
     """Write the reproducer; returns the command that re-runs it."""
     model, pipeline, scope = snapshot.restore(), full_pipeline, "the pipeline's input"
@@ -57,7 +63,7 @@ def write_reproducer(
         model = snapshot.restore()
     directory.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f"{_slug(failing.name)}-", suffix=".onnxtxt", dir=directory)
-    command = f"hawqc-opt {shlex.quote(name)} -p {shlex.quote(pipeline)}"
+    command = shlex.join(["hawqc-opt", name, "-p", pipeline, *flags])
     header = (
         f"# hawqc crash reproducer: {scope}\n"
         f"# error: {str(error).splitlines()[0] if str(error) else type(error).__name__}\n"
