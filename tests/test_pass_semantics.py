@@ -137,3 +137,28 @@ g (float[1,3] x) => (float[1,2] y)
     (record,) = PassManager.parse("gemm-to-matmul").run(model)
     assert not record.changed and record.statistics["gemms-kept-inexact"] == 1
     assert [node.op_type for node in model.graph] == ["Gemm"]
+
+
+def test_remove_dropout_matches_onnxruntime():
+    # The semantic executor has no Dropout (the pass removes it before anything runs); onnxruntime
+    # runs the graph before and after, with the Dropout in inference mode.
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,4] x) => (float[1,4] y)
+   <bool off = {0}, float ratio = {0.5}, float[4] b = {1, -2, 3, -4}>
+{
+   a = Dropout (x, ratio, off)
+   s = Add (a, b)
+   y = Dropout (s)
+}"""
+    model = load_onnx_text(text)
+    x = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
+
+    def run(m):
+        session = ort.InferenceSession(to_proto(m).SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    before = run(model)
+    (record,) = PassManager.parse("remove-dropout").run(model)
+    assert record.statistics == {"dropouts-removed": 2}
+    assert [node.op_type for node in model.graph] == ["Add"]
+    assert_bit_identical([before], [run(model)], "remove-dropout")

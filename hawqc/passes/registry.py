@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "hawqc.passes"
 BUILTIN_PASSES: dict[str, str] = {
     "dce": "hawqc.passes.dce:DeadCodeElimination",
     "remove-identity": "hawqc.passes.remove_identity:RemoveIdentity",
+    "remove-dropout": "hawqc.passes.remove_dropout:RemoveDropout",
     "fold-constants": "hawqc.passes.fold_constants:FoldConstants",
     "topo-sort": "hawqc.passes.topo_sort:TopologicalSort",
     "unique-names": "hawqc.passes.unique_names:UniqueNames",
@@ -28,7 +29,7 @@ BUILTIN_PASSES: dict[str, str] = {
 # A named pipeline is usable wherever a pass name is. DCE runs again after folding because folding
 # leaves the producers of folded values (and their now unused constants) behind.
 BUILTIN_PIPELINES: dict[str, str] = {
-    "cleanup": "dce,remove-identity,fold-constants,dce,topo-sort,unique-names",
+    "cleanup": "dce,remove-identity,remove-dropout,fold-constants,dce,topo-sort,unique-names",
     # What the hls4ml lowering needs in front of it: a clean graph whose dense layers are MatMul+Add.
     "hls4ml-prepare": "cleanup,gemm-to-matmul,cleanup",
     # What `hawqc` runs before lowering.
