@@ -119,3 +119,35 @@ def test_console_scripts_are_installed(tmp_path):
     assert result.returncode == 0 and "jet_tagger" in result.stdout
     result = subprocess.run([str(bindir / "hawqc"), str(tmp_path / "x.onnx"), "-o", str(tmp_path / "p")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_compile_takes_the_pass_manager_flags(tmp_path, capsys):
+    code = main([str(JET_TAGGER), "-o", str(tmp_path / "proj"), "--print-ir-after=gemm-to-matmul",
+                 "--validate", "32", "--pass-statistics", "--time-passes"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "# -----// IR after pass 'gemm-to-matmul' //----- #" in err
+    assert "pass statistics" in err and "pass timing" in err
+
+
+def test_compile_validation_failure_is_reported(tmp_path, capsys):
+    plugin = tmp_path / "flip.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\nfrom typing import ClassVar\nimport hawqc\n\n"
+        "@hawqc.register_pass\n@dataclass(frozen=True)\nclass Flip(hawqc.Pass):\n"
+        "    name: ClassVar[str] = 'flip-first-add'\n"
+        "    def run(self, model):\n"
+        "        next(n for n in model.graph if n.op_type == 'Add').op_type = 'Sub'\n"
+        "        return True\n"
+    )
+    try:
+        code = main([str(JET_TAGGER), "-o", str(tmp_path / "proj"), "--load-pass-plugin", str(plugin),
+                     "-p", "default,flip-first-add", "--validate", "16", "--reproducer-dir", str(tmp_path / "r")])  # fmt: skip
+    finally:
+        from hawqc.passes.registry import default_registry
+
+        default_registry().passes.pop("flip-first-add", None)
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 1 and "translation validation: pass 'flip-first-add' changed output 'global_out'" in line
+    assert "reproduce with: hawqc-opt" in line and list((tmp_path / "r").glob("*.onnxtxt"))
+    assert not (tmp_path / "proj").exists()

@@ -180,3 +180,33 @@ def test_public_api_names():
     model = hawqc.load(JET_TAGGER)
     records = hawqc.PassManager.parse("default").run(model)
     assert [r.name for r in records if r.name == "gemm-to-matmul"] == ["gemm-to-matmul"]
+
+
+def test_instrumentation_from_python():
+    import io
+
+    from hawqc.passes.instrumentation import IRPrinter
+
+    model = load_onnx(JET_TAGGER)
+    manager = PassManager.parse("remove-identity,gemm-to-matmul", validate=8)
+    stream = io.StringIO()
+    manager.instrumentations.append(IRPrinter(after_change=True, stream=stream))
+    order = []
+    manager.add_callbacks(before=lambda p, m: order.append(("before", p.name)), after=lambda p, m, r: order.append(("after", p.name)))
+    manager.run(model)
+    assert order == [("before", "remove-identity"), ("after", "remove-identity"), ("before", "gemm-to-matmul"), ("after", "gemm-to-matmul")]
+    # The jet tagger has no Identity and no Gemm: nothing changed, nothing printed.
+    assert stream.getvalue() == ""
+
+
+def test_fixpoint_groups_iterate_and_record_iterations():
+    model = load_onnx(JET_TAGGER)
+    records = PassManager.parse("fixpoint(count-relus{remove-first=true}){max-iters=5}", registry=registry()).run(model)
+    # Three Relus: three iterations remove one each, the fourth changes nothing and ends the loop.
+    assert [(r.iteration, r.changed) for r in records] == [(1, True), (2, True), (3, True), (4, False)]
+    assert not any(node.op_type == "Relu" for node in model.graph)
+
+
+def test_a_parsed_pipeline_prints_back_to_the_same_text():
+    text = "cleanup,fixpoint(dce,count-relus{limit=2}){max-iters=3},gemm-to-matmul"
+    assert str(PassManager.parse(text, registry=registry())) == text
