@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
 from hawqc.passes.base import Pass, PassResult, option
+from hawqc.sim import ops as sim_ops
 
 # Ops whose result is not a function of their inputs, or that hold subgraphs.
 NEVER_FOLD = frozenset(
@@ -61,6 +62,9 @@ class FoldConstants(Pass):
             return _static_shape(node)
         if any(value is not None and value.const_value is None for value in node.inputs):
             return None
+        kernel_results = _evaluate_with_executor(node)
+        if kernel_results is not None:
+            return self._small_enough(kernel_results)
         arrays = {
             value.name: value.const_value.numpy() for value in node.inputs if value is not None
         }
@@ -76,10 +80,26 @@ class FoldConstants(Pass):
             results = ReferenceEvaluator(model).run(None, arrays)
         except Exception:  # noqa: BLE001 - an op the reference evaluator lacks stays unfolded
             return None
-        results = [np.asarray(result) for result in results]
-        if any(result.size > self.max_elements for result in results):
-            return None
-        return results
+        return self._small_enough([np.asarray(result) for result in results])
+
+    def _small_enough(self, results: list[np.ndarray]) -> list[np.ndarray] | None:
+        return None if any(result.size > self.max_elements for result in results) else results
+
+
+def _evaluate_with_executor(node: ir.Node) -> list[np.ndarray] | None:
+    """The node's results by the semantic executor's own kernel, if it has one for this op.
+
+    The executor defines what a graph means (bit-identical to onnxruntime, qonnx's oracle), so a
+    folded constant must be what it computes. onnx's reference evaluator rounds differently in
+    places (Gemm with alpha: twice where onnxruntime rounds once), so it serves only the ops the
+    executor lacks: shape arithmetic (Shape, Gather, Concat, Unsqueeze...), which is exact.
+    """
+    builder = sim_ops.OP_TABLE.get((node.domain, node.op_type))
+    if builder is None:
+        return None
+    constants = tuple(None if value is None else value.const_value.numpy() for value in node.inputs)
+    kernel = builder(sim_ops.NodeSpec(node, constants, declared_batch=None))
+    return [np.asarray(result) for result in kernel(constants)]
 
 
 def _static_shape(node: ir.Node) -> list[np.ndarray] | None:

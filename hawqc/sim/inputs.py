@@ -41,7 +41,9 @@ def draw_inputs(model: ir.Model, count: int, seed: int = 0) -> dict[str, np.ndar
         if bounds is None:
             inputs[value.name] = rng.standard_normal(shape).astype(np.float32)
             continue
-        low, high, lsb = (np.broadcast_to(b, shape[1:]) for b in bounds)
+        # Broadcast against the batched shape: exporters spell per-channel parameters with the
+        # batch dimension ([1, C], [1, C, 1, 1]) as often as without it ([C]).
+        low, high, lsb = (np.broadcast_to(b, shape) for b in bounds)
         samples = rng.uniform(low, high, size=shape)
         # Every other sample on the grid or on a half-LSB tie: those are where roundings differ.
         grid = np.round(samples / lsb) * lsb
@@ -49,6 +51,6 @@ def draw_inputs(model: ir.Model, count: int, seed: int = 0) -> dict[str, np.ndar
         kind = rng.integers(0, 3, size=(count,) + (1,) * (len(shape) - 1))
         samples = np.where(kind == 0, grid, np.where(kind == 1, ties, samples))
         if count >= 2:
-            samples[0], samples[1] = low, high
+            samples[0], samples[1] = low[0], high[0]
         inputs[value.name] = samples.astype(np.float32)
     return inputs
