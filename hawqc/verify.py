@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hawqc.errors import BackendError
-from hawqc.sim.inputs import draw_inputs, input_range  # noqa: F401 - part of this module's API
+
 
 
 @dataclass(frozen=True)
