@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.ir.domains import QONNX_DOMAIN, QUANT_OPS
+from hawqc.sim.quant import quant_bounds
 
 
 def input_range(model: ir.Model, value: ir.Value) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -19,13 +20,9 @@ def input_range(model: ir.Model, value: ir.Value) -> tuple[np.ndarray, np.ndarra
         node = use.node
         if node.domain == QONNX_DOMAIN and node.op_type in QUANT_OPS and use.idx == 0:
             scale, zero_point, bits = (node.inputs[i].const_value.numpy() for i in (1, 2, 3))
-            bits = int(bits.item())
-            signed = node.attributes.get_int("signed", 1)
-            narrow = node.attributes.get_int("narrow", 0)
-            if signed:
-                low, high = -(2 ** (bits - 1)) + narrow, 2 ** (bits - 1) - 1
-            else:
-                low, high = 0, 2**bits - 1 - narrow
+            bounds = quant_bounds(bits, node.attributes.get_int("signed", 1), node.attributes.get_int("narrow", 0))
+            # qonnx's 1-bit signed Quant outputs +-1 (times the scale): its range is [-1, 1].
+            low, high = (-1.0, 1.0) if bounds.bipolar else (bounds.min_int.item(), bounds.max_int.item())
             scale = scale.astype(np.float64)
             return (low - zero_point) * scale, (high - zero_point) * scale, scale
     return None
