@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
+from hawqc.ir.constants import make_initializer
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.sim import ops as sim_ops
 
@@ -113,11 +114,7 @@ def _static_shape(node: ir.Node) -> list[np.ndarray] | None:
 
 
 def _replace_with_initializer(graph: ir.Graph, output: ir.Value, array: np.ndarray) -> None:
-    name = output.name
-    tensor = ir.tensor(array, name=name)
-    constant = ir.Value(
-        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
-    )
+    constant = make_initializer(array, output.name)
     ir.convenience.replace_all_uses_with(output, constant)
     output.name = None  # the name moves to the initializer; the dead output is removed with its node
     graph.register_initializer(constant)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
 
 
@@ -175,9 +176,7 @@ class Rewriter:
         return out
 
     def constant(self, array: np.ndarray, name: str) -> ir.Value:
-        name = self.names(name)
-        tensor = ir.tensor(np.ascontiguousarray(array), name=name)
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        value = make_initializer(array, self.names(name))
         self.graph.register_initializer(value)
         return value
 
