@@ -13,6 +13,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from hawqc.errors import UserInputError
+from hawqc.ir.quant_annotation import mirrored_in_model_metadata, restore_from_model_metadata
 
 TEXT_SUFFIXES = frozenset({".onnxtxt", ".txt"})
 
@@ -49,13 +50,17 @@ def read_model(path: str | Path) -> ir.Model:
 
 def parse_text(text: str, *, source: str = "<text>") -> ir.Model:
     try:
-        return ir.from_onnx_text(text)
+        model = ir.from_onnx_text(text)
     except Exception as err:  # onnx's C++ parser raises a bare Exception/ValueError/RuntimeError
         raise UserInputError(f"{source}: cannot parse ONNX text ({_first_line(err)})") from None
+    # ONNX text keeps only the model's metadata: value annotations travel there (quant_annotation).
+    restore_from_model_metadata(model)
+    return model
 
 
 def to_text(model: ir.Model) -> str:
-    return ir.to_onnx_text(model)
+    with mirrored_in_model_metadata(model):
+        return ir.to_onnx_text(model)
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
