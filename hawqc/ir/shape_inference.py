@@ -5,6 +5,12 @@ Every QONNX quantizer keeps the shape of its first input and yields float32, so 
 graph each one is stood in for by an `Identity` of that input, onnx infers the rest (with data
 propagation, so that `Shape -> Gather -> Reshape` flatten chains resolve), and the results are
 copied back by value name. The model itself is never replaced, only annotated.
+
+The channels-last ops (`qonnx.custom_op.channels_last`) mean "the standard op on input 0 transposed
+to channels-first, result transposed back" (for Conv, the weight too), so in the copy each is stood
+in for by exactly that: Transpose -> standard op -> Transpose, and onnx's own rules give the output
+shape, attributes absent or not. The Transposes need the input's rank; where neither the model nor
+the op's attributes say it, onnx infers the graph up to that op first.
 """
 
 from __future__ import annotations
@@ -13,11 +19,17 @@ import onnx
 import onnx_ir as ir
 
 from hawqc.errors import UserInputError
-from hawqc.ir.domains import QUANT_OPS, is_qonnx_domain
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QUANT_OPS, is_qonnx_domain
 from hawqc.ir.io import to_proto
+from hawqc.ir.layout import channels_first_perm, channels_last_perm
 
 # QONNX ops whose output has the shape of input 0 (elementwise quantizers).
 SHAPE_PRESERVING_QONNX_OPS = QUANT_OPS | {"BipolarQuant", "Trunc", "MultiThreshold"}
+
+# Standard ops that have a channels-last version (qonnx's three, and hawqc's extensions).
+CHANNELS_LAST_OPS = frozenset(
+    {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"}
+)
 
 
 def infer_shapes(model: ir.Model) -> int:
@@ -31,10 +43,8 @@ def infer_shapes(model: ir.Model) -> int:
     imported = {opset.domain for opset in proto.opset_import}
     for domain in sorted({node.domain for node in proto.graph.node} - imported):
         proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as err:
-        raise UserInputError(f"shape inference failed: {str(err).splitlines()[0]}") from None
+    _stand_in_channels_last_ops(proto)
+    inferred = _onnx_infer(proto)
     known = {
         info.name: info.type
         for info in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
@@ -59,6 +69,112 @@ def _stand_in_identity(node: onnx.NodeProto) -> None:
     node.input.append(first_input)
     del node.attribute[:]
     node.op_type, node.domain = "Identity", ""
+
+
+def _onnx_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as err:
+        raise UserInputError(f"shape inference failed: {str(err).splitlines()[0]}") from None
+
+
+def _stand_in_channels_last_ops(proto: onnx.ModelProto) -> None:
+    """Replace every channels-last op whose input rank is known by Transpose -> op -> Transpose.
+
+    Ranks come from the model (graph inputs, initializers, shapes already known) and the ops'
+    attributes, which settles them all in one go on graphs hawqc wrote. Only where a rank is still
+    unknown does onnx infer the graph so far and the loop go round again; an op whose rank nothing
+    reveals stays, and its output is left unknown for the verifier to report.
+    """
+    # Keyed by first output name: protobuf hands out a new wrapper object on every access.
+    pending = {
+        node.output[0]
+        for node in proto.graph.node
+        if node.domain == CHANNELS_LAST_DOMAIN and node.op_type in CHANNELS_LAST_OPS
+    }
+    if not pending:
+        return
+    names = _NameSource(proto)
+    ranks = _known_ranks(proto)
+    while True:
+        replaced: list[onnx.NodeProto] = []
+        progressed = False
+        for node in proto.graph.node:
+            rank = _channels_last_rank(node, ranks) if node.output[0] in pending else None
+            if rank is None:
+                replaced.append(node)
+                continue
+            pending.discard(node.output[0])
+            progressed = True
+            replaced.extend(_channels_first_sandwich(node, rank, names))
+        if progressed:
+            del proto.graph.node[:]
+            proto.graph.node.extend(replaced)
+        if not pending:
+            return
+        learned = _known_ranks(_onnx_infer(proto))
+        if not any(_channels_last_rank(node, learned) for node in proto.graph.node if node.output[0] in pending):
+            return
+        ranks = learned
+
+
+def _channels_last_rank(node: onnx.NodeProto, ranks: dict[str, int]) -> int | None:
+    rank = ranks.get(node.input[0]) if node.input else None
+    if rank is None and node.op_type == "Conv" and len(node.input) > 1:
+        rank = ranks.get(node.input[1])  # the weight: [M, k..., C/group] has the data's rank
+    if rank is None:
+        for attribute in node.attribute:
+            if attribute.name == "kernel_shape":
+                rank = len(attribute.ints) + 2
+    return rank if rank is not None and rank >= 3 else None
+
+
+def _channels_first_sandwich(node: onnx.NodeProto, rank: int, names: _NameSource) -> list[onnx.NodeProto]:
+    to_first = list(channels_first_perm(rank))
+    to_last = list(channels_last_perm(rank))
+    transposed_inputs = 2 if node.op_type == "Conv" else 1
+    nodes = []
+    standard = onnx.NodeProto()
+    standard.CopyFrom(node)
+    standard.domain = ""
+    for index in range(min(transposed_inputs, len(node.input))):
+        first = names(f"{node.input[index]}_channels_first")
+        nodes.append(onnx.helper.make_node("Transpose", [node.input[index]], [first], perm=to_first))
+        standard.input[index] = first
+    result = names(f"{node.output[0]}_channels_first")
+    standard.output[0] = result
+    nodes.append(standard)
+    nodes.append(onnx.helper.make_node("Transpose", [result], [node.output[0]], perm=to_last))
+    return nodes
+
+
+class _NameSource:
+    """Value names not used in the proto, for the stand-ins' intermediate values."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        graph = proto.graph
+        self.used = {value.name for value in (*graph.input, *graph.output, *graph.value_info)}
+        self.used.update(tensor.name for tensor in graph.initializer)
+        for node in graph.node:
+            self.used.update(node.input)
+            self.used.update(node.output)
+
+    def __call__(self, wanted: str) -> str:
+        candidate, index = wanted, 0
+        while candidate in self.used:
+            index += 1
+            candidate = f"{wanted}_{index}"
+        self.used.add(candidate)
+        return candidate
+
+
+def _known_ranks(proto: onnx.ModelProto) -> dict[str, int]:
+    graph = proto.graph
+    ranks = {tensor.name: len(tensor.dims) for tensor in graph.initializer}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
+            ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    return ranks
 
 
 def _all_values(graph: ir.Graph):
