@@ -24,6 +24,7 @@ from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import QONNX_DOMAIN, is_qonnx_domain
 from hawqc.sim import quant
+from hawqc.sim.ops_threshold import build_multithreshold
 
 Kernel = Callable[[Sequence[np.ndarray | None]], tuple[np.ndarray, ...]]
 
@@ -371,6 +372,7 @@ OP_TABLE: dict[tuple[str, str], Builder] = {
     (QONNX_DOMAIN, "Quant"): build_quant,
     (QONNX_DOMAIN, "IntQuant"): build_quant,
     (QONNX_DOMAIN, "BipolarQuant"): build_bipolar_quant,
+    (QONNX_DOMAIN, "MultiThreshold"): build_multithreshold,
     (STANDARD_DOMAIN, "MatMul"): build_matmul,
     (STANDARD_DOMAIN, "Gemm"): build_gemm,
     (STANDARD_DOMAIN, "Add"): _binary(np.add),
