@@ -21,15 +21,10 @@ import onnx_ir as ir
 from hawqc.errors import UserInputError
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QUANT_OPS, is_qonnx_domain
 from hawqc.ir.io import to_proto
-from hawqc.ir.layout import channels_first_perm, channels_last_perm
+from hawqc.ir.layout import CHANNELS_LAST_OPS, channels_first_perm, channels_last_perm
 
 # QONNX ops whose output has the shape of input 0 (elementwise quantizers).
 SHAPE_PRESERVING_QONNX_OPS = QUANT_OPS | {"BipolarQuant", "Trunc", "MultiThreshold"}
-
-# Standard ops that have a channels-last version (qonnx's three, and hawqc's extensions).
-CHANNELS_LAST_OPS = frozenset(
-    {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"}
-)
 
 
 def infer_shapes(model: ir.Model) -> int:

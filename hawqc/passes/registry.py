@@ -24,6 +24,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "topo-sort": "hawqc.passes.topo_sort:TopologicalSort",
     "unique-names": "hawqc.passes.unique_names:UniqueNames",
     "gemm-to-matmul": "hawqc.passes.gemm_to_matmul:GemmToMatMul",
+    "channels-last": "hawqc.passes.channels_last:ChannelsLast",
 }
 
 # A named pipeline is usable wherever a pass name is. DCE runs again after folding because folding

@@ -5,6 +5,10 @@ quantizer's range, and again after every pass; the first pass after which any ou
 differs (compared as raw bits, so -0.0 vs 0.0 and NaN payloads count) is named, with the element.
 Comparing against the pipeline's input, not the previous pass, keeps the cost at one execution
 per pass while still blaming the first pass that diverges.
+
+A pass may change the layout of graph inputs and outputs (`channels-last`: NCHW -> NHWC), recording
+it with `hawqc.ir.layout`. The validator then feeds the model the same inputs transposed the way the
+records changed since the pipeline's input, and transposes the outputs back before comparing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError, VerificationError
+from hawqc.ir.layout import Permutation, compose, invert, is_identity, layout_permutations
 from hawqc.passes.instrumentation import PassInstrumentation
 
 if TYPE_CHECKING:
@@ -33,19 +38,26 @@ class TranslationValidator(PassInstrumentation):
     seed: int = 0
     _inputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _reference: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _layouts: dict[str, Permutation] = field(default_factory=dict, repr=False)
 
     def before_pipeline(self, model: ir.Model) -> None:
         from hawqc.sim.inputs import draw_inputs
 
         self._inputs = draw_inputs(model, self.samples, self.seed)
+        self._layouts = layout_permutations(model)
         try:
-            self._reference = self._run(model)
+            self._reference = self._run(model, self._inputs)
         except UnsupportedModelError as err:
             raise UserInputError(f"--validate: the semantic executor cannot run this model ({err})") from None
 
     def after_pass(self, pass_: Pass, model: ir.Model, record: PassRecord) -> None:
+        changes = self._layout_changes(model, record)
+        inputs = {
+            name: array.transpose(changes[name]) if name in changes else array
+            for name, array in self._inputs.items()
+        }
         try:
-            outputs = self._run(model)
+            outputs = self._run(model, inputs)
         except UnsupportedModelError as err:
             raise TranslationValidationError(
                 f"translation validation: after pass '{record.name}' the model no longer runs ({err})"
@@ -56,6 +68,8 @@ class TranslationValidator(PassInstrumentation):
                 raise TranslationValidationError(
                     f"translation validation: pass '{record.name}' removed graph output '{name}'"
                 )
+            if name in changes:
+                after = after.transpose(invert(changes[name]))
             if after.shape != before.shape:
                 raise TranslationValidationError(
                     f"translation validation: pass '{record.name}' changed the shape of output "
@@ -70,10 +84,32 @@ class TranslationValidator(PassInstrumentation):
                     f"{int(differs.sum())} of {differs.size} elements differ"
                 )
 
-    def _run(self, model: ir.Model) -> dict[str, np.ndarray]:
+    def _layout_changes(self, model: ir.Model, record: PassRecord) -> dict[str, Permutation]:
+        """Input/output name -> how its layout changed since the pipeline's input: the transpose
+        that turns an array in the old layout into one in the new."""
+        now = layout_permutations(model)
+        arrays = {**self._inputs, **self._reference}
+        changes = {}
+        for name in {*self._layouts, *now}:
+            if name not in arrays:
+                continue  # a layout record of a value that is no graph input or output any more
+            rank = arrays[name].ndim
+            before = self._layouts.get(name, tuple(range(rank)))
+            after = now.get(name, tuple(range(rank)))
+            if len(before) != rank or len(after) != rank:
+                raise TranslationValidationError(
+                    f"translation validation: after pass '{record.name}' the layout recorded for "
+                    f"'{name}' has rank {len(after)}, the value rank {rank}"
+                )
+            change = compose(invert(before), after)
+            if not is_identity(change):
+                changes[name] = change
+        return changes
+
+    def _run(self, model: ir.Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from hawqc.sim import Executor
 
-        return Executor(model).run(self._inputs)
+        return Executor(model).run(inputs)
 
 
 def _bits(array: np.ndarray) -> np.ndarray:
