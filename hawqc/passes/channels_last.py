@@ -150,14 +150,14 @@ class ChannelsLast(Pass):
         already = next((node for node in graph if node.domain == CHANNELS_LAST_DOMAIN), None)
         if already is not None:
             raise UnsupportedModelError(
-                f"channels-last: {describe(anchors[0])} is channels-first but {describe(already)} is "
+                f"{describe(anchors[0])} is channels-first but {describe(already)} is "
                 "channels-last already; a graph that mixes both is not supported"
             )
         for node in anchors:
             rank = _rank(node.inputs[0])
             if rank not in (3, 4):
                 raise UnsupportedModelError(
-                    f"channels-last: {describe(node)} works on a rank-{rank} tensor; only 1-D and 2-D "
+                    f"{describe(node)} works on a rank-{rank} tensor; only 1-D and 2-D "
                     "images (rank 3 and 4) are supported"
                 )
         conversion = _Conversion(model, image_region(graph, anchors, constant), constant)
@@ -220,6 +220,8 @@ class _Conversion:
         self.layouts: dict[ir.Value, Layout] = {}
         self.names = FreshNames(self.graph)
         self.relaid_out: dict[tuple[ir.Value, Layout], ir.Value] = {}
+        self.new_constants: dict[tuple, ir.Value] = {}
+        self.identities: list[ir.Node] = []  # Transposes that the layout change cancels
         self.replaced: list[ir.Value] = []  # values the rewrites may have left without readers
         self.statistics: Counter[str] = Counter()
 
@@ -234,7 +236,7 @@ class _Conversion:
                 layout = channels_last(_rank(value))
                 self._set_layout(value, layout)
                 interface[value.name] = layout.perm
-        outputs = list(graph.outputs)  # a removed Transpose hands its output's name to its input
+        outputs = list(graph.outputs)
         for node in list(graph):
             if node.graph is graph:
                 self._visit(node)
@@ -242,11 +244,13 @@ class _Conversion:
             layout = self.layouts.get(value)
             if isinstance(layout, PermutedAxis):
                 raise UnsupportedModelError(
-                    f"channels-last: graph output '{value.name}' is a flattened image, which would hold "
+                    f"graph output '{value.name}' is a flattened image, which would hold "
                     "its elements in channels-last order; only a dense layer can take that order back"
                 )
             if layout is not None:
                 interface[graph.outputs[index].name] = layout.perm
+        for node in self.identities:
+            self._bypass(node, node.inputs[0])
         for name, perm in interface.items():
             record_layout(self.model, name, perm)
             self.statistics["interface-values-relaid-out"] += 1
@@ -260,13 +264,13 @@ class _Conversion:
         rule = self._rule(node)
         if rule is None:
             raise UnsupportedModelError(
-                f"channels-last: {describe(node)} reads or writes an image and has no channels-last form"
+                f"{describe(node)} reads or writes an image and has no channels-last form"
             )
         rule(node)
         for value in node.outputs:
             if value in self.region and self.layouts.get(value) != channels_last(_rank(value)):
                 raise UnsupportedModelError(
-                    f"channels-last: {describe(node)} cannot write its output '{value.name}' channels-last"
+                    f"{describe(node)} cannot write its output '{value.name}' channels-last"
                 )
 
     def _rule(self, node: ir.Node):
@@ -303,7 +307,7 @@ class _Conversion:
             return
         if isinstance(layout, Transposed) and layout.rank != _rank(value):
             raise UnsupportedModelError(
-                f"channels-last: '{value.name}' has rank {_rank(value)}, the image it comes from rank {layout.rank}"
+                f"'{value.name}' has rank {_rank(value)}, the image it comes from rank {layout.rank}"
             )
         self.layouts[value] = layout
         value.shape = layout.stored_shape(value.shape)
@@ -313,11 +317,11 @@ class _Conversion:
         laid_out = {self.layouts[value] for value in inputs if value in self.layouts}
         if len(laid_out) != 1:
             what = "tensors in different layouts" if laid_out else "no relaid-out tensor"
-            raise UnsupportedModelError(f"channels-last: {describe(node)} combines {what}")
+            raise UnsupportedModelError(f"{describe(node)} combines {what}")
         for value in inputs:
             if value not in self.layouts and not _single_element(value):
                 raise UnsupportedModelError(
-                    f"channels-last: {describe(node)} combines an image with '{value.name}', a tensor "
+                    f"{describe(node)} combines an image with '{value.name}', a tensor "
                     "of another layout computed at run time"
                 )
         return next(iter(laid_out))
@@ -334,7 +338,7 @@ class _Conversion:
             try:
                 stored = array if array.size == 1 else layout.relayout(array)
             except ValueError as err:
-                raise UnsupportedModelError(f"channels-last: {describe(reader)} reads '{value.name}': {err}") from None
+                raise UnsupportedModelError(f"{describe(reader)} reads '{value.name}': {err}") from None
             if stored.shape == array.shape and np.array_equal(stored, array, equal_nan=array.dtype.kind == "f"):
                 result = value
             else:
@@ -357,7 +361,7 @@ class _Conversion:
         if not elementwise:
             source = describe(producer) if producer is not None else "no node"
             raise UnsupportedModelError(
-                f"channels-last: {describe(reader)} reads '{value.name}', computed from constants by "
+                f"{describe(reader)} reads '{value.name}', computed from constants by "
                 f"{source}; only elementwise ops on constants are relaid out (run fold-constants first)"
             )
         inputs = [None if v is None else self._relayout(v, layout, reader) for v in producer.inputs]
@@ -386,9 +390,15 @@ class _Conversion:
                 node.replace_input_with(index, stored)
 
     def _new_constant_input(self, node: ir.Node, index: int, array: np.ndarray) -> None:
+        """Replace the constant input `index` (axes, pads, scales) by `array`; one initializer per
+        original and new content, however many nodes share them."""
         old = node.inputs[index]
-        value = make_initializer(array, self.names(f"{old.name}_{Transposed.suffix}"))
-        self.graph.register_initializer(value)
+        key = (old, array.dtype.str, array.shape, array.tobytes())
+        value = self.new_constants.get(key)
+        if value is None:
+            value = make_initializer(array, self.names(f"{old.name}_{Transposed.suffix}"))
+            self.graph.register_initializer(value)
+            self.new_constants[key] = value
         node.replace_input_with(index, value)
         self.replaced.append(old)
 
@@ -397,13 +407,13 @@ class _Conversion:
             return None
         value = node.inputs[index]
         if value.const_value is None:
-            raise UnsupportedModelError(f"channels-last: {describe(node)}: its {what} must be a constant")
+            raise UnsupportedModelError(f"{describe(node)}: its {what} must be a constant")
         return [int(v) for v in value.const_value.numpy().reshape(-1)]
 
     def _image_layout(self, node: ir.Node) -> Transposed:
         layout = self.layouts.get(node.inputs[0])
         if not isinstance(layout, Transposed):
-            raise UnsupportedModelError(f"channels-last: {describe(node)} needs an image as input 0")
+            raise UnsupportedModelError(f"{describe(node)} needs an image as input 0")
         return layout
 
     # -- rules ----------------------------------------------------------------------------------
@@ -415,16 +425,16 @@ class _Conversion:
         for extra in node.outputs[1:]:
             if extra.uses() or extra.is_graph_output():
                 raise UnsupportedModelError(
-                    f"channels-last: {describe(node)}: its output '{extra.name}' has no channels-last form"
+                    f"{describe(node)}: its output '{extra.name}' has no channels-last form"
                 )
         for index, value in enumerate(node.inputs[1:], start=1):
             if value is not None and value not in self.constant:
-                raise UnsupportedModelError(f"channels-last: {describe(node)}: input {index} must be a constant")
+                raise UnsupportedModelError(f"{describe(node)}: input {index} must be a constant")
         _write_default_attributes(node, rank)
         if node.op_type == "Conv":
             weight = node.inputs[1]
             if _rank(weight) != rank:
-                raise UnsupportedModelError(f"channels-last: {describe(node)}: the weight must have rank {rank}")
+                raise UnsupportedModelError(f"{describe(node)}: the weight must have rank {rank}")
             node.replace_input_with(1, self._relayout(weight, layout, node))
         node.domain = CHANNELS_LAST_DOMAIN
         self._set_layout(node.outputs[0], layout)
@@ -441,9 +451,9 @@ class _Conversion:
         # BatchNormalization of a flattened image ([N, K]): its per-feature parameters follow the columns.
         layout = self.layouts.get(node.inputs[0])
         if not isinstance(layout, PermutedAxis) or _rank(node.inputs[0]) != 2 or len(node.outputs) != 1:
-            raise UnsupportedModelError(f"channels-last: {describe(node)} has no channels-last form here")
+            raise UnsupportedModelError(f"{describe(node)} has no channels-last form here")
         if any(value is not None and value not in self.constant for value in node.inputs[1:]):
-            raise UnsupportedModelError(f"channels-last: {describe(node)}: its parameters must be constants")
+            raise UnsupportedModelError(f"{describe(node)}: its parameters must be constants")
         self._relayout_constant_inputs(node, layout, indices={1, 2, 3, 4})
         self._set_layout(node.outputs[0], layout)
 
@@ -451,7 +461,7 @@ class _Conversion:
         data = [value for value in node.inputs if value is not None and value not in self.constant]
         layout = self._data_layout(node, data)
         if not isinstance(layout, Transposed):
-            raise UnsupportedModelError(f"channels-last: {describe(node)} concatenates flattened images")
+            raise UnsupportedModelError(f"{describe(node)} concatenates flattened images")
         axis = _normalized_axis(node.attributes.get_int("axis", 0), layout.rank)
         node.attributes["axis"] = ir.AttrInt64("axis", layout.perm.index(axis))
         self._relayout_constant_inputs(node, layout)
@@ -462,7 +472,7 @@ class _Conversion:
         if self.model.opset_imports.get("", 1) < 13:
             # Before opset 13, Softmax normalizes over all axes from `axis` on, flattened.
             raise UnsupportedModelError(
-                f"channels-last: {describe(node)} on an image needs opset 13 or later (one axis)"
+                f"{describe(node)} on an image needs opset 13 or later (one axis)"
             )
         axis = _normalized_axis(node.attributes.get_int("axis", -1), layout.rank)
         node.attributes["axis"] = ir.AttrInt64("axis", layout.perm.index(axis))
@@ -476,7 +486,7 @@ class _Conversion:
             axis = 1  # one sample flattens alike at axis 0 and 1
         if axis != 1:
             raise UnsupportedModelError(
-                f"channels-last: {describe(node)} flattens at axis {axis}; only a flatten of each sample "
+                f"{describe(node)} flattens at axis {axis}; only a flatten of each sample "
                 "(axis 1) has a channels-last form"
             )
         self._flattened(node, image, layout)
@@ -484,7 +494,7 @@ class _Conversion:
     def _flattened(self, node: ir.Node, image: ir.Value, layout: Transposed) -> None:
         original_dims = _original_dims(image, layout)[1:]
         if not all(isinstance(d, int) for d in original_dims):
-            raise UnsupportedModelError(f"channels-last: {describe(node)} flattens an image of unknown size")
+            raise UnsupportedModelError(f"{describe(node)} flattens an image of unknown size")
         index = np.arange(int(np.prod(original_dims))).reshape(original_dims)
         order = index.transpose([axis - 1 for axis in layout.perm[1:]]).reshape(-1)
         if not np.array_equal(order, np.arange(order.size)):
@@ -500,7 +510,7 @@ class _Conversion:
         if result in self.region:
             if not (same_batch and out_dims[1] == in_dims[1]) or not all(isinstance(d, int) for d in out_dims[1:]):
                 raise UnsupportedModelError(
-                    f"channels-last: {describe(node)} reshapes an image across its channels; only "
+                    f"{describe(node)} reshapes an image across its channels; only "
                     "reshapes that keep the batch and the channels have a channels-last form"
                 )
             target = self._constant_ints(node, 1, "shape")
@@ -512,7 +522,7 @@ class _Conversion:
             self._flattened(node, image, layout)
             return
         raise UnsupportedModelError(
-            f"channels-last: {describe(node)} reshapes an image to {out_dims}; only [N, C*H*W] (a flatten) "
+            f"{describe(node)} reshapes an image to {out_dims}; only [N, C*H*W] (a flatten) "
             "or a reshape keeping batch and channels has a channels-last form"
         )
 
@@ -522,7 +532,7 @@ class _Conversion:
         source, result = node.inputs[0], node.outputs[0]
         layout = self.layouts.get(source)
         if isinstance(layout, PermutedAxis):
-            raise UnsupportedModelError(f"channels-last: {describe(node)} reshapes a flattened image")
+            raise UnsupportedModelError(f"{describe(node)} reshapes a flattened image")
         rank_in, rank_out = _rank(source), _rank(result)
         stored_in = layout.perm if layout is not None else tuple(range(rank_in))
         stored_out = channels_last_perm(rank_out) if result in self.region else tuple(range(rank_out))
@@ -546,7 +556,7 @@ class _Conversion:
             new_axes = sorted(stored_out.index(axis) for axis in inserted)
         if not fits:
             raise UnsupportedModelError(
-                f"channels-last: {describe(node)} would need a Transpose to keep its output's layout"
+                f"{describe(node)} would need a Transpose to keep its output's layout"
             )
         if axes is not None:
             if from_attribute:
@@ -559,7 +569,7 @@ class _Conversion:
         source, result = node.inputs[0], node.outputs[0]
         layout = self.layouts.get(source)
         if isinstance(layout, PermutedAxis):
-            raise UnsupportedModelError(f"channels-last: {describe(node)} transposes a flattened image")
+            raise UnsupportedModelError(f"{describe(node)} transposes a flattened image")
         rank = _rank(source)
         perm = node.attributes.get_ints("perm", None)
         perm = tuple(perm) if perm is not None else tuple(reversed(range(rank)))
@@ -568,7 +578,9 @@ class _Conversion:
         total = compose(compose(invert(stored_in), perm), stored_out)
         self._set_layout(result, Transposed(stored_out))
         if is_identity(total):
-            self._bypass(node, source)
+            # Removed once every node is converted: until then its readers find their input's
+            # layout under the output's name.
+            self.identities.append(node)
             self.statistics["transposes-removed"] += 1
         else:
             node.attributes["perm"] = ir.AttrInt64s("perm", list(total))
@@ -590,7 +602,7 @@ class _Conversion:
     def _pad(self, node: ir.Node) -> None:
         layout = self._image_layout(node)
         if any(value is not None and value not in self.constant for value in node.inputs[1:]):
-            raise UnsupportedModelError(f"channels-last: {describe(node)}: pads, value and axes must be constants")
+            raise UnsupportedModelError(f"{describe(node)}: pads, value and axes must be constants")
         axes = self._constant_ints(node, 3, "axes")
         if axes is not None:
             stored_axes = [layout.perm.index(_normalized_axis(a, layout.rank)) for a in axes]
@@ -613,10 +625,10 @@ class _Conversion:
         if node.attributes.get_string("mode", "nearest") != "nearest":
             # Linear and cubic interpolations round in an order that depends on the layout.
             raise UnsupportedModelError(
-                f"channels-last: {describe(node)}: only nearest-neighbour Resize has an exact channels-last form"
+                f"{describe(node)}: only nearest-neighbour Resize has an exact channels-last form"
             )
         if any(value is not None and value not in self.constant for value in node.inputs[1:]):
-            raise UnsupportedModelError(f"channels-last: {describe(node)}: roi, scales and sizes must be constants")
+            raise UnsupportedModelError(f"{describe(node)}: roi, scales and sizes must be constants")
         perm = list(layout.perm)
         if "axes" in node.attributes:
             axes = [_normalized_axis(a, layout.rank) for a in node.attributes.get_ints("axes")]
@@ -641,17 +653,17 @@ class _Conversion:
         layout = self.layouts.get(features)
         if not isinstance(layout, PermutedAxis) or layout.axis != -1 or _rank(features) != 2:
             raise UnsupportedModelError(
-                f"channels-last: {describe(node)} multiplies an image; flatten it first (Flatten or "
+                f"{describe(node)} multiplies an image; flatten it first (Flatten or "
                 "Reshape to [N, C*H*W])"
             )
         if any(value in self.layouts for value in node.inputs[1:] if value is not None):
-            raise UnsupportedModelError(f"channels-last: {describe(node)}: weight and bias cannot be images")
+            raise UnsupportedModelError(f"{describe(node)}: weight and bias cannot be images")
         if weight not in self.constant:
             raise UnsupportedModelError(
-                f"channels-last: {describe(node)} reads a flattened image with a weight computed at run time"
+                f"{describe(node)} reads a flattened image with a weight computed at run time"
             )
         if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-            raise UnsupportedModelError(f"channels-last: {describe(node)} transposes its flattened input")
+            raise UnsupportedModelError(f"{describe(node)} transposes its flattened input")
         transposed = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
         rows = PermutedAxis(-1 if transposed or _rank(weight) == 1 else -2, layout.order)
         node.replace_input_with(1, self._relayout(weight, rows, node))
