@@ -24,7 +24,10 @@ BUILTIN_PASSES: dict[str, str] = {
     "topo-sort": "hawqc.passes.topo_sort:TopologicalSort",
     "unique-names": "hawqc.passes.unique_names:UniqueNames",
     "gemm-to-matmul": "hawqc.passes.gemm_to_matmul:GemmToMatMul",
+    "fold-quant": "hawqc.passes.fold_quant:FoldQuant",
+    "infer-precision": "hawqc.passes.infer_precision:InferPrecision",
     "channels-last": "hawqc.passes.channels_last:ChannelsLast",
+    "fuse-bn": "hawqc.passes.fuse_bn:FuseBatchNorm",
 }
 
 # A named pipeline is usable wherever a pass name is. DCE runs again after folding because folding
