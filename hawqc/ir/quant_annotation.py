@@ -40,6 +40,9 @@ from hawqc.errors import UserInputError
 ANNOTATION_KEY = "hawqc.quant"
 # Model-level key of the text mirror of the annotation of one value: this prefix + the value's name.
 MODEL_MIRROR_PREFIX = "hawqc.quant."
+# Every value annotation the text mirror carries, as `<key>.<value name>`: this module's, and the
+# fixed-point types `infer-precision` writes (hawqc.passes.infer_precision).
+MIRRORED_KEYS = (ANNOTATION_KEY, "hawqc.type", "hawqc.accum_type")
 
 # A parameter as stored: a number, or nested tuples with the parameter's shape.
 Parameter = float | tuple[Any, ...]
@@ -194,9 +197,10 @@ def mirrored_in_model_metadata(model: ir.Model) -> Iterator[ir.Model]:
     saved = dict(model.metadata_props)
     try:
         for value in _graph_values(model.graph):
-            text = value.metadata_props.get(ANNOTATION_KEY)
-            if text is not None and value.name:
-                model.metadata_props[MODEL_MIRROR_PREFIX + value.name] = text
+            for annotation_key in MIRRORED_KEYS:
+                text = value.metadata_props.get(annotation_key)
+                if text is not None and value.name:
+                    model.metadata_props[f"{annotation_key}.{value.name}"] = text
         yield model
     finally:
         model.metadata_props.clear()
@@ -205,16 +209,21 @@ def mirrored_in_model_metadata(model: ir.Model) -> Iterator[ir.Model]:
 
 def restore_from_model_metadata(model: ir.Model) -> None:
     """Move mirrored annotations from the model's metadata back onto the values they name."""
-    keys = [key for key in model.metadata_props if key.startswith(MODEL_MIRROR_PREFIX)]
+    keys = [
+        (key, annotation_key)
+        for key in model.metadata_props
+        for annotation_key in MIRRORED_KEYS
+        if key.startswith(annotation_key + ".")
+    ]
     if not keys:
         return
     by_name = {value.name: value for value in _graph_values(model.graph) if value.name}
-    for key in keys:
-        name = key[len(MODEL_MIRROR_PREFIX):]
+    for key, annotation_key in keys:
+        name = key[len(annotation_key) + 1 :]
         value = by_name.get(name)
         if value is None:
             raise UserInputError(f"model metadata '{key}' annotates '{name}', which is no value of the graph")
-        value.metadata_props[ANNOTATION_KEY] = model.metadata_props.pop(key)
+        value.metadata_props[annotation_key] = model.metadata_props.pop(key)
 
 
 # ---------------------------------------------------------------------------------------------------
