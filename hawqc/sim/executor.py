@@ -5,6 +5,12 @@
 quantizers) into constants, and builds one kernel per remaining node (see `hawqc.sim.ops`).
 `run` then only moves arrays between kernels, so its cost is the arithmetic itself.
 
+Two modes (hawqc's exactness contract, DESIGN.md): "semantic" is what the QONNX graph means,
+bit-identical to qonnx's `execute_onnx` (float32); "hardware" is the fixed-point arithmetic the
+backend generates, with the types of `hawqc.ir.precision.infer_types`, exact, in float64 (see
+`hawqc.sim.hardware`). Constants are folded the same way in both modes (QONNX semantics), so
+quantized weights are identical; hardware mode starts at the data.
+
 Values live in a flat list of slots rather than a dict keyed by name; a slot is released after its
 last reader so that large batches do not keep every intermediate tensor alive.
 """
@@ -18,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import UnsupportedModelError, UserInputError
+from hawqc.errors import UserInputError
 from hawqc.ir.diagnostics import describe
+from hawqc.ir.precision import PrecisionResult
 from hawqc.sim import ops
 
 MODES = ("semantic", "hardware")
@@ -91,15 +98,22 @@ def _numpy_dtype(value: ir.Value) -> np.dtype:
 class Executor:
     """Runs one model on batches of inputs; see the module docstring for what planning does.
 
-    Only `mode="semantic"` (the QONNX meaning, bit-identical to qonnx's `execute_onnx`) exists yet.
+    `mode="semantic"`: the QONNX meaning, float32. `mode="hardware"`: exact fixed-point arithmetic
+    with the inferred types (`self.precision`), float64 results; UnsupportedModelError, naming the
+    node, for an op without a precision or hardware rule.
     """
 
     def __init__(self, model: ir.Model, mode: str = "semantic") -> None:
-        if mode == "hardware":
-            raise UnsupportedModelError("hardware mode of the executor is not implemented yet")
         if mode not in MODES:
             raise UserInputError(f"unknown executor mode '{mode}' (known: {', '.join(MODES)})")
         self.mode = mode
+        self.precision: PrecisionResult | None = None
+        hardware = None
+        if mode == "hardware":
+            from hawqc.ir.precision import infer_types
+            from hawqc.sim import hardware
+
+            self.precision = infer_types(model)
         graph = model.graph
         slots: dict[ir.Value, int] = {}
 
@@ -129,13 +143,15 @@ class Executor:
 
         steps: list[tuple[ir.Node, ops.Kernel, tuple[int | None, ...], tuple[int, ...]]] = []
         for node in _topological_order(graph):
-            build = ops.builder_for(node)
             inputs = tuple(None if v is None else slot_of(v) for v in node.inputs)
             outputs = tuple(slot_of(v) for v in node.outputs)
             known = tuple(None if s is None else constants.get(s) for s in inputs)
             runtime = any(s is not None and s not in constants for s in inputs)
             spec = ops.NodeSpec(node, known, declared_batch if runtime else None)
-            kernel = build(spec)
+            if runtime and hardware is not None:
+                kernel = hardware.builder_for(node)(spec, self.precision)
+            else:
+                kernel = ops.builder_for(node)(spec)
             if runtime:
                 steps.append((node, kernel, inputs, outputs))
             else:
@@ -148,10 +164,14 @@ class Executor:
             if not produced and not any(d.slot == slot for d in self._data_inputs):
                 raise UserInputError(f"graph output '{value.name}' is never computed")
 
+        if hardware is not None:
+            assert self.precision is not None
+            hardware.check_exact_in_float64(self.precision, {v.name for v, s in slots.items() if s not in constants})
         self.input_names: tuple[str, ...] = tuple(d.name for d in self._data_inputs)
         self.output_names: tuple[str, ...] = tuple(v.name or "" for v in graph.outputs)
         self._output_slots = tuple(slots[v] for v in graph.outputs)
         self._slot_count = len(slots)
+        self._slot_names = {s: v.name for v, s in slots.items() if v.name}
         self._constants = constants
         self._steps = self._with_releases(steps)
 
@@ -173,15 +193,22 @@ class Executor:
             for i, (node, kernel, inputs, outputs) in enumerate(steps)
         )
 
-    def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, np.ndarray] | np.ndarray, *, keep_intermediates: bool = False
+    ) -> dict[str, np.ndarray]:
         """Run the graph on a batch: every data input has the batch (any size) in dim 0.
 
-        Returns the graph outputs by name. Inputs are converted to the declared element type.
+        Returns the graph outputs by name; with `keep_intermediates`, every value computed at run
+        time (the inputs as converted, every node output) by name, for debugging and for tests that
+        check each value against its type. Inputs are converted to the declared element type (in
+        hardware mode then to float64, exactly).
         """
         env: list[np.ndarray | None] = [None] * self._slot_count
         for s, array in self._constants.items():
             env[s] = array
         for data, array in self._check_inputs(inputs):
+            if self.mode == "hardware" and np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float64)
             env[data.slot] = array
         # Division by a zero scale, overflow to inf, NaN inputs: IEEE results, as onnxruntime gives
         # them, without numpy's warnings.
@@ -190,8 +217,15 @@ class Executor:
                 results = _call(step.node, step.kernel, [None if s is None else env[s] for s in step.inputs])
                 for s, array in zip(step.outputs, results):
                     env[s] = array
-                for s in step.release:
-                    env[s] = None
+                if not keep_intermediates:
+                    for s in step.release:
+                        env[s] = None
+        if keep_intermediates:
+            return {
+                name: array
+                for s, name in self._slot_names.items()
+                if s not in self._constants and (array := env[s]) is not None
+            }
         return {name: env[s] for name, s in zip(self.output_names, self._output_slots)}
 
     def _check_inputs(

@@ -1,0 +1,370 @@
+"""Hardware mode: the graph computed with the fixed-point types that precision inference chose.
+
+What the generated C++ computes, exactly (hawqc's contract, decision 6):
+- every value is a fixed-point number of its type in `hawqc.ir.precision.infer_types`. Those types
+  are wide enough by construction (intervals from the actual weights), so sums, products and data
+  movement are plain exact arithmetic; they are computed in float64, which is exact while every
+  type (and every accumulator) is at most 53 bits wide. A wider graph is refused
+  (`check_exact_in_float64`), never computed approximately;
+- a value produced by a QONNX `Quant` is cast into that Quant's `FixedType` the way ap_fixed /
+  ac_fixed assignment does it: one rounding (`round_codes`, every ap_fixed quantization mode), then
+  saturation (`saturate_codes`, every overflow mode). The graph input is converted by its Quant
+  exactly so, as the C bridge converts a float into the input type;
+- float constants (Mul's k, BatchNorm's scale and offset, LeakyRelu's alpha, Clip's bounds) are
+  the exact dyadic numbers their float32 values are;
+- an average over a window whose size is not a power of two is hls4ml's: the window sum in the
+  accumulator type, divided by the size with the quotient truncated toward zero at the
+  accumulator's LSB (`nnet_pooling.h`, `avg`; see `hawqc.ir.precision`). With power-of-two sizes
+  the accumulator's LSB makes that division exact.
+- fixed point has no negative zero: results are normalized to +0.0.
+
+Constants (weights, quantized biases) are the same in both modes: the executor folds them with
+semantic mode's QONNX arithmetic, which is what precision inference evaluates too.
+
+The numeric kernels are the dtype-generic ones of semantic mode (`hawqc.sim.ops_conv`,
+`hawqc.sim.ops_tensor`); the pure data-movement ops reuse semantic mode's builders unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from hawqc.errors import UnsupportedModelError
+from hawqc.ir.diagnostics import describe
+from hawqc.ir.domains import (
+    CHANNELS_LAST_DOMAIN,
+    QONNX_DOMAIN,
+    QUANT_OPS,
+    is_qonnx_domain,
+)
+from hawqc.ir.precision import PrecisionResult, batchnorm_coefficients
+from hawqc.ir.qtypes import FixedType
+from hawqc.sim import ops, ops_conv
+
+# float64 holds every integer up to 2**53 exactly.
+FLOAT64_EXACT_BITS = 53
+
+HardwareBuilder = Callable[[ops.NodeSpec, PrecisionResult], ops.Kernel]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Casting into a fixed-point type
+# ---------------------------------------------------------------------------------------------------
+
+
+def round_codes(codes: np.ndarray, mode: str) -> np.ndarray:
+    """Round real codes (value / LSB, exact float64) to integers the way ap_fixed's quantization
+    mode `mode` does (ac_fixed's modes of the same names agree)."""
+    floor = np.floor(codes)
+    if mode == "TRN":  # toward -inf
+        return floor
+    if mode == "TRN_ZERO":  # toward zero
+        return np.trunc(codes)
+    fraction = codes - floor  # exact: codes and floor are within 1 of each other
+    above, tie = fraction > 0.5, fraction == 0.5
+    if mode == "RND":  # ties toward +inf
+        up = above | tie
+    elif mode == "RND_MIN_INF":  # ties toward -inf
+        up = above
+    elif mode == "RND_ZERO":  # ties toward zero
+        up = above | (tie & (codes < 0))
+    elif mode == "RND_INF":  # ties away from zero
+        up = above | (tie & (codes > 0))
+    elif mode == "RND_CONV":  # ties to even
+        up = above | (tie & (np.mod(floor, 2) == 1))
+    else:
+        raise ValueError(f"unknown rounding mode {mode!r}")
+    return floor + up
+
+
+def saturate_codes(codes: np.ndarray, fixed: FixedType) -> np.ndarray:
+    """Bring integer codes into the type's range the way its overflow mode does."""
+    low, high = float(fixed.min_int), float(fixed.max_int)
+    if fixed.saturation in ("SAT", "SAT_SYM"):  # FixedType.min_int gives up -2**(w-1) for SAT_SYM
+        return np.clip(codes, low, high)
+    if fixed.saturation == "SAT_ZERO":
+        return np.where((codes < low) | (codes > high), 0.0, codes)
+    if fixed.saturation == "WRAP":
+        base = -(2.0 ** (fixed.width - 1)) if fixed.signed else 0.0
+        return np.mod(codes - base, 2.0**fixed.width) + base
+    raise ValueError(f"unknown saturation mode {fixed.saturation!r}")
+
+
+def cast(x: np.ndarray, fixed: FixedType) -> np.ndarray:
+    """Assign `x` (float64, any values) to a variable of type `fixed`: round, then saturate."""
+    codes = np.ldexp(np.asarray(x, dtype=np.float64), -fixed.lsb_exponent)
+    codes = saturate_codes(round_codes(codes, fixed.rounding), fixed)
+    return np.ldexp(codes, fixed.lsb_exponent) + 0.0
+
+
+def check_exact_in_float64(precision: PrecisionResult, names: set[str]) -> None:
+    """Refuse a graph whose values `names` need types wider than float64 computes exactly."""
+    for kind, table in (("type", precision.types), ("accumulator", precision.accumulators)):
+        for name in sorted(names & table.keys()):
+            fixed = table[name]
+            if fixed.width > FLOAT64_EXACT_BITS:
+                raise UnsupportedModelError(
+                    f"hardware mode: value '{name}' has {kind} {fixed} ({fixed.width} bits); "
+                    f"float64 is exact only up to {FLOAT64_EXACT_BITS} bits"
+                )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------------
+
+
+def _float64(array: np.ndarray | None) -> np.ndarray | None:
+    if array is None or not np.issubdtype(array.dtype, np.floating):
+        return array
+    return array.astype(np.float64)
+
+
+def _constant(spec: ops.NodeSpec, index: int) -> np.ndarray | None:
+    return _float64(spec.constants[index]) if index < len(spec.constants) else None
+
+
+def _ints(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return None if attr is None else [int(v) for v in attr.as_ints()]
+
+
+def _elementwise(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> HardwareBuilder:
+    def build(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+        a_const, b_const = _constant(spec, 0), _constant(spec, 1)
+
+        def binary(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+            a = a_const if a_const is not None else args[0]
+            b = b_const if b_const is not None else args[1]
+            return (fn(a, b) + 0.0,)
+
+        return binary
+
+    return build
+
+
+def build_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    fixed = precision.types[spec.node.outputs[0].name]
+
+    def quant(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        return (cast(args[0], fixed),)
+
+    return quant
+
+
+def build_matmul(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    weights = _constant(spec, 1)
+
+    def matmul(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        return (np.matmul(args[0], weights) + 0.0,)
+
+    return matmul
+
+
+def _windows(node: ir.Node, kernel: Sequence[int]):
+    """(strides, dilations, pads_for(spatial)) of a Conv or pool, absent attributes at ONNX defaults."""
+    rank = len(kernel)
+    strides = _ints(node, "strides") or [1] * rank
+    dilations = _ints(node, "dilations") or [1] * rank
+    auto_pad_attr = node.attributes.get("auto_pad")
+    auto_pad = "NOTSET" if auto_pad_attr is None else auto_pad_attr.as_string()
+    pads = _ints(node, "pads") or [0] * (2 * rank)
+
+    def pads_for(spatial: Sequence[int]) -> Sequence[int]:
+        if auto_pad in ("NOTSET", ""):
+            return pads
+        return ops_conv.auto_pads(auto_pad, spatial, kernel, strides, dilations)
+
+    return strides, dilations, pads_for
+
+
+def build_conv(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    node = spec.node
+    weights, bias = _constant(spec, 1), _constant(spec, 2)
+    group = node.attributes.get_int("group", 1)
+    strides, dilations, pads_for = _windows(node, weights.shape[1:-1])
+
+    def conv(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        y = ops_conv.conv_channels_last(
+            x, weights, bias, strides=strides, pads=pads_for(x.shape[1:-1]), dilations=dilations, group=group
+        )
+        return (y + 0.0,)
+
+    return conv
+
+
+def _kernel_shape(node: ir.Node) -> list[int]:
+    kernel = _ints(node, "kernel_shape")
+    if kernel is None:
+        raise UnsupportedModelError(f"{describe(node)}: missing attribute 'kernel_shape'")
+    return kernel
+
+
+def build_max_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    node = spec.node
+    if node.op_type == "GlobalMaxPool":
+
+        def global_max_pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+            x = args[0]
+            return (ops_conv.max_pool_channels_last(x, kernel=x.shape[1:-1]),)
+
+        return global_max_pool
+    kernel = _kernel_shape(node)
+    strides, dilations, pads_for = _windows(node, kernel)
+    ceil_mode = bool(node.attributes.get_int("ceil_mode", 0))
+
+    def max_pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        pads = pads_for(x.shape[1:-1])
+        y = ops_conv.max_pool_channels_last(
+            x, kernel=kernel, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode
+        )
+        return (y,)
+
+    return max_pool
+
+
+def divide_truncating(sums: np.ndarray, counts: np.ndarray, lsb_exponent: int) -> np.ndarray:
+    """hls4ml's average: the window sums (codes at 2**lsb_exponent, exact) divided by the window
+    sizes, the quotient truncated toward zero at the same LSB (ap_fixed `/`: an integer sdiv)."""
+    codes = np.ldexp(sums, -lsb_exponent).astype(np.int64)
+    sizes = np.broadcast_to(counts, codes.shape).astype(np.int64)
+    quotient = np.sign(codes) * (np.abs(codes) // sizes)
+    return np.ldexp(quotient.astype(np.float64), lsb_exponent) + 0.0
+
+
+def build_average_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    node = spec.node
+    lsb = precision.accumulators[node.outputs[0].name].lsb_exponent
+    if node.op_type == "GlobalAveragePool":
+
+        def global_average_pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+            x = args[0]
+            sums, counts = ops_conv.sum_pool_channels_last(x, kernel=x.shape[1:-1])
+            return (divide_truncating(sums, counts, lsb),)
+
+        return global_average_pool
+    kernel = _kernel_shape(node)
+    strides, dilations, pads_for = _windows(node, kernel)
+    ceil_mode = bool(node.attributes.get_int("ceil_mode", 0))
+    count_include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+
+    def average_pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        sums, counts = ops_conv.sum_pool_channels_last(
+            x, kernel=kernel, strides=strides, pads=pads_for(x.shape[1:-1]), ceil_mode=ceil_mode,
+            count_include_pad=count_include_pad, dilations=dilations,
+        )  # fmt: skip
+        return (divide_truncating(sums, counts, lsb),)
+
+    return average_pool
+
+
+def build_batch_norm(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    node = spec.node
+    attr = node.attributes.get("epsilon")
+    epsilon = 1e-5 if attr is None else attr.as_float()
+    a, b = batchnorm_coefficients(*spec.constants[1:5], epsilon)  # type: ignore[misc]
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+
+    def batch_norm(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        return (args[0] * a64 + b64 + 0.0,)
+
+    return batch_norm
+
+
+def build_relu(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    def relu(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        return (np.where(x > 0, x, 0.0),)
+
+    return relu
+
+
+def build_leaky_relu(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    attr = spec.node.attributes.get("alpha")
+    alpha = np.float64(np.float32(0.01 if attr is None else attr.as_float()))
+
+    def leaky_relu(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        return (np.where(x < 0, x * alpha, x) + 0.0,)
+
+    return leaky_relu
+
+
+def build_clip(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    node = spec.node
+    limits = []
+    for index, name, default in ((1, "min", -np.inf), (2, "max", np.inf)):
+        value = _constant(spec, index)
+        if value is not None:
+            limits.append(np.float64(value.reshape(())))
+        elif name in node.attributes:
+            limits.append(np.float64(np.float32(node.attributes[name].as_float())))
+        else:
+            limits.append(np.float64(default))
+    low, high = limits
+
+    def clip(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        return (np.minimum(np.maximum(args[0], low), high) + 0.0,)
+
+    return clip
+
+
+def build_concat(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    axis = spec.node.attributes.get_int("axis")
+    constants = [_float64(c) for c in spec.constants]
+
+    def concat(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        parts = [c if c is not None else a for c, a in zip(constants, args)]
+        return (np.concatenate(parts, axis=axis),)
+
+    return concat
+
+
+def _semantic(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    """Pure data movement (and Resize / Pad): semantic mode's kernels are dtype-generic."""
+    return ops.builder_for(spec.node)(spec)
+
+
+# Ops whose semantic kernels only move values (Resize nearest and Pad copy values or insert the pad
+# constant): dtype-generic, so exact on float64 as they are.
+DATA_MOVEMENT_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Resize", "Pad")
+
+HARDWARE_TABLE: dict[tuple[str, str], HardwareBuilder] = {
+    **{(QONNX_DOMAIN, op): build_quant for op in QUANT_OPS},
+    ("", "MatMul"): build_matmul,
+    ("", "Add"): _elementwise(np.add),
+    ("", "Sub"): _elementwise(np.subtract),
+    ("", "Mul"): _elementwise(np.multiply),
+    # Division by a power of two (precision inference refuses any other divisor) is exact.
+    ("", "Div"): _elementwise(np.divide),
+    ("", "Relu"): build_relu,
+    ("", "LeakyRelu"): build_leaky_relu,
+    ("", "Clip"): build_clip,
+    ("", "Concat"): build_concat,
+    **{("", op): _semantic for op in DATA_MOVEMENT_OPS},
+    (CHANNELS_LAST_DOMAIN, "Conv"): build_conv,
+    (CHANNELS_LAST_DOMAIN, "MaxPool"): build_max_pool,
+    (CHANNELS_LAST_DOMAIN, "GlobalMaxPool"): build_max_pool,
+    (CHANNELS_LAST_DOMAIN, "AveragePool"): build_average_pool,
+    (CHANNELS_LAST_DOMAIN, "GlobalAveragePool"): build_average_pool,
+    (CHANNELS_LAST_DOMAIN, "BatchNormalization"): build_batch_norm,
+}
+
+
+def builder_for(node: ir.Node) -> HardwareBuilder:
+    """The hardware builder of a node's op, or UnsupportedModelError naming the node."""
+    domain = node.domain
+    if domain == "ai.onnx":
+        domain = ""
+    elif is_qonnx_domain(domain):
+        domain = QONNX_DOMAIN
+    builder = HARDWARE_TABLE.get((domain, node.op_type))
+    if builder is None:
+        raise UnsupportedModelError(f"{describe(node)} has no hardware-mode rule")
+    return builder

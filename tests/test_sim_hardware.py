@@ -1,0 +1,218 @@
+"""Hardware mode of the executor: exact fixed-point arithmetic with the inferred types.
+
+The casts and hls4ml's average are checked against the real thing: a small C++ program built with
+the ap_fixed / ac_fixed headers hls4ml ships (compiled once, cached by content hash). Whole graphs
+are checked against semantic mode, which they must equal bit for bit when every scale is a power of
+two, and against their own types ("never narrower"): extreme inputs never produce a value outside
+its type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import subprocess
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import hls4ml
+import numpy as np
+import pytest
+from conftest import JET_TAGGER
+
+from hawqc.backends.csim import cache_dir
+from hawqc.errors import UnsupportedModelError
+from hawqc.frontends.onnx import load_onnx
+from hawqc.ir.io import parse_text
+from hawqc.ir.precision import infer_types
+from hawqc.ir.qtypes import ROUNDING_MODES, FixedType
+from hawqc.sim import Executor
+from hawqc.sim.hardware import cast, divide_truncating
+from hawqc.sim.inputs import draw_inputs
+from hawqc.sim.quant import int_quant, quant_bounds, rounding_function
+
+TEMPLATES = Path(hls4ml.__file__).parent / "templates"
+SATURATIONS = ("WRAP", "SAT", "SAT_ZERO", "SAT_SYM")
+# Every value from -6 to 6 in steps of a quarter LSB of ap_fixed<5,2> (LSB 1/8): ties and overflows.
+CAST_INPUTS = np.arange(-6 * 32, 6 * 32 + 1) / 32.0
+# Windows of hls4ml's average: (sizes, inputs as codes of ap_fixed<8,4>).
+AVERAGE_SIZES = (2, 3, 4, 5, 6, 9)
+
+
+def _average_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(-128, 128, size=n) for n in AVERAGE_SIZES for _ in range(40)]
+
+
+def _ground_truth_source() -> str:
+    lines = [
+        '#include "ap_fixed.h"',
+        '#include "ac_fixed.h"',
+        '#include "nnet_pooling.h"',
+        "#include <cstdio>",
+        f"static const double inputs[] = {{{', '.join(repr(float(v)) for v in CAST_INPUTS)}}};",
+        "template <class T> void cast_all(const char *name) {",
+        "    for (double x : inputs) { T y = x; printf(\"%s %.17g\\n\", name, y.to_double()); }",
+        "}",
+        "int main() {",
+    ]
+    for rounding, saturation, signed in itertools.product(sorted(ROUNDING_MODES), SATURATIONS, (True, False)):
+        ap = f"ap_{'' if signed else 'u'}fixed<5, 2, AP_{rounding}, AP_{saturation}>"
+        ac = f"ac_fixed<5, 2, {str(signed).lower()}, AC_{rounding}, AC_{saturation}>"
+        label = f"{rounding}/{saturation}/{int(signed)}"
+        lines += [f'    cast_all<{ap} >("ap/{label}");', f'    cast_all<{ac} >("ac/{label}");']
+    for index, codes in enumerate(_average_cases()):
+        n = len(codes)
+        values = ", ".join(str(int(c) / 16) for c in codes)
+        lines += [
+            f"    {{ ap_fixed<8, 4> x{index}[{n}] = {{{values}}};",
+            f"      ap_fixed<16, 12> r = nnet::pool_op<ap_fixed<8, 4>, {n}, nnet::Average, ap_fixed<16, 12> >(x{index});",
+            f'      printf("avg {index} %.17g\\n", r.to_double()); }}',
+        ]
+    lines += ["    return 0;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def ground_truth() -> dict[str, list[float]]:
+    """name -> printed values of the C++ program (built once per source and compiler)."""
+    source = _ground_truth_source()
+    compiler = subprocess.run(["g++", "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256((source + compiler).encode()).hexdigest()[:24]
+    binary = cache_dir() / f"ground-truth-fixed-{key}"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "truth.cpp"
+            src.write_text(source)
+            out = Path(tmp) / "truth"
+            subprocess.run(
+                ["g++", "-std=c++14", "-O0", f"-I{TEMPLATES / 'vivado' / 'ap_types'}",
+                 f"-I{TEMPLATES / 'catapult' / 'ac_types' / 'include'}", f"-I{TEMPLATES / 'vivado' / 'nnet_utils'}",
+                 str(src), "-o", str(out)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            os.replace(out, binary)
+    printed: dict[str, list[float]] = {}
+    for line in subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.splitlines():
+        name, value = line.rsplit(" ", 1)
+        printed.setdefault(name, []).append(float(value))
+    return printed
+
+
+@pytest.mark.parametrize("rounding", sorted(ROUNDING_MODES))
+def test_cast_is_ap_fixed_and_ac_fixed_assignment(rounding, ground_truth):
+    for saturation, signed in itertools.product(SATURATIONS, (True, False)):
+        fixed = FixedType(5, 2, signed, rounding, saturation)
+        ours = cast(CAST_INPUTS, fixed)
+        label = f"{rounding}/{saturation}/{int(signed)}"
+        np.testing.assert_array_equal(ours, ground_truth[f"ap/{label}"], err_msg=f"ap_fixed {label}")
+        np.testing.assert_array_equal(ours, ground_truth[f"ac/{label}"], err_msg=f"ac_fixed {label}")
+        assert not np.any(np.signbit(ours) & (ours == 0)), "fixed point has no negative zero"
+
+
+def test_average_truncates_toward_zero_like_hls4ml(ground_truth):
+    """hls4ml's avg divides the sum in the accumulator type: an integer division of the codes."""
+    cases = _average_cases()
+    ours = [
+        float(divide_truncating(np.array([float(codes.sum()) / 16]), np.array([len(codes)]), -4)[0]) for codes in cases
+    ]
+    assert ours == [ground_truth[f"avg {i}"][0] for i in range(len(cases))]
+    # Truncation, not rounding: some quotients are negative and inexact.
+    assert any(q < 0 and q != float(c.sum()) / 16 / len(c) for q, c in zip(ours, cases))
+
+
+@pytest.mark.parametrize("mode", ["ROUND", "HALF_EVEN", "FLOOR", "DOWN", "HALF_UP", "HALF_DOWN"])
+@pytest.mark.parametrize(("bits", "signed", "narrow"), [(4, True, False), (5, True, True), (3, False, False)])
+def test_cast_into_a_quant_type_is_the_quant(mode, bits, signed, narrow):
+    """A Quant's FixedType performs the Quant: the cast equals QONNX's float32 Quant."""
+    scale = np.float32(0.25)
+    fixed = FixedType.from_quant(bits, float(scale), signed, narrow, mode)
+    x = (np.arange(-400, 401) / 64).astype(np.float32)
+    bounds = quant_bounds(np.float32(bits), int(signed), int(narrow))
+    qonnx = int_quant(x, scale, np.float32(0), bounds, rounding_function(mode))
+    np.testing.assert_array_equal(cast(x.astype(np.float64), fixed), qonnx.astype(np.float64) + 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole graphs
+# ---------------------------------------------------------------------------------------------------
+
+QUANT = "qonnx.custom_op.general.Quant"
+HEADER = '<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1, "qonnx.custom_op.channels_last" : 1]>'
+
+
+def quant(signed: int = 1, mode: str = "ROUND", narrow: int = 0) -> str:
+    return f'{QUANT} <signed: int = {signed}, narrow: int = {narrow}, rounding_mode: string = "{mode}">'
+
+
+def _floats(array: np.ndarray) -> str:
+    return ", ".join(repr(float(v)) for v in np.asarray(array, dtype=np.float32).reshape(-1))
+
+
+def test_jet_tagger_hardware_equals_semantic_on_2000_inputs():
+    model = load_onnx(JET_TAGGER)
+    inputs = draw_inputs(model, 2000, seed=3)
+    semantic = Executor(model).run(inputs)
+    hardware = Executor(model, mode="hardware").run(inputs)
+    for name, value in semantic.items():
+        assert hardware[name].dtype == np.float64
+        np.testing.assert_array_equal(hardware[name], value.astype(np.float64))
+
+
+def test_hardware_mode_refuses_types_wider_than_float64_computes_exactly():
+    # 30-bit input codes times 24-bit weights (exact in float32): two products need 55 bits.
+    text = f"""{HEADER}
+g (float[1,2] x) => (float[1,1] y)
+   <float s = {{0.0000000009313225746154785}}, float z = {{0}}, float b = {{30}}, float[2,1] w = {{16777215, -16777215}}>
+{{
+   xq = {quant()} (x, s, z, b)
+   y = MatMul (xq, w)
+}}"""
+    with pytest.raises(UnsupportedModelError, match=r"value 'y' has type fixed<55,.*float64 is exact only up to 53"):
+        Executor(parse_text(text), mode="hardware")
+
+
+def test_op_without_a_rule_is_refused_by_name():
+    text = f"""{HEADER}
+g (float[1,2] x) => (float[1,2] y)
+   <float s = {{0.25}}, float z = {{0}}, float b = {{8}}>
+{{
+   xq = {quant()} (x, s, z, b)
+   y = Sigmoid (xq)
+}}"""
+    with pytest.raises(UnsupportedModelError, match=r"unnamed node \(Sigmoid\)"):
+        Executor(parse_text(text), mode="hardware")
+
+
+def test_keep_intermediates_returns_every_value_in_float64():
+    model = load_onnx(JET_TAGGER)
+    executor = Executor(model, mode="hardware")
+    inputs = draw_inputs(model, 5, seed=0)
+    values = executor.run(inputs, keep_intermediates=True)
+    produced = {v.name for node in model.graph for v in node.outputs if v.name not in executor.precision.constants}
+    assert produced <= set(values)
+    assert all(v.dtype == np.float64 for v in values.values())
+    assert set(executor.run(inputs)) == set(executor.output_names)
+
+
+def _fixed_range(fixed: FixedType) -> tuple[Fraction, Fraction]:
+    return fixed.min_value, fixed.max_value
+
+
+def assert_inside_types(model, values: dict[str, np.ndarray]) -> None:
+    """Every value lies in its interval and its type, and on the type's grid."""
+    precision = infer_types(model)
+    for name, array in values.items():
+        if name not in precision.types:
+            continue
+        fixed = precision.types[name]
+        lo, hi = precision.intervals[name]
+        low, high = Fraction(float(array.min())), Fraction(float(array.max()))
+        assert lo <= low and high <= hi, f"{name}: [{low}, {high}] outside its interval [{lo}, {hi}]"
+        type_lo, type_hi = _fixed_range(fixed)
+        assert type_lo <= low and high <= type_hi, f"{name}: outside {fixed}"
+        codes = np.ldexp(array, -fixed.lsb_exponent)
+        assert np.array_equal(codes, np.round(codes)), f"{name}: not on the grid of {fixed}"
