@@ -134,12 +134,13 @@ def test_unsupported_node_is_named(tmp_path: Path) -> None:
         get_backend("vitis").lower(model, tmp_path)
 
 
-def test_add_of_two_activations_is_refused_by_name(tmp_path: Path) -> None:
+def test_add_of_two_activations_is_a_merge(tmp_path: Path) -> None:
     proto = build_mlp(MlpSpec(sizes=(16, 16), w_exps=[-5], bias=[False], relu=[True], acts=[Act(8, -4, signed=True)]))
     # A residual connection: y = Quant(x) + Quant(Relu(MatMul)).
     model = _with_node(proto, helper.make_node("Add", ["pre", "q_in_out"], ["y"], name="residual"))
-    with pytest.raises(UnsupportedModelError, match=r"'residual' \(Add\)"):
-        get_backend("vivado").lower(model, tmp_path)
+    project = get_backend("vivado").lower(model, tmp_path)
+    assert [(layer.name, layer.op) for layer in project.layers][-1] == ("residual", "Merge(add)")
+    assert project.layers[-1].precision == str(infer_types(model).types["y"])
 
 
 def test_precision_errors_surface_through_lowering(tmp_path: Path) -> None:

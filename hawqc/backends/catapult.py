@@ -58,6 +58,8 @@ def catapult_target(tech: str = "fpga") -> Hls4mlTarget:
         csim=catapult_csim_recipe,
         check_type=check_catapult_type,
         writes_tarball=True,
+        widens_pooling_accum=True,
+        averages_in_input_type=True,
     )
 
 
