@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from conftest import JET_TAGGER
 from hawqc.errors import UserInputError
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.ir.io import parse_text, read_model, to_proto, to_text, write_model
@@ -17,6 +18,9 @@ from hawqc.ir.quant_annotation import (
     annotate,
     read_annotation,
 )
+from hawqc.passes.manager import PassManager
+from hawqc.sim import Executor, quant
+from hawqc.sim.inputs import draw_inputs
 
 OPSETS = '<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1]>'
 
@@ -133,3 +137,168 @@ def test_text_annotation_of_a_missing_value_is_an_error():
     text = to_text(annotated_model()).replace(f'"{MODEL_MIRROR_PREFIX}w"', f'"{MODEL_MIRROR_PREFIX}nothing"')
     with pytest.raises(UserInputError, match="'nothing', which is no value"):
         parse_text(text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fold-quant: helpers
+# ---------------------------------------------------------------------------------------------------
+
+Q = "qonnx.custom_op.general.Quant"
+
+
+def quant_attrs(signed=1, narrow=0, mode="ROUND"):
+    return f'<signed: int = {signed}, narrow: int = {narrow}, rounding_mode: string = "{mode}">'
+
+
+def fold(text: str, pipeline: str = "fold-quant"):
+    """(model before, model after, fold-quant's statistics)."""
+    before = load_onnx_text(text)
+    after = load_onnx_text(text)
+    records = PassManager.parse(pipeline).run(after)
+    statistics = next(r.statistics for r in records if r.name == "fold-quant")
+    return before, after, statistics
+
+
+def probe_inputs(model, count: int = 512, seed: int = 0, extremes: bool = False) -> dict[str, np.ndarray]:
+    """Inputs in the input quantizer's range (grid, ties, between), plus small negatives (whose
+    quantization is -0.0), zeros of both signs, and, with `extremes`, huge values, infinities, NaN."""
+    inputs = draw_inputs(model, count, seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, array in inputs.items():
+        specials = [0.0, -0.0, -1e-6, 1e-6, -1e-3, 1e-3]
+        if extremes:
+            specials += [3e38, -3e38, np.inf, -np.inf, np.nan, 1e-40, -1e-40]
+        flat = array.reshape(array.shape[0], -1)
+        for special in specials:
+            flat[rng.integers(0, array.shape[0], size=4), rng.integers(0, flat.shape[1], size=4)] = special
+        inputs[name] = flat.reshape(array.shape)
+    return inputs
+
+
+def assert_same_semantics(before, after, inputs=None):
+    inputs = probe_inputs(before) if inputs is None else inputs
+    expected, got = Executor(before).run(inputs), Executor(after).run(inputs)
+    assert list(expected) == list(got)
+    for name in expected:
+        a, b = np.ascontiguousarray(expected[name]), np.ascontiguousarray(got[name])
+        assert a.shape == b.shape, name
+        differs = a.view(np.uint32) != b.view(np.uint32)
+        if differs.any():
+            first = tuple(int(i) for i in np.argwhere(differs)[0])
+            pytest.fail(f"output {name} differs at {first}: {a[first]!r} -> {b[first]!r} ({int(differs.sum())} elements)")
+
+
+def ops(model) -> list[str]:
+    return [node.op_type for node in model.graph]
+
+
+def quant_output(x, scale, zeropt, bits, signed, narrow, mode="ROUND"):
+    """The executor's Quant arithmetic on numpy arrays (for expectations)."""
+    bounds = quant.quant_bounds(np.array(bits, np.float32), signed, narrow)
+    return quant.int_quant(
+        np.asarray(x, np.float32), np.asarray(scale, np.float32), np.asarray(zeropt, np.float32),
+        bounds, quant.rounding_function(mode),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Quantizers of constants
+# ---------------------------------------------------------------------------------------------------
+
+DENSE = f"""{OPSETS}
+g (float[1,3] x) => (float[1,2] y)
+   <float[3,2] w = {{0.3,-1.2,2.6,0.9,-0.4,1.7}}, float[1,2] ws = {{0.5, 0.1}}, float z = {{0}}, float wb = {{4}},
+    float[2] bias = {{0.3, -0.7}}, float bs = {{0.0078125}}, float bb = {{16}}, float xs = {{0.0625}}, float xb = {{8}}>
+{{
+   xq = {Q} {quant_attrs()} (x, xs, z, xb)
+   wq = {Q} {quant_attrs(narrow=1)} (w, ws, z, wb)
+   bq = qonnx.custom_op.general.IntQuant {quant_attrs(mode="HALF_UP")} (bias, bs, z, bb)
+   m = MatMul (xq, wq)
+   y = Add (m, bq)
+}}"""
+
+
+def test_weight_and_bias_quantizers_become_annotated_initializers():
+    before, after, statistics = fold(DENSE)
+    assert ops(after) == ["Quant", "MatMul", "Add"]  # only the input quantizer reads data
+    assert statistics["quant-constants-folded"] == 2
+    weight = after.graph.initializers["wq"]
+    expected = quant_output([[0.3, -1.2], [2.6, 0.9], [-0.4, 1.7]], [[0.5, 0.1]], 0, 4, 1, 1)
+    assert weight.const_value.numpy().view(np.uint32).tolist() == expected.view(np.uint32).tolist()
+    annotation = read_annotation(weight)
+    assert (annotation.bits, annotation.signed, annotation.narrow, annotation.rounding_mode) == (4, True, True, "ROUND")
+    assert annotation.scale_array().tolist() == np.array([[0.5, 0.1]], np.float32).tolist()  # per channel, shape kept
+    bias = read_annotation(after.graph.initializers["bq"])
+    assert (bias.bits, bias.scale, bias.rounding_mode) == (16, 0.0078125, "HALF_UP")
+    assert_same_semantics(before, after)
+
+
+def test_folded_weights_survive_text_and_binary(tmp_path):
+    _, after, _ = fold(DENSE)
+    for name in ("m.onnx", "m.onnxtxt"):
+        write_model(after, tmp_path / name)
+        loaded = load_onnx(tmp_path / name)
+        assert read_annotation(loaded.graph.initializers["wq"]) == read_annotation(after.graph.initializers["wq"])
+
+
+def test_a_shared_quantized_weight_becomes_one_initializer_read_by_all():
+    text = f"""{OPSETS}
+g (float[1,2] x) => (float[1,2] y)
+   <float[2,2] w = {{0.3,-1.2,2.6,0.9}}, float s = {{0.25}}, float z = {{0}}, float b = {{4}}>
+{{
+   wq = {Q} {quant_attrs()} (w, s, z, b)
+   a = MatMul (x, wq)
+   c = MatMul (a, wq)
+   y = MatMul (c, wq)
+}}"""
+    before, after, statistics = fold(text)
+    assert statistics["quant-constants-folded"] == 1
+    weight = after.graph.initializers["wq"]
+    assert [node.op_type for node, _ in weight.uses()] == ["MatMul"] * 3
+    assert_same_semantics(before, after)
+
+
+def test_a_quantized_constant_that_is_a_graph_output_keeps_its_quantizer():
+    text = f"""{OPSETS}
+g (float[1,2] x) => (float[1,2] y, float[2,2] wq)
+   <float[2,2] w = {{0.3,-1.2,2.6,0.9}}, float s = {{0.25}}, float z = {{0}}, float b = {{4}}>
+{{
+   wq = {Q} {quant_attrs()} (w, s, z, b)
+   y = MatMul (x, wq)
+}}"""
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "MatMul"]
+    assert statistics["quant-constants-kept-as-outputs"] == 1 and statistics["quant-constants-folded"] == 0
+    assert_same_semantics(before, after)
+
+
+def test_chained_and_bipolar_constant_quantizers_fold():
+    text = f"""{OPSETS}
+g (float[1,2] x) => (float[1,2] y)
+   <float[2,2] w = {{0.3,-1.2,2.6,-0.1}}, float s = {{0.25}}, float s2 = {{0.5}}, float z = {{0}}, float b = {{4}}, float b2 = {{3}}>
+{{
+   w1 = {Q} {quant_attrs()} (w, s, z, b)
+   w2 = {Q} {quant_attrs(mode="FLOOR")} (w1, s2, z, b2)
+   wb = qonnx.custom_op.general.BipolarQuant (w, s2)
+   a = MatMul (x, w2)
+   y = MatMul (a, wb)
+}}"""
+    before, after, statistics = fold(text)
+    assert ops(after) == ["MatMul", "MatMul"] and statistics["quant-constants-folded"] == 3
+    assert read_annotation(after.graph.initializers["w2"]).rounding_mode == "FLOOR"
+    bipolar = read_annotation(after.graph.initializers["wb"])
+    assert (bipolar.bits, bipolar.signed, bipolar.integer_range()) == (1, True, (-1, 1))
+    assert after.graph.initializers["wb"].const_value.numpy().tolist() == [[0.5, -0.5], [0.5, -0.5]]
+    assert_same_semantics(before, after, probe_inputs(before, extremes=True))
+
+
+def test_jet_tagger_weights_fold_and_nothing_else_changes_meaning():
+    before, after = load_onnx(JET_TAGGER), load_onnx(JET_TAGGER)
+    (record,) = PassManager.parse("fold-quant").run(after)
+    assert record.statistics["quant-constants-folded"] == 8  # four weights, four biases
+    assert sum(node.op_type == "Quant" for node in after.graph) == 4  # input + three activations
+    assert all(read_annotation(after.graph.initializers[f"fc{i}_weight_quant_out"]).bits == 6 for i in range(1, 5))
+    assert_same_semantics(before, after, probe_inputs(before, 1000))
+    # Idempotent: a second run finds nothing to do.
+    (again,) = PassManager.parse("fold-quant").run(after)
+    assert not again.changed
