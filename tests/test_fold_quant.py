@@ -302,3 +302,154 @@ def test_jet_tagger_weights_fold_and_nothing_else_changes_meaning():
     # Idempotent: a second run finds nothing to do.
     (again,) = PassManager.parse("fold-quant").run(after)
     assert not again.changed
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Redundant quantizers
+# ---------------------------------------------------------------------------------------------------
+
+
+def chain(body: str, *, out_shape: str = "float[1,4] y", extra: str = "") -> str:
+    """A graph of one [1,4] input with the usual quantizer parameters and `body`."""
+    return f"""{OPSETS}
+g (float[1,4] x) => ({out_shape})
+   <float s = {{0.125}}, float s2 = {{0.25}}, float t = {{0.3}}, float one = {{1}}, float z = {{0}}, float b4 = {{4}},
+    float b8 = {{8}}, float b16 = {{16}}, float[4,4] w = {{1,-2,3,0, 0,1,-1,2, 2,2,-3,1, -1,0,1,1}}{extra}>
+{{
+{body}
+}}"""
+
+
+def test_identical_back_to_back_quantizers_merge():
+    # Unsigned: the first quantizer never outputs -0.0, so the second is the identity bit for bit,
+    # even when its output is a graph output.
+    text = chain(f"""   a = {Q} {quant_attrs(signed=0)} (x, s, z, b8)
+   y = {Q} {quant_attrs(signed=0)} (a, s, z, b8)""")
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant"] and statistics["quants-merged"] == 1
+    assert [v.name for v in after.graph.outputs] == ["y"]
+    assert_same_semantics(before, after, probe_inputs(before, extremes=True))
+
+
+def test_a_signed_merge_that_would_change_a_zero_sign_at_an_output_is_refused():
+    # Q(x) is -0.0 for x in [-s/2, 0); a second Q turns it into +0.0 (-0.0/s + 0.0 = +0.0), and
+    # the graph output would show it.
+    text = chain(f"""   a = {Q} {quant_attrs()} (x, s, z, b8)
+   y = {Q} {quant_attrs()} (a, s, z, b8)""")
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Quant"]
+    assert statistics["quants-kept-sign-of-zero"] == 1 and statistics["quants-merged"] == 0
+    # Why: the merged graph would differ on x = -0.01.
+    merged = load_onnx_text(chain(f"""   y = {Q} {quant_attrs()} (x, s, z, b8)"""))
+    x = {"x": np.full((1, 4), -0.01, np.float32)}
+    assert np.signbit(Executor(merged).run(x)["y"]).all() and not np.signbit(Executor(before).run(x)["y"]).any()
+
+
+def test_a_signed_merge_is_done_when_the_sign_of_zero_cannot_reach_an_output():
+    # The zero goes through MatMul and Relu into a quantizer, which forgets its sign.
+    text = chain(f"""   a = {Q} {quant_attrs()} (x, s, z, b8)
+   q = {Q} {quant_attrs()} (a, s, z, b8)
+   m = MatMul (q, w)
+   r = Relu (m)
+   y = {Q} {quant_attrs(signed=0)} (r, s, z, b8)""")
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "MatMul", "Relu", "Quant"] and statistics["quants-merged"] == 1
+    assert_same_semantics(before, after, probe_inputs(before, extremes=True))
+
+
+def test_a_coarser_quantizer_with_the_same_scale_and_a_wider_range_is_redundant():
+    # 4-bit then 8-bit at the same scale: every 4-bit value is on the 8-bit grid and inside its range.
+    text = chain(f"""   a = {Q} {quant_attrs(signed=0)} (x, s, z, b4)
+   y = {Q} {quant_attrs(signed=0, mode="FLOOR")} (a, s, z, b8)""")
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant"] and statistics["quants-merged"] == 1
+    assert_same_semantics(before, after)
+    # The other way round the second quantizer clamps: it stays.
+    text = chain(f"""   a = {Q} {quant_attrs(signed=0)} (x, s, z, b8)
+   y = {Q} {quant_attrs(signed=0)} (a, s, z, b4)""")
+    _, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Quant"] and statistics["quants-merged"] == 0
+
+
+def test_arbitrary_scales_are_proven_by_enumeration():
+    # s = 0.3: whether Q(Q(x)) == Q(x) depends on float32 rounding of every q * 0.3 / 0.3; the pass
+    # tries all 256 values. With ROUND it holds; with FLOOR some q*0.3/0.3 lands just below q (q = 15).
+    for mode, redundant in (("ROUND", True), ("FLOOR", False)):
+        text = chain(f"""   a = {Q} {quant_attrs(signed=0, mode=mode)} (x, t, z, b8)
+   y = {Q} {quant_attrs(signed=0, mode=mode)} (a, t, z, b8)""")
+        before, after, statistics = fold(text)
+        assert (statistics["quants-merged"] == 1) == redundant, mode
+        assert_same_semantics(before, after)
+    once = quant_output(4.6, 0.3, 0, 8, 0, 0, "FLOOR")  # q = 15: fl(15 * 0.3) / 0.3 is 14.99999
+    assert quant_output(once, 0.3, 0, 8, 0, 0, "FLOOR") < once  # the reason FLOOR stays
+
+
+def test_quantizers_after_value_selecting_ops_are_removed():
+    text = chain(
+        f"""   a = {Q} {quant_attrs(signed=0)} (x, s, z, b8)
+   r = Reshape (a, shape)
+   f = Flatten (r)
+   y = {Q} {quant_attrs(signed=0)} (f, s, z, b8)""",
+        out_shape="float[1,4] y",
+        extra=", int64[3] shape = {1, 2, 2}",
+    )
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Reshape", "Flatten"] and statistics["quants-after-selection-removed"] == 1
+    assert_same_semantics(before, after, probe_inputs(before, extremes=True))
+
+
+def test_relu_then_signed_quantizer_is_redundant_only_after_the_same_quantizer():
+    # Relu keeps -0.0, which the second quantizer would turn into +0.0: fine before a MatMul and
+    # a quantizer, not at a graph output.
+    same = chain(f"""   a = {Q} {quant_attrs()} (x, s, z, b8)
+   r = Relu (a)
+   q = {Q} {quant_attrs()} (r, s, z, b8)
+   m = MatMul (q, w)
+   y = {Q} {quant_attrs()} (m, s2, z, b8)""")
+    before, after, statistics = fold(same)
+    assert ops(after) == ["Quant", "Relu", "MatMul", "Quant"] and statistics["quants-after-selection-removed"] == 1
+    assert_same_semantics(before, after, probe_inputs(before, extremes=True))
+    at_output = chain(f"""   a = {Q} {quant_attrs()} (x, s, z, b8)
+   r = Relu (a)
+   y = {Q} {quant_attrs()} (r, s, z, b8)""")
+    _, after, statistics = fold(at_output)
+    assert ops(after) == ["Quant", "Relu", "Quant"] and statistics["quants-kept-sign-of-zero"] == 1
+    # A finer grid (s) read by a coarser quantizer (s2) is not redundant.
+    other = chain(f"""   a = {Q} {quant_attrs()} (x, s, z, b8)
+   r = Relu (a)
+   q = {Q} {quant_attrs()} (r, s2, z, b8)
+   m = MatMul (q, w)
+   y = {Q} {quant_attrs()} (m, s2, z, b8)""")
+    _, after, statistics = fold(other)
+    assert ops(after) == ["Quant", "Relu", "Quant", "MatMul", "Quant"]
+    # Relu of an unquantized MatMul: nothing is known of its grid.
+    unquantized = chain(f"""   m = MatMul (x, w)
+   r = Relu (m)
+   y = {Q} {quant_attrs()} (r, s, z, b8)""")
+    _, after, _ = fold(unquantized)
+    assert ops(after) == ["MatMul", "Relu", "Quant"]
+
+
+def test_a_scale_one_range_check_on_an_integer_accumulator_is_removed():
+    # HAWQ's integer layer: 4-bit unsigned integers times small integer weights plus an integer
+    # bias lie well inside 16 signed bits, so the scale-1 Quant only checks a range that holds.
+    text = chain(
+        f"""   xi = {Q} {quant_attrs(signed=0)} (x, one, z, b4)
+   wi = {Q} {quant_attrs()} (w, one, z, b4)
+   m = MatMul (xi, wi)
+   a = Add (m, bias)
+   c = {Q} {quant_attrs()} (a, one, z, b16)
+   y = Mul (c, s)""",
+        extra=", float[4] bias = {3, -5, 0, 7}",
+    )
+    before, after, statistics = fold(text)
+    # With the range check gone, Add(bias) -> Mul(s) becomes the requantization form Mul -> Add.
+    assert ops(after) == ["Quant", "MatMul", "Mul", "Add"]
+    assert statistics["range-checks-removed"] == 1 and statistics["bias-adds-moved-past-scales"] == 1
+    inputs = {"x": np.random.default_rng(0).uniform(-40, 40, (2000, 4)).astype(np.float32)}
+    assert_same_semantics(before, after, inputs)
+    # Eight bits hold it too (|acc| <= 67); four do not: that range check clamps, and stays.
+    _, after, statistics = fold(text.replace("(a, one, z, b16)", "(a, one, z, b8)"))
+    assert statistics["range-checks-removed"] == 1
+    _, after, statistics = fold(text.replace("(a, one, z, b16)", "(a, one, z, b4)"))
+    assert ops(after) == ["Quant", "MatMul", "Add", "Quant", "Mul"] and statistics["range-checks-removed"] == 0

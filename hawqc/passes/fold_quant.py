@@ -890,6 +890,14 @@ def _exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
 class RescaleRules:
     analysis: Analysis
     statistics: Counter
+    # Producers a rewrite bypassed (the inner Mul, the bias Add...): removed after the sweep if dead.
+    bypassed: list[ir.Node] = field(default_factory=list)
+
+    def remove_bypassed(self, graph: ir.Graph) -> None:
+        for node in self.bypassed:
+            if node.graph is graph and not any(out.uses() or out.is_graph_output() for out in node.outputs):
+                graph.remove(node, safe=True)
+        self.bypassed.clear()
 
     def rules(self) -> list[RewriteRule]:
         return [
@@ -936,6 +944,7 @@ class RescaleRules:
             self.statistics["mul-merges-refused"] += 1
             return None
         constant = rewriter.constant(combined, f"{match.value('c2').name}_merged")
+        self.bypassed.append(inner)
         return [rewriter.op("Mul", [x, constant], name=match.root.name or "mul")]
 
     def move_bias_add(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
@@ -957,6 +966,7 @@ class RescaleRules:
         scaled = rewriter.op("Mul", [acc, match.value("k")], name=f"{base}_scale",
                              shape=_broadcast_ir_shape(acc, match.value("k")))  # fmt: skip
         bias = rewriter.constant(scaled_bias, f"{match.value('b').name}_scaled")
+        self.bypassed.append(add)
         return [rewriter.op("Add", [scaled, bias], name=f"{base}_bias")]
 
     @staticmethod
@@ -989,6 +999,7 @@ class RescaleRules:
             return None
         base = match.root.name or "matmul"
         product = rewriter.op("MatMul", [x, w], name=base)
+        self.bypassed.append(scale_node)
         return [rewriter.op("Mul", [product, match.value("c")], name=f"{base}_scale")]
 
 
@@ -1065,6 +1076,7 @@ class FoldQuant(Pass):
             # Refusal counters describe the final graph: count them on the last sweep only.
             refusals = {key: statistics[key] for key in _REFUSALS}
             fired = apply_rules(model, rules)
+            rescales.remove_bypassed(graph)
             analysis.forget()
             for name, count in fired.items():
                 if name in COUNTERS:  # (redundant quantizers count themselves, by kind)
