@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
@@ -150,10 +151,13 @@ def quant_attrs(signed=1, narrow=0, mode="ROUND"):
     return f'<signed: int = {signed}, narrow: int = {narrow}, rounding_mode: string = "{mode}">'
 
 
-def fold(text: str, pipeline: str = "fold-quant"):
-    """(model before, model after, fold-quant's statistics)."""
+def fold(text: str, pipeline: str = "fold-quant", constants: dict[str, float] | None = None):
+    """(model before, model after, fold-quant's statistics). `constants` overrides scalar
+    initializers with values ONNX text cannot spell (onnx's parser fails on subnormals)."""
     before = load_onnx_text(text)
-    after = load_onnx_text(text)
+    for name, number in (constants or {}).items():
+        before.graph.initializers[name].const_value = ir.tensor(np.array(number, np.float32), name=name)
+    after = ir.from_proto(to_proto(before))
     records = PassManager.parse(pipeline).run(after)
     statistics = next(r.statistics for r in records if r.name == "fold-quant")
     return before, after, statistics
@@ -453,3 +457,167 @@ def test_a_scale_one_range_check_on_an_integer_accumulator_is_removed():
     assert statistics["range-checks-removed"] == 1
     _, after, statistics = fold(text.replace("(a, one, z, b16)", "(a, one, z, b4)"))
     assert ops(after) == ["Quant", "MatMul", "Add", "Quant", "Mul"] and statistics["range-checks-removed"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3-6. Rescales, and the HAWQ export pattern
+# ---------------------------------------------------------------------------------------------------
+
+EXTREMES = np.array(
+    [0.0, -0.0, 1e-45, -1e-45, 3 * 2.0**-149, 1e-39, -1e-39, 2.0**-126, 1e-30, 0.3, -7.5, 1e30, 3e38, -3e38,
+     np.inf, -np.inf, np.nan],
+    dtype=np.float32,
+)  # fmt: skip
+
+
+def unquantized_inputs(count: int = 4000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Any float32: random magnitudes over the whole exponent range, and the special values."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((count, 4)) * np.exp2(rng.integers(-150, 128, (count, 4)))
+    with np.errstate(over="ignore"):
+        values = values.astype(np.float32)
+    values[: len(EXTREMES)] = EXTREMES[:, None]
+    return {"x": values}
+
+
+def test_division_by_a_power_of_two_becomes_multiplication_for_every_input():
+    text = chain("   y = Div (x, c)", extra=", float[4] c = {0.25, 2, -8, 1.0e-30}".replace("1.0e-30", str(2.0**-100)))
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Mul"] and statistics["divs-to-muls"] == 1
+    (mul,) = after.graph
+    assert mul.inputs[1].const_value.numpy().tolist() == [4.0, 0.5, -0.125, 2.0**100]
+    assert_same_semantics(before, after, unquantized_inputs())
+
+
+@pytest.mark.parametrize("divisor", [3.0, 0.1, 2.0**-149])
+def test_division_by_anything_else_stays(divisor):
+    # 1/3 and 1/0.1 are not float32 numbers, and 1/2^-149 overflows: x / c and x * fl(1/c) differ.
+    _, after, statistics = fold(chain("   y = Div (x, c)", extra=", float c = {1}"), constants={"c": divisor})
+    assert ops(after) == ["Div"] and statistics["divs-to-muls"] == 0
+    x, c = unquantized_inputs()["x"], np.float32(divisor)
+    with np.errstate(all="ignore"):
+        assert (_bits_of(x / c) != _bits_of(x * (np.float32(1) / c))).any()
+
+
+def _bits_of(array):
+    return np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+
+
+QUANTIZED_INPUT = f"   xq = {Q} {quant_attrs()} (x, s, z, b8)\n"
+
+
+@pytest.mark.parametrize(
+    ("c1", "c2"),
+    [(0.5, 0.3), (0.3, 0.25), (2.0**-100, 2.0**-40), (-4, 0.7)],
+)
+def test_muls_merge_when_one_factor_is_a_power_of_two_and_the_range_allows(c1, c2):
+    text = chain(QUANTIZED_INPUT + "   a = Mul (xq, c1)\n   y = Mul (a, c2)", extra=", float c1 = {1}, float c2 = {1}")
+    before, after, statistics = fold(text, constants={"c1": c1, "c2": c2})
+    assert ops(after) == ["Quant", "Mul"] and statistics["muls-merged"] == 1
+    assert_same_semantics(before, after, unquantized_inputs())
+
+
+@pytest.mark.parametrize(
+    ("c1", "c2", "why"),
+    [
+        ("3", "0.1", "neither factor is a power of two: two roundings differ from one"),
+        ("0.3", 2.0**-130, "x * 0.3 is normal, x * 0.3 * 2^-130 subnormal: the second rounding differs"),
+    ],
+)
+def test_inexact_mul_merges_are_refused(c1, c2, why):
+    text = chain(QUANTIZED_INPUT + "   a = Mul (xq, c1)\n   y = Mul (a, c2)", extra=", float c1 = {1}, float c2 = {1}")
+    _, after, statistics = fold(text, constants={"c1": float(c1), "c2": float(c2)})
+    assert ops(after) == ["Quant", "Mul", "Mul"] and statistics["mul-merges-refused"] == 1, why
+    # A witness among the quantizer's outputs: merging would change the result.
+    x = quant_output(np.linspace(-16, 16, 4000), 0.125, 0, 8, 1, 0)
+    a, b = np.float32(float(c1)), np.float32(float(c2))
+    with np.errstate(all="ignore"):
+        assert (_bits_of(x * a * b) != _bits_of(x * (a * b))).any(), why
+
+
+def test_mul_merges_need_a_known_range():
+    # An unquantized input reaches subnormals: fl(fl(x * 0.5) * 0.3) != fl(x * 0.15) for x = 3 * 2^-149.
+    text = chain("   a = Mul (x, c1)\n   y = Mul (a, c2)", extra=", float c1 = {0.5}, float c2 = {0.3}")
+    _, after, statistics = fold(text)
+    assert ops(after) == ["Mul", "Mul"] and statistics["mul-merges-refused"] == 1
+    x = np.float32(3 * 2.0**-149)
+    assert x * np.float32(0.5) * np.float32(0.3) != x * (np.float32(0.5) * np.float32(0.3))
+
+
+HAWQ_LAYER = f"""{OPSETS}
+g (float[1,4] x) => (float[1,4] y)
+   <float s_prev = {{S_PREV}}, float z = {{0}}, float b8 = {{8}}, float b4 = {{4}}, float b16 = {{16}}, float one = {{1}},
+    float[4,4] w_int = {{3,-2,7,0, 0,1,-1,5, -8,2,-3,1, -1,0,6,1}}, float[4] b_int = {{100, -37, 0, 12}},
+    float s_out = {{S_OUT}}, float s_act = {{0.0625}}>
+{{
+   xq = {Q} {quant_attrs()} (x, s_prev, z, b8)
+   d = Div (xq, s_prev)
+   wq = {Q} {quant_attrs()} (w_int, one, z, b4)
+   m = MatMul (d, wq)
+   bq = {Q} {quant_attrs()} (b_int, one, z, b16)
+   a = Add (m, bq)
+   r = Mul (a, s_out)
+   h = Relu (r)
+   y = {Q} {quant_attrs(signed=0)} (h, s_act, z, b8)
+}}"""
+
+
+def test_hawq_layer_with_power_of_two_scales_becomes_the_requantization_form():
+    # Div(s_prev) -> MatMul(W_int) -> Add(b_int) -> Mul(s_w * s_prev) with power-of-two scales:
+    # the Div becomes Mul(16), moves past the MatMul, the bias Add moves past Mul(s_out), and the
+    # two scales merge: acc -> Mul(k) -> Add(b) -> Relu -> Quant.
+    text = HAWQ_LAYER.replace("S_PREV", "0.0625").replace("S_OUT", "0.001953125")
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "MatMul", "Mul", "Add", "Relu", "Quant"]
+    matmul, mul, add = list(after.graph)[1:4]
+    assert matmul.inputs[0].name == "xq" and read_annotation(matmul.inputs[1]).scale == 1.0
+    assert mul.inputs[1].const_value.numpy().tolist() == 16 * 0.001953125
+    assert add.inputs[1].const_value.numpy().tolist() == [100 * 0.001953125, -37 * 0.001953125, 0.0, 12 * 0.001953125]
+    assert statistics["divs-to-muls"] == 1 and statistics["scales-moved-past-matmuls"] == 1
+    assert statistics["bias-adds-moved-past-scales"] == 1 and statistics["muls-merged"] == 1
+    assert_same_semantics(before, after, probe_inputs(before, 2000, extremes=True))
+
+
+def test_hawq_layer_with_arbitrary_scales_only_folds_its_constants():
+    # x / 0.0371 is not exact and 0.00123 is not a power of two: every rescale stays where it is.
+    text = HAWQ_LAYER.replace("S_PREV", "0.0371").replace("S_OUT", "0.00123")
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Div", "MatMul", "Add", "Mul", "Relu", "Quant"]
+    assert statistics["quant-constants-folded"] == 2 and statistics["bias-add-moves-refused"] == 1
+    assert_same_semantics(before, after, probe_inputs(before, 2000, extremes=True))
+
+
+@pytest.mark.parametrize("k", ["0.3", "-0.5"])
+def test_bias_add_stays_before_a_scale_that_is_not_a_positive_power_of_two(k):
+    text = chain(
+        QUANTIZED_INPUT + "   m = MatMul (xq, w)\n   a = Add (m, bias)\n   y = Mul (a, k)",
+        extra=f", float[4] bias = {{0.5, -1, 0.125, 3}}, float k = {{{k}}}",
+    )
+    _, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "MatMul", "Add", "Mul"] and statistics["bias-add-moves-refused"] == 1
+    # Witnesses: 0.3 rounds twice in the moved form; -0.5 flips the sign of an exact zero sum.
+    acc, b, kk = np.float32(1.0), np.float32(-1.0), np.float32(float(k))
+    if kk < 0:
+        assert _bits_of((acc + b) * kk) != _bits_of(acc * kk + b * kk)
+    else:
+        accs = np.arange(-4096, 4096, dtype=np.float32) * np.float32(0.125)
+        assert (_bits_of((accs + np.float32(0.3)) * kk) != _bits_of(accs * kk + np.float32(0.3) * kk)).any()
+
+
+def test_a_power_of_two_before_a_quantizer_stays_out_of_its_scale():
+    # Quant(acc * 2^-3, s) is not Quant(acc, s * 2^3) * 2^-3 in general (the output is q * s): no rewrite.
+    text = chain(QUANTIZED_INPUT + f"   m = MatMul (xq, w)\n   a = Mul (m, c)\n   y = {Q} {quant_attrs()} (a, t, z, b4)",
+                 extra=", float c = {0.125}")  # fmt: skip
+    _, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "MatMul", "Mul", "Quant"]
+    assert not any(statistics[key] for key in ("muls-merged", "range-checks-removed", "quants-merged"))
+
+
+def test_scale_stays_before_a_matmul_whose_sums_round():
+    # Float weights: the MatMul's sums round, in an order the kernel chooses; moving the scale could
+    # change which bits are lost (here: overflow of x * 2^100 * w before the move).
+    text = chain(QUANTIZED_INPUT + "   a = Mul (xq, c)\n   y = MatMul (a, wf)",
+                 extra=f", float c = {{{2.0**100}}}, float[4,4] wf = {{0.1,2e30,3,0.7, 1e-3,1,-1,2, 2,2,-3,1, -1,0,1,1}}")  # fmt: skip
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Mul", "MatMul"] and statistics["scale-moves-refused"] == 1
+    assert_same_semantics(before, after)

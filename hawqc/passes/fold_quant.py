@@ -924,7 +924,8 @@ class RescaleRules:
         divisor = _float32_constant(c)
         if divisor is None or not _is_float32(x) or not powers_of_two(divisor):
             return None
-        reciprocal = np.float32(1) / divisor
+        with np.errstate(all="ignore"):
+            reciprocal = np.float32(1) / divisor
         if not np.all(np.isfinite(reciprocal)) or not np.array_equal(reciprocal.astype(np.float64) * divisor, np.ones(divisor.shape)):
             return None
         constant = rewriter.constant(np.asarray(reciprocal, dtype=np.float32), f"{c.name}_reciprocal")
