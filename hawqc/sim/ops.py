@@ -22,8 +22,8 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import QONNX_DOMAIN, is_qonnx_domain
-from hawqc.sim import quant
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, is_qonnx_domain
+from hawqc.sim import ops_activation, ops_conv, ops_tensor, quant
 from hawqc.sim.ops_threshold import build_multithreshold
 
 Kernel = Callable[[Sequence[np.ndarray | None]], tuple[np.ndarray, ...]]
@@ -384,6 +384,33 @@ OP_TABLE: dict[tuple[str, str], Builder] = {
     (STANDARD_DOMAIN, "Flatten"): build_flatten,
     (STANDARD_DOMAIN, "Reshape"): build_reshape,
     (STANDARD_DOMAIN, "Constant"): build_constant,
+    # Convolutional networks (hawqc.sim.ops_conv, ops_tensor, ops_activation).
+    (STANDARD_DOMAIN, "Conv"): ops_conv.build_conv,
+    (STANDARD_DOMAIN, "MaxPool"): ops_conv.build_max_pool,
+    (STANDARD_DOMAIN, "AveragePool"): ops_conv.build_average_pool,
+    (STANDARD_DOMAIN, "GlobalAveragePool"): ops_conv.build_global_average_pool,
+    (STANDARD_DOMAIN, "GlobalMaxPool"): ops_conv.build_global_max_pool,
+    (STANDARD_DOMAIN, "BatchNormalization"): ops_conv.build_batch_norm,
+    (CHANNELS_LAST_DOMAIN, "Conv"): ops_conv.build_conv_channels_last,
+    (CHANNELS_LAST_DOMAIN, "MaxPool"): ops_conv.build_max_pool_channels_last,
+    (CHANNELS_LAST_DOMAIN, "BatchNormalization"): ops_conv.build_batch_norm_channels_last,
+    # hawqc's extensions of qonnx's channels-last domain, by the same rule.
+    (CHANNELS_LAST_DOMAIN, "AveragePool"): ops_conv.build_average_pool_channels_last,
+    (CHANNELS_LAST_DOMAIN, "GlobalAveragePool"): ops_conv.build_global_average_pool_channels_last,
+    (CHANNELS_LAST_DOMAIN, "GlobalMaxPool"): ops_conv.build_global_max_pool_channels_last,
+    (STANDARD_DOMAIN, "Concat"): ops_tensor.build_concat,
+    (STANDARD_DOMAIN, "Resize"): ops_tensor.build_resize,
+    (STANDARD_DOMAIN, "Pad"): ops_tensor.build_pad,
+    (STANDARD_DOMAIN, "Transpose"): ops_tensor.build_transpose,
+    (STANDARD_DOMAIN, "Squeeze"): ops_tensor.build_squeeze,
+    (STANDARD_DOMAIN, "Unsqueeze"): ops_tensor.build_unsqueeze,
+    (STANDARD_DOMAIN, "Dropout"): ops_tensor.build_dropout,
+    (STANDARD_DOMAIN, "LeakyRelu"): ops_activation.build_leaky_relu,
+    (STANDARD_DOMAIN, "Clip"): ops_activation.build_clip,
+    (STANDARD_DOMAIN, "Sigmoid"): ops_activation.build_sigmoid,
+    (STANDARD_DOMAIN, "Softmax"): ops_activation.build_softmax,
+    (STANDARD_DOMAIN, "Round"): ops_activation.build_round,
+    (QONNX_DOMAIN, "Trunc"): ops_activation.build_trunc,
 }
 
 

@@ -31,9 +31,21 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
+
+from hawqc.sim.node_reading import (
+    check_input_count,
+    check_single_output,
+    refusal,
+    standard_opset,
+)
+
+if TYPE_CHECKING:  # hawqc.sim.ops imports this module to fill its op table
+    from hawqc.sim.ops import Kernel, NodeSpec
 
 # ---------------------------------------------------------------------------------------------------
 # Layout
@@ -205,12 +217,23 @@ def conv_channels_last(
     )
     out_per_group = out_channels // group
     if per_group == 1 and out_per_group == 1:
-        acc = None
+        # Depthwise: one multiply-accumulate pass per kernel position, into preallocated buffers.
+        acc = term = None
         for offset in itertools.product(*(range(k) for k in kernel)):
             view = xp[_offset_slices(xp.ndim, axes, offset, strides_, dilations_, counts)]
-            term = view * w[(slice(None), *offset, 0)]
-            acc = term + 0.0 if acc is None else np.add(acc, term, out=acc)
+            if acc is None:
+                acc = view * w[(slice(None), *offset, 0)]
+                np.add(acc, 0.0, out=acc)  # from +0.0, like onnxruntime
+                term = np.empty_like(acc)
+            else:
+                np.multiply(view, w[(slice(None), *offset, 0)], out=term)
+                np.add(acc, term, out=acc)
         y = acc
+    elif group == 1 and all(k == 1 for k in kernel):
+        # Pointwise: one matrix product on the (strided) input itself, no patches to build.
+        view = xp[_offset_slices(xp.ndim, axes, (0,) * rank, strides_, dilations_, counts)]
+        y = np.matmul(view, w.reshape(out_channels, channels).T)
+        np.add(y, 0.0, out=y)
     else:
         extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations_))
         windows = sliding_window_view(xp, extent, axis=axes)  # [N, pos..., C, extent...]
@@ -680,3 +703,240 @@ def batch_norm(x: np.ndarray, a: np.ndarray, b: np.ndarray, *, channel_axis: int
     shape = [1] * x.ndim
     shape[channel_axis] = -1
     return x * a.reshape(shape) + b.reshape(shape)
+
+
+# ===================================================================================================
+# Builders of semantic mode
+# ===================================================================================================
+# Standard ops take NCHW data; the ops of CHANNELS_LAST_DOMAIN take [N, spatial..., C] (and Conv a
+# weight [M, k..., C/group]) and mean the standard op on the transposed tensors (qonnx's rule). qonnx
+# 1.0.0 runs its channels-last Conv / MaxPool / BatchNormalization at ONNX opset 1, whatever the
+# model imports, so it cannot run a MaxPool with `ceil_mode` (not in MaxPool-1) nor any BatchNorm;
+# hawqc gives them the standard meaning. AveragePool, GlobalAveragePool and GlobalMaxPool in that
+# domain are hawqc's extensions, with the model's ONNX opset.
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """A Conv's or pool's window attributes, read once; absent ones at ONNX defaults."""
+
+    kernel: tuple[int, ...] | None
+    strides: tuple[int, ...] | None
+    dilations: tuple[int, ...] | None
+    pads: tuple[int, ...] | None
+    auto_pad: str
+    ceil_mode: bool
+
+    @classmethod
+    def read(cls, node: ir.Node, kernel: Sequence[int] | None) -> _Windows:
+        attrs = node.attributes
+        given = attrs.get_ints("kernel_shape", None)
+        if given is not None and kernel is not None and tuple(given) != tuple(kernel):
+            raise refusal(node, f"kernel_shape {list(given)} does not match the weight's kernel {list(kernel)}")
+        kernel = tuple(given) if given is not None else (None if kernel is None else tuple(kernel))
+        auto_pad = attrs.get_string("auto_pad", "NOTSET") or "NOTSET"
+        if auto_pad not in AUTO_PADS:
+            raise refusal(node, f"unknown auto_pad '{auto_pad}' (known: {', '.join(AUTO_PADS)})")
+        windows = cls(
+            kernel,
+            _optional_ints(attrs.get_ints("strides", None)),
+            _optional_ints(attrs.get_ints("dilations", None)),
+            _optional_ints(attrs.get_ints("pads", None)),
+            auto_pad,
+            bool(attrs.get_int("ceil_mode", 0)),
+        )
+        windows.check(node)
+        return windows
+
+    def check(self, node: ir.Node) -> None:
+        if self.kernel is None:
+            return
+        rank = len(self.kernel)
+        for name, values, length in (
+            ("strides", self.strides, rank),
+            ("dilations", self.dilations, rank),
+            ("pads", self.pads, 2 * rank),
+        ):
+            if values is not None and len(values) != length:
+                raise refusal(node, f"{name} {list(values)} has {len(values)} values, expected {length}")
+        if any(k < 1 for k in self.kernel) or any(v < 1 for v in (*(self.strides or ()), *(self.dilations or ()))):
+            raise refusal(node, "kernel_shape, strides and dilations must be positive")
+        if self.auto_pad != "NOTSET" and any(self.pads or ()):
+            raise refusal(node, f"has both auto_pad {self.auto_pad} and explicit pads")
+        if self.auto_pad.startswith("SAME") and any(d != 1 for d in self.dilations or ()):
+            # onnxruntime refuses it for Conv and computes garbage for pools.
+            raise refusal(node, f"auto_pad {self.auto_pad} with dilations != 1 is not supported (onnxruntime refuses it)")
+
+    def pads_for(self, spatial: Sequence[int], kernel: Sequence[int]) -> Sequence[int] | None:
+        if self.auto_pad == "NOTSET":
+            return self.pads
+        return auto_pads(
+            self.auto_pad, spatial, kernel, self.strides or (1,) * len(kernel), self.dilations or (1,) * len(kernel)
+        )
+
+
+def _optional_ints(values: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(int(v) for v in values)
+
+
+def _constant(spec: NodeSpec, index: int) -> np.ndarray | None:
+    return spec.constants[index] if index < len(spec.constants) else None
+
+
+def _build_conv(spec: NodeSpec, channels_last: bool) -> Kernel:
+    node = spec.node
+    check_input_count(node, 2, 3)
+    weights, bias = _constant(spec, 1), _constant(spec, 2)
+    kernel = None
+    if weights is not None:
+        if weights.ndim < 3:
+            raise refusal(node, f"the weight has shape {list(weights.shape)}, expected [M, C/group, k...]")
+        kernel = weights.shape[1:-1] if channels_last else weights.shape[2:]
+        # The channels-last weight, contiguous once: the kernel reshapes it on every run.
+        weights = np.ascontiguousarray(weights if channels_last else to_channels_last(weights))
+        if bias is not None and bias.shape != (weights.shape[0],):
+            raise refusal(node, f"the bias has shape {list(bias.shape)}, expected [{weights.shape[0]}]")
+    windows = _Windows.read(node, kernel)
+    group = node.attributes.get_int("group", 1)
+    if group < 1:
+        raise refusal(node, f"group {group} must be positive")
+
+    def conv(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        w = weights
+        if w is None:
+            w = args[1] if channels_last else to_channels_last(args[1])
+        b = bias if bias is not None else (args[2] if len(args) > 2 else None)
+        x_last = x if channels_last else to_channels_last(x)
+        pads = windows.pads_for(x_last.shape[1:-1], w.shape[1:-1])
+        y = conv_channels_last(
+            x_last, w, b, strides=windows.strides, pads=pads, dilations=windows.dilations, group=group
+        )
+        return (y if channels_last else np.ascontiguousarray(to_channels_first(y)),)
+
+    return conv
+
+
+def build_conv(spec: NodeSpec) -> Kernel:
+    """`Conv` (X, W, B?) on NCHW data, every ONNX attribute with its default."""
+    return _build_conv(spec, channels_last=False)
+
+
+def build_conv_channels_last(spec: NodeSpec) -> Kernel:
+    """Channels-last `Conv`: X [N, spatial..., C], W [M, k..., C/group]."""
+    return _build_conv(spec, channels_last=True)
+
+
+def _build_pool(spec: NodeSpec, channels_last: bool, kind: str) -> Kernel:
+    """MaxPool (`kind="max"`) or AveragePool (`"average"`)."""
+    node = spec.node
+    check_input_count(node, 1, 1)
+    check_single_output(node, "Indices" if kind == "max" else "unknown")
+    windows = _Windows.read(node, None)
+    if windows.kernel is None:
+        raise refusal(node, "has no kernel_shape attribute (required)")
+    kernel = windows.kernel
+    count_include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+    # onnxruntime's AveragePool sums with MLAS before opset 19, unless count_include_pad meets
+    # ceil_mode (see "Pooling" above).
+    mlas = standard_opset(node) < 19 and not (count_include_pad and windows.ceil_mode) if kind == "average" else True
+    pool_max = max_pool_channels_last if channels_last else max_pool_nchw
+    pool_sum = sum_pool_channels_last if channels_last else sum_pool_nchw
+
+    def pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        spatial = x.shape[1:-1] if channels_last else x.shape[2:]
+        pads = windows.pads_for(spatial, kernel)
+        if kind == "max":
+            y = pool_max(
+                x, kernel=kernel, strides=windows.strides, pads=pads, dilations=windows.dilations,
+                ceil_mode=windows.ceil_mode,
+            )  # fmt: skip
+            return (y,)
+        sums, counts = pool_sum(
+            x, kernel=kernel, strides=windows.strides, pads=pads, dilations=windows.dilations,
+            ceil_mode=windows.ceil_mode, count_include_pad=count_include_pad, mlas=mlas,
+        )  # fmt: skip
+        return (sums / counts,)
+
+    return pool
+
+
+def build_max_pool(spec: NodeSpec) -> Kernel:
+    """`MaxPool` (X), NCHW; the optional Indices output is refused."""
+    return _build_pool(spec, channels_last=False, kind="max")
+
+
+def build_max_pool_channels_last(spec: NodeSpec) -> Kernel:
+    return _build_pool(spec, channels_last=True, kind="max")
+
+
+def build_average_pool(spec: NodeSpec) -> Kernel:
+    """`AveragePool` (X), NCHW, count_include_pad / ceil_mode / dilations (opset 19)."""
+    return _build_pool(spec, channels_last=False, kind="average")
+
+
+def build_average_pool_channels_last(spec: NodeSpec) -> Kernel:
+    return _build_pool(spec, channels_last=True, kind="average")
+
+
+def _build_global_pool(spec: NodeSpec, channels_last: bool, kind: str) -> Kernel:
+    check_input_count(spec.node, 1, 1)
+    pool = global_pool_channels_last if channels_last else global_pool_nchw
+
+    def global_pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        return (pool(args[0], kind),)
+
+    return global_pool
+
+
+def build_global_average_pool(spec: NodeSpec) -> Kernel:
+    return _build_global_pool(spec, channels_last=False, kind="average")
+
+
+def build_global_average_pool_channels_last(spec: NodeSpec) -> Kernel:
+    return _build_global_pool(spec, channels_last=True, kind="average")
+
+
+def build_global_max_pool(spec: NodeSpec) -> Kernel:
+    return _build_global_pool(spec, channels_last=False, kind="max")
+
+
+def build_global_max_pool_channels_last(spec: NodeSpec) -> Kernel:
+    return _build_global_pool(spec, channels_last=True, kind="max")
+
+
+def _build_batch_norm(spec: NodeSpec, channels_last: bool) -> Kernel:
+    node = spec.node
+    check_input_count(node, 5, 5)
+    if node.attributes.get_int("training_mode", 0):
+        raise refusal(node, "training_mode=1 is not supported (inference only)")
+    if not node.attributes.get_int("spatial", 1):
+        raise refusal(node, "spatial=0 (per-element statistics, opset < 9) is not supported")
+    check_single_output(node, "running statistics, training only")
+    epsilon = node.attributes.get_float("epsilon", 1e-5)
+    channel_axis = -1 if channels_last else 1
+    params = spec.constants[1:5]
+    coefficients = None
+    if all(p is not None for p in params):
+        if any(p.ndim != 1 or p.shape != params[0].shape for p in params):
+            shapes = ", ".join(str(list(p.shape)) for p in params)
+            raise refusal(node, f"scale, B, mean and var must be vectors of one length, got {shapes}")
+        coefficients = batch_norm_coefficients(*params, epsilon)
+
+    def batch_normalization(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        a, b = coefficients if coefficients is not None else batch_norm_coefficients(*args[1:5], epsilon)
+        return (batch_norm(args[0], a, b, channel_axis=channel_axis),)
+
+    return batch_normalization
+
+
+def build_batch_norm(spec: NodeSpec) -> Kernel:
+    """`BatchNormalization` in inference form, NCHW (channels on axis 1)."""
+    return _build_batch_norm(spec, channels_last=False)
+
+
+def build_batch_norm_channels_last(spec: NodeSpec) -> Kernel:
+    return _build_batch_norm(spec, channels_last=True)

@@ -14,8 +14,22 @@ and refuses, naming the node, a batch of another size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx_ir as ir
+
+from hawqc.errors import UserInputError
+from hawqc.ir.diagnostics import describe
+from hawqc.sim.node_reading import (
+    check_input_count,
+    present_inputs,
+    refusal,
+    standard_opset,
+)
+
+if TYPE_CHECKING:  # hawqc.sim.ops imports this module to fill its op table
+    from hawqc.sim.ops import Kernel, NodeSpec
 
 # ---------------------------------------------------------------------------------------------------
 # Resize (mode "nearest")
@@ -147,3 +161,288 @@ def pad(
         if mode == "reflect" and max(b, e) >= x.shape[axis]:
             raise ValueError(f"reflect pads {b}, {e} must be smaller than dim {axis} ({x.shape[axis]})")
     return np.pad(x, widths, mode=mode)
+
+
+# ===================================================================================================
+# Builders of semantic mode
+# ===================================================================================================
+
+
+def _constant(spec: NodeSpec, index: int) -> np.ndarray | None:
+    return spec.constants[index] if index < len(spec.constants) else None
+
+
+def _axis(node: ir.Node, axis: int, rank: int) -> int:
+    """A possibly negative axis as a plain index; ValueError (named by the executor) if out of range."""
+    if not -rank <= axis < rank:
+        raise ValueError(f"axis {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+class _BatchLiteral:
+    """The batch rule for a node that acts on dim 0: literal ONNX at the declared batch only."""
+
+    def __init__(self, spec: NodeSpec, what: str) -> None:
+        self.node = spec.node
+        self.declared = spec.declared_batch
+        self.what = what
+
+    def check(self, x: np.ndarray) -> None:
+        if self.declared is not None and x.ndim > 0 and x.shape[0] != self.declared:
+            raise UserInputError(
+                f"{describe(self.node)} {self.what}, so it only runs at the batch size the graph "
+                f"declares ({self.declared}), not {x.shape[0]}"
+            )
+
+
+def build_concat(spec: NodeSpec) -> Kernel:
+    """`Concat` (inputs...), attribute axis (required since opset 4, negative counts from the end)."""
+    node = spec.node
+    inputs = present_inputs(node)
+    if not inputs or any(value is None for value in inputs):
+        raise refusal(node, "needs at least one input and no absent ones")
+    default_axis = 1 if standard_opset(node) < 4 else None
+    axis = node.attributes.get_int("axis", default_axis)
+    if axis is None:
+        raise refusal(node, "has no axis attribute (required)")
+    is_constant = [c is not None for c in spec.constants]
+    along_batch = _BatchLiteral(spec, "concatenates along dim 0 (the batch)")
+
+    def concat(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        parts = list(args)
+        a = _axis(node, axis, parts[0].ndim)
+        data = next((p for p, const in zip(parts, is_constant) if not const), None)
+        if data is not None and spec.declared_batch is not None and data.ndim > 0:
+            if a == 0:
+                along_batch.check(data)
+            elif data.shape[0] != spec.declared_batch:
+                # A constant exported with the declared batch in dim 0 is the same for every sample.
+                parts = [
+                    np.broadcast_to(p, (data.shape[0], *p.shape[1:]))
+                    if const and p.ndim > 0 and p.shape[0] == spec.declared_batch
+                    else p
+                    for p, const in zip(parts, is_constant)
+                ]
+        return (np.concatenate(parts, axis=a),)
+
+    return concat
+
+
+def build_resize(spec: NodeSpec) -> Kernel:
+    """`Resize` with mode "nearest": opset 10 (X, scales) or 11+ (X, roi, scales, sizes)."""
+    node = spec.node
+    opset = standard_opset(node)
+    attrs = node.attributes
+    mode = attrs.get_string("mode", "nearest")
+    if mode != "nearest":
+        raise refusal(node, f"mode '{mode}' is not supported (only 'nearest')")
+    if opset < 11:
+        check_input_count(node, 2, 2)
+        coordinate_mode, nearest_mode = "asymmetric", "simple"
+        scales_index, sizes_index = 1, None
+    else:
+        check_input_count(node, 1, 4)
+        coordinate_mode = attrs.get_string("coordinate_transformation_mode", "half_pixel")
+        nearest_mode = attrs.get_string("nearest_mode", "round_prefer_floor")
+        scales_index, sizes_index = 2, 3
+        if coordinate_mode not in COORDINATE_MODES:
+            raise refusal(
+                node, f"coordinate_transformation_mode '{coordinate_mode}' is not supported "
+                f"(supported: {', '.join(COORDINATE_MODES)})",
+            )  # fmt: skip
+        if nearest_mode not in NEAREST_MODES[:-1]:
+            raise refusal(
+                node, f"nearest_mode '{nearest_mode}' is not supported (known: {', '.join(NEAREST_MODES[:-1])})"
+            )
+    if attrs.get_ints("axes", None) is not None:
+        raise refusal(node, "the axes attribute (opset 18) is not supported")
+    policy = attrs.get_string("keep_aspect_ratio_policy", "stretch")
+    if policy != "stretch":
+        raise refusal(node, f"keep_aspect_ratio_policy '{policy}' is not supported (only 'stretch')")
+    scaling_batch = _BatchLiteral(spec, "resizes dim 0 (the batch)")
+
+    def target(args: Sequence[np.ndarray | None], x: np.ndarray) -> tuple[tuple[int, ...], Sequence[float] | None]:
+        scales = args[scales_index] if scales_index < len(args) else None
+        sizes = args[sizes_index] if sizes_index is not None and sizes_index < len(args) else None
+        has_scales = scales is not None and scales.size > 0
+        has_sizes = sizes is not None and sizes.size > 0
+        if has_scales == has_sizes:
+            raise ValueError("exactly one of scales and sizes must be given (non-empty)")
+        if has_scales:
+            scales = [float(s) for s in np.asarray(scales, dtype=np.float32).reshape(-1)]
+            if len(scales) != x.ndim:
+                raise ValueError(f"{len(scales)} scales for an input of rank {x.ndim}")
+            if scales[0] != 1:
+                scaling_batch.check(x)
+            return resize_output_shape(x.shape, scales), scales
+        dims = [int(d) for d in np.asarray(sizes).reshape(-1)]
+        if len(dims) != x.ndim:
+            raise ValueError(f"{len(dims)} sizes for an input of rank {x.ndim}")
+        if spec.declared_batch is not None and x.ndim > 0 and x.shape[0] != spec.declared_batch:
+            if dims[0] != spec.declared_batch:
+                scaling_batch.check(x)
+            dims[0] = x.shape[0]  # the declared batch in sizes means "the batch", as in Reshape
+        return tuple(dims), None
+
+    def resize(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        out_shape, scales = target(args, x)
+        return (resize_nearest(x, out_shape, coordinate_mode, nearest_mode, scales),)
+
+    return resize
+
+
+def build_pad(spec: NodeSpec) -> Kernel:
+    """`Pad`: opset 2-10 attributes pads / mode / value, opset 11+ inputs pads, constant_value, axes."""
+    node = spec.node
+    opset = standard_opset(node)
+    attrs = node.attributes
+    mode = attrs.get_string("mode", "constant")
+    known_modes = PAD_MODES if opset >= 19 else PAD_MODES[:-1]
+    if mode not in known_modes:
+        raise refusal(node, f"mode '{mode}' is not supported at opset {opset} (known: {', '.join(known_modes)})")
+    if opset < 2:
+        raise refusal(node, "Pad-1 (attribute 'paddings') is not supported")
+    attr_pads = attrs.get_ints("pads", None)
+    if opset < 11:
+        check_input_count(node, 1, 1)
+        if attr_pads is None:
+            raise refusal(node, "has no pads attribute (required before opset 11)")
+        value = attrs.get_float("value", 0.0)
+    else:
+        check_input_count(node, 2, 4)
+    along_batch = _BatchLiteral(spec, "pads dim 0 (the batch)")
+
+    def pad_kernel(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        if opset < 11:
+            pads, constant = [int(p) for p in attr_pads], value
+        else:
+            pads = [int(p) for p in np.asarray(args[1]).reshape(-1)]
+            given = args[2] if len(args) > 2 else None
+            constant = 0 if given is None or given.size == 0 else given.reshape(-1)[0]
+            axes = args[3] if len(args) > 3 else None
+            if axes is not None:
+                axes = [_axis(node, int(a), x.ndim) for a in np.asarray(axes).reshape(-1)]
+                if len(pads) != 2 * len(axes):
+                    raise ValueError(f"{len(pads)} pads for {len(axes)} axes")
+                full = [0] * (2 * x.ndim)
+                for i, a in enumerate(axes):
+                    full[a], full[a + x.ndim] = pads[i], pads[i + len(axes)]
+                pads = full
+        if x.ndim > 0 and len(pads) == 2 * x.ndim and (pads[0] or pads[x.ndim]):
+            along_batch.check(x)
+        return (pad(x, pads, mode, constant),)
+
+    return pad_kernel
+
+
+def build_transpose(spec: NodeSpec) -> Kernel:
+    """`Transpose` (data), attribute perm (default: the dims reversed)."""
+    node = spec.node
+    check_input_count(node, 1, 1)
+    perm = node.attributes.get_ints("perm", None)
+    moves_batch = _BatchLiteral(spec, "moves dim 0 (the batch)")
+
+    def transpose(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        order = tuple(range(x.ndim))[::-1] if perm is None else tuple(int(p) for p in perm)
+        if sorted(order) != list(range(x.ndim)):
+            raise ValueError(f"perm {list(order)} is not a permutation of the {x.ndim} dims")
+        if order and order[0] != 0:
+            moves_batch.check(x)
+        return (np.transpose(x, order),)
+
+    return transpose
+
+
+def _axes(spec: NodeSpec, opset_with_input: int) -> tuple[bool, np.ndarray | None, int | None]:
+    """Where Squeeze / Unsqueeze take their axes: (from the input?, constant axes, input index)."""
+    node = spec.node
+    if standard_opset(node) < opset_with_input:
+        check_input_count(node, 1, 1)
+        given = node.attributes.get_ints("axes", None)
+        return False, None if given is None else np.asarray(given, dtype=np.int64), None
+    check_input_count(node, 1, 2)
+    return True, _constant(spec, 1), 1
+
+
+def build_squeeze(spec: NodeSpec) -> Kernel:
+    """`Squeeze`: axes as attribute (opset < 13) or input (13+); none given: every dim of size 1."""
+    node = spec.node
+    from_input, constant_axes, index = _axes(spec, 13)
+    of_batch = _BatchLiteral(spec, "squeezes dim 0 (the batch)")
+
+    def squeeze(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        axes = constant_axes
+        if from_input and axes is None and index < len(args):
+            axes = args[index]
+        if axes is None:
+            # At the declared batch dim 0 would go too when it is 1.
+            batch = spec.declared_batch if spec.declared_batch is not None else (x.shape[0] if x.ndim else None)
+            chosen = [i for i, d in enumerate(x.shape) if (batch if i == 0 else d) == 1]
+        else:
+            chosen = sorted({_axis(node, int(a), x.ndim) for a in np.asarray(axes).reshape(-1)})
+        if any(x.shape[a] != 1 for a in chosen if a != 0):
+            raise ValueError(f"cannot squeeze dims {chosen} of shape {list(x.shape)}: not all of size 1")
+        if 0 in chosen:
+            of_batch.check(x)
+            if x.shape[0] != 1:
+                raise ValueError(f"cannot squeeze dim 0 of shape {list(x.shape)}")
+        return (np.squeeze(x, axis=tuple(chosen)) if chosen else x,)
+
+    return squeeze
+
+
+def build_unsqueeze(spec: NodeSpec) -> Kernel:
+    """`Unsqueeze`: axes as attribute (opset < 13) or input (13+), positions in the output."""
+    node = spec.node
+    from_input, constant_axes, index = _axes(spec, 13)
+    if not from_input and constant_axes is None:
+        raise refusal(node, "has no axes attribute (required before opset 13)")
+    at_batch = _BatchLiteral(spec, "inserts a dim before dim 0 (the batch)")
+
+    def unsqueeze(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        axes = constant_axes if constant_axes is not None else args[index] if index < len(args) else None
+        if axes is None:
+            raise ValueError("the axes input is missing")
+        rank = x.ndim + axes.size
+        chosen = [_axis(node, int(a), rank) for a in np.asarray(axes).reshape(-1)]
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"axes {chosen} repeat a dim")
+        if 0 in chosen:
+            at_batch.check(x)
+        return (np.expand_dims(x, tuple(chosen)),)
+
+    return unsqueeze
+
+
+def build_dropout(spec: NodeSpec) -> Kernel:
+    """`Dropout` at inference: the data unchanged; the optional mask all true (ones before opset 10)."""
+    node = spec.node
+    opset = standard_opset(node)
+    check_input_count(node, 1, 3 if opset >= 12 else 1)
+    if opset < 7 and not node.attributes.get_int("is_test", 0):
+        raise refusal(node, "is_test=0 (training, opset < 7) is not supported")
+    training = _constant(spec, 2)
+    if training is not None and bool(np.asarray(training).reshape(-1)[0]):
+        raise refusal(node, "training_mode=true is not supported (inference only)")
+    runtime_training = training is None and len(present_inputs(node)) > 2
+    outputs = list(node.outputs)
+    wants_mask = len(outputs) > 1 and outputs[1] is not None and bool(outputs[1].name)
+    mask_dtype = None
+    if wants_mask:
+        declared = outputs[1].dtype
+        mask_dtype = declared.numpy() if declared is not None else (np.dtype(bool) if opset >= 10 else None)
+
+    def dropout(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        if runtime_training and args[2] is not None and bool(np.asarray(args[2]).reshape(-1)[0]):
+            raise ValueError("training_mode=true is not supported (inference only)")
+        if not wants_mask:
+            return (x,)
+        return (x, np.ones(x.shape, dtype=mask_dtype if mask_dtype is not None else x.dtype))
+
+    return dropout
