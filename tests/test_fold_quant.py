@@ -7,6 +7,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import JET_TAGGER
 from hawqc.errors import UserInputError
@@ -19,6 +21,7 @@ from hawqc.ir.quant_annotation import (
     annotate,
     read_annotation,
 )
+from hawqc.passes.fold_quant import powers_of_two
 from hawqc.passes.manager import PassManager
 from hawqc.sim import Executor, quant
 from hawqc.sim.inputs import draw_inputs
@@ -621,3 +624,113 @@ def test_scale_stays_before_a_matmul_whose_sums_round():
     before, after, statistics = fold(text)
     assert ops(after) == ["Quant", "Mul", "MatMul"] and statistics["scale-moves-refused"] == 1
     assert_same_semantics(before, after)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Properties: random scales, bit widths, zero points and rounding modes
+# ---------------------------------------------------------------------------------------------------
+
+MODES = ("ROUND", "CEIL", "FLOOR", "UP", "DOWN", "HALF_UP", "HALF_DOWN")
+PROPERTY = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def quantizers(draw, bits=st.integers(1, 10)):
+    scale = (
+        2.0 ** draw(st.integers(-8, 3))
+        if draw(st.booleans())
+        else draw(st.floats(0.0009765625, 4.0, width=32))
+    )
+    return {
+        "bits": draw(bits),
+        "signed": int(draw(st.booleans())),
+        "narrow": int(draw(st.booleans())),
+        "mode": draw(st.sampled_from(MODES)),
+        "scale": float(np.float32(scale)),
+        "zeropt": draw(st.sampled_from([0.0, 0.0, 0.0, 1.0, -2.0, 0.5])),
+    }
+
+
+def quant_node(name, source, params, prefix):
+    return (
+        f"   {name} = {Q} {quant_attrs(params['signed'], params['narrow'], params['mode'])} "
+        f"({source}, {prefix}_s, {prefix}_z, {prefix}_b)\n"
+    )
+
+
+def quant_constants(params, prefix):
+    return f", float {prefix}_s = {{1}}, float {prefix}_z = {{{params['zeropt']}}}, float {prefix}_b = {{{params['bits']}}}"
+
+
+def covering_inputs(params_list, seed=0, count=4096) -> dict[str, np.ndarray]:
+    """Inputs that reach every output of the given quantizers (each level, and just beside it),
+    with zeros of both signs, small negatives, extremes, infinities and NaN."""
+    rng = np.random.default_rng(seed)
+    values = [EXTREMES]
+    for params in params_list:
+        levels = np.arange(-(2 ** params["bits"]), 2 ** params["bits"] + 1, dtype=np.float64)
+        grid = (levels - params["zeropt"]) * params["scale"]
+        values += [grid, grid + 0.3 * params["scale"], grid - 0.3 * params["scale"], grid + 0.5 * params["scale"]]
+    pool = np.concatenate(values).astype(np.float32)
+    return {"x": rng.choice(pool, size=(count, 4))}
+
+
+@PROPERTY
+@given(first=quantizers(), second=quantizers(), relation=st.sampled_from(["same", "wider", "free"]),
+       relu=st.booleans(), tail=st.sampled_from(["output", "matmul-quant"]))  # fmt: skip
+def test_property_back_to_back_quantizers_merge_only_exactly(first, second, relation, relu, tail):
+    if relation == "same":
+        second = dict(first)
+    elif relation == "wider":
+        second = dict(first, bits=first["bits"] + 2)
+    body = quant_node("a", "x", first, "q1")
+    body += "   r = Relu (a)\n" if relu else "   r = Identity (a)\n"
+    if tail == "output":
+        body += quant_node("y", "r", second, "q2")
+    else:
+        body += quant_node("q", "r", second, "q2") + "   m = MatMul (q, w)\n" + quant_node("y", "m", first, "q1")
+    text = chain(body, extra=quant_constants(first, "q1") + quant_constants(second, "q2"))
+    before, after, statistics = fold(text, constants={"q1_s": first["scale"], "q2_s": second["scale"]})
+    assert_same_semantics(before, after, covering_inputs([first, second]))
+    removed = statistics["quants-merged"] + statistics["quants-after-selection-removed"] + statistics["range-checks-removed"]
+    obvious = relation == "same" and first["signed"] == 0 and first["zeropt"] == 0 and first["bits"] > 1 and not relu
+    if obvious and powers_of_two_scale(first) and first["mode"] == "ROUND":
+        assert removed == 1  # an unsigned quantizer repeated is always redundant
+
+
+def powers_of_two_scale(params) -> bool:
+    return np.frexp(params["scale"])[0] == 0.5
+
+
+def factors():
+    powers = st.integers(-149, 127).map(lambda e: float(np.float32(2.0**e)))
+    others = st.tuples(st.floats(0.5, 1.0, exclude_max=True), st.integers(-140, 120)).map(
+        lambda pair: float(np.float32(pair[0] * 2.0 ** pair[1]))
+    )
+    signed = st.tuples(st.one_of(powers, others), st.booleans()).map(lambda p: -p[0] if p[1] else p[0])
+    return signed.filter(lambda f: f != 0)
+
+
+@PROPERTY
+@given(q=quantizers(bits=st.integers(2, 8)), c1=factors(), c2=factors())
+def test_property_mul_merges_are_exact(q, c1, c2):
+    text = chain(quant_node("xq", "x", q, "q") + "   a = Mul (xq, c1)\n   y = Mul (a, c2)",
+                 extra=quant_constants(q, "q") + ", float c1 = {1}, float c2 = {1}")  # fmt: skip
+    before, after, statistics = fold(text, constants={"q_s": q["scale"], "c1": c1, "c2": c2})
+    assert_same_semantics(before, after, covering_inputs([q]))
+    if not (powers_of_two(np.array(c1)) or powers_of_two(np.array(c2))):
+        assert statistics["muls-merged"] == 0
+
+
+@PROPERTY
+@given(q=quantizers(bits=st.integers(2, 8)), k=factors(), bias_grid=st.integers(-12, 2), seed=st.integers(0, 1000))
+def test_property_bias_add_moves_are_exact(q, k, bias_grid, seed):
+    bias = np.random.default_rng(seed).integers(-50, 50, 4) * 2.0**bias_grid
+    text = chain(
+        quant_node("xq", "x", q, "q") + "   m = MatMul (xq, w)\n   a = Add (m, bias)\n   y = Mul (a, k)",
+        extra=quant_constants(q, "q") + f", float[4] bias = {{{', '.join(str(b) for b in bias)}}}, float k = {{1}}",
+    )
+    before, after, statistics = fold(text, constants={"q_s": q["scale"], "k": k})
+    assert_same_semantics(before, after, covering_inputs([q]))
+    if k < 0 or not powers_of_two(np.array(k)):
+        assert statistics["bias-adds-moved-past-scales"] == 0

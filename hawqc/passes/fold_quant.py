@@ -879,7 +879,8 @@ def _exactly_scaled(facts: Facts, factor: np.ndarray) -> bool:
 
 def _exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """a * b in float32 if that is the exact product of every pair, else None."""
-    product32 = np.asarray(a * b, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        product32 = np.asarray(a * b, dtype=np.float32)
     product64 = a.astype(np.float64) * b.astype(np.float64)
     if not np.all(np.isfinite(product32)) or not np.array_equal(product32.astype(np.float64), product64):
         return None
