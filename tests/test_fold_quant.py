@@ -734,3 +734,104 @@ def test_property_bias_add_moves_are_exact(q, k, bias_grid, seed):
     assert_same_semantics(before, after, covering_inputs([q]))
     if k < 0 or not powers_of_two(np.array(k)):
         assert statistics["bias-adds-moved-past-scales"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolutional graphs
+# ---------------------------------------------------------------------------------------------------
+
+CNN_OPSETS = '<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1, "qonnx.custom_op.channels_last" : 1]>'
+
+
+def conv_graph(body: str, out: str = "float[1,2,2,2] y", extra: str = "") -> str:
+    """A [1,2,4,4] NCHW input, a 3x3 conv weight [2,2,3,3] and the usual quantizer parameters."""
+    weights = ", ".join(str(v) for v in (np.arange(36) % 7 - 3) * 0.37)
+    return f"""{CNN_OPSETS}
+g (float[1,2,4,4] x) => ({out})
+   <float s = {{0.125}}, float s2 = {{0.25}}, float one = {{1}}, float z = {{0}}, float b4 = {{4}}, float b8 = {{8}},
+    float b16 = {{16}}, float[2,2,3,3] w = {{{weights}}}, float[2,1,1,1] ws = {{0.5, 0.25}},
+    float[2] bias = {{0.7, -1.3}}, float bs = {{0.0078125}}{extra}>
+{{
+{body}
+}}"""
+
+
+def test_brevitas_conv_block_folds_weights_and_drops_the_quantizer_after_max_pool():
+    # Brevitas: Quant(W, per-channel [M,1,1,1]) -> Conv -> Relu -> Quant -> MaxPool -> the same Quant.
+    text = conv_graph(f"""   xq = {Q} {quant_attrs()} (x, s, z, b8)
+   wq = {Q} {quant_attrs(narrow=1)} (w, ws, z, b4)
+   bq = {Q} {quant_attrs()} (bias, bs, z, b16)
+   c = Conv <pads: ints = [1, 1, 1, 1]> (xq, wq, bq)
+   r = Relu (c)
+   a = {Q} {quant_attrs(signed=0)} (r, s2, z, b8)
+   p = MaxPool <kernel_shape: ints = [2, 2], strides: ints = [2, 2]> (a)
+   y = {Q} {quant_attrs(signed=0)} (p, s2, z, b8)""")
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Conv", "Relu", "Quant", "MaxPool"]
+    assert statistics["quant-constants-folded"] == 2 and statistics["quants-after-selection-removed"] == 1
+    assert read_annotation(after.graph.initializers["wq"]).scale_array().shape == (2, 1, 1, 1)
+    assert_same_semantics(before, after, probe_inputs(before, 1000, extremes=True))
+
+
+def test_quantizers_after_concat_resize_transpose_and_channels_last_pools_are_removed():
+    text = conv_graph(
+        f"""   a = {Q} {quant_attrs(signed=0)} (x, s, z, b8)
+   b = {Q} {quant_attrs(signed=0)} (x, s, z, b8)
+   k = Concat <axis: int = 1> (a, b)
+   kq = {Q} {quant_attrs(signed=0)} (k, s, z, b8)
+   r = Resize <mode: string = "nearest"> (kq, , up)
+   rq = {Q} {quant_attrs(signed=0)} (r, s, z, b8)
+   t = Transpose <perm: ints = [0, 2, 3, 1]> (rq)
+   tq = {Q} {quant_attrs(signed=0)} (t, s, z, b8)
+   m = qonnx.custom_op.channels_last.MaxPool <kernel_shape: ints = [8, 8]> (tq)
+   y = {Q} {quant_attrs(signed=0)} (m, s, z, b8)""",
+        out="float[1,1,1,4] y",
+        extra=", float[4] up = {1, 1, 2, 2}",
+    )
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Quant", "Concat", "Resize", "Transpose", "MaxPool"]
+    assert statistics["quants-after-selection-removed"] == 4
+    assert_same_semantics(before, after, probe_inputs(before, 500, extremes=True))
+
+
+def test_per_channel_quantizer_survives_a_pool_only_with_the_same_channels():
+    # [1,2,1,1] scales: a MaxPool keeps the channel axis, so the second quantizer is redundant; a
+    # second quantizer with the channels' scales swapped is not.
+    for scales, redundant in (("0.5, 0.25", True), ("0.25, 0.5", False)):
+        text = conv_graph(f"""   a = {Q} {quant_attrs(signed=0)} (x, cs, z, b8)
+   p = MaxPool <kernel_shape: ints = [2, 2], strides: ints = [2, 2]> (a)
+   q = {Q} {quant_attrs(signed=0)} (p, cs2, z, b8)
+   y = Relu (q)""", extra=f", float[1,2,1,1] cs = {{0.5, 0.25}}, float[1,2,1,1] cs2 = {{{scales}}}")  # fmt: skip
+        before, after, statistics = fold(text)
+        assert (statistics["quants-after-selection-removed"] == 1) == redundant, scales
+        assert_same_semantics(before, after, probe_inputs(before, 500, extremes=True))
+
+
+@pytest.mark.parametrize("domain", ["", "qonnx.custom_op.channels_last."])
+def test_hawq_conv_layer_with_power_of_two_scales_becomes_the_requantization_form(domain):
+    # HAWQ's conv: Div(s_prev) -> Conv(x, W_int, b_int) -> Mul(s_w * s_prev): the Div becomes a
+    # Mul, which moves past the Conv (its bias divided by the same power of two), and merges.
+    weights = ", ".join(str(v) for v in np.arange(36) % 7 - 3)
+    layout = "[1,4,4,2] x) => (float[1,4,4,2] y)" if domain else "[1,2,4,4] x) => (float[1,2,4,4] y)"
+    text = f"""{CNN_OPSETS}
+g (float{layout}
+   <float s_prev = {{0.0625}}, float z = {{0}}, float b8 = {{8}}, float b4 = {{4}}, float b16 = {{16}}, float one = {{1}},
+    float[2,{'3,3,2' if domain else '2,3,3'}] w_int = {{{weights}}}, float[2] b_int = {{100, -37}},
+    float s_out = {{0.001953125}}, float s_act = {{0.0625}}>
+{{
+   xq = {Q} {quant_attrs()} (x, s_prev, z, b8)
+   d = Div (xq, s_prev)
+   wq = {Q} {quant_attrs()} (w_int, one, z, b4)
+   bq = {Q} {quant_attrs()} (b_int, one, z, b16)
+   c = {domain}Conv <pads: ints = [1, 1, 1, 1]> (d, wq, bq)
+   r = Mul (c, s_out)
+   h = Relu (r)
+   y = {Q} {quant_attrs(signed=0)} (h, s_act, z, b8)
+}}"""
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Conv", "Mul", "Relu", "Quant"]
+    conv = list(after.graph)[1]
+    assert conv.inputs[0].name == "xq" and conv.inputs[2].const_value.numpy().tolist() == [100 / 16, -37 / 16]
+    assert list(after.graph)[2].inputs[1].const_value.numpy().tolist() == 16 * 0.001953125
+    assert statistics["scales-moved-past-convs"] == 1 and statistics["muls-merged"] == 1
+    assert_same_semantics(before, after, probe_inputs(before, 1000, extremes=True))

@@ -58,12 +58,15 @@ and counted. Rewrites, with their statistics counters:
    of the sum, and a subnormal result is exact on that grid). k must be positive: for k < 0 an
    exact zero sum takes different signs in the two forms. Other k stay (`bias-add-moves-refused`).
 
-6. `scales-moved-past-matmuls`: `MatMul(Mul(x, c), W)` -> `Mul(MatMul(x, W), c)` for a scalar c > 0
-   that is a power of two and a constant W, when the range analysis proves every product and
-   partial sum of the MatMul exact (all are multiples of grid(x) * grid(W) below 2^24 times it),
-   scaled or not: both forms then compute c * exact-sum, whatever order the kernel sums in. With
-   4 and 5 this turns HAWQ's `Div(x, s) -> MatMul(W_int) -> Add(b_int) -> Mul(s')` with
-   power-of-two scales into `MatMul(x, W_int) -> Mul(s'/s) -> Add(b_int*s')`.
+6. `scales-moved-past-matmuls` / `scales-moved-past-convs`: `MatMul(Mul(x, c), W)` ->
+   `Mul(MatMul(x, W), c)`, and `Conv(Mul(x, c), W, b)` -> `Mul(Conv(x, W, b / c), c)` (standard or
+   channels-last Conv), for a scalar c > 0 that is a power of two and constant W (and b), when the
+   range analysis proves every product and partial sum exact in both forms (all are multiples of
+   grid(x) * grid(W) (and grid(b)) and stay below 2^24 times it), b / c exact, and the final scaling
+   exact: both forms then compute c * (the exact sum), whatever order the kernel sums in; c > 0
+   keeps every term's sign, so even an all-zero sum gets the same sign from the same kernel. With 4
+   and 5 this turns HAWQ's `Div(x, s) -> MatMul(W_int) -> Add(b_int) -> Mul(s')` (or `Conv(W_int,
+   b_int) -> Mul(s')`) with power-of-two scales into `MatMul(x, W_int) -> Mul(s'/s) -> Add(b_int*s')`.
 
 Refused on purpose: moving a power of two from `Mul(acc, 2^e) -> Quant(s)` into the Quant's scale
 (the Quant's output is q*s', which differs from 2^e * q*s in the last bits and saturates
@@ -545,7 +548,10 @@ class Analysis:
         if domain == "" and op in ("Add", "Sub", "Mul", "Div") and len(inputs) == 2:
             return self._arithmetic_facts(node, inputs[0], inputs[1])
         if domain == "" and op == "MatMul" and len(inputs) == 2:
-            return self._matmul_facts(node, first)
+            return self._accumulation_facts(node, first, _float32_constant(node.inputs[1]), None, "MatMul")
+        if domain in ("", CHANNELS_LAST_DOMAIN) and op == "Conv" and len(inputs) in (2, 3):
+            bias = _float32_constant(node.inputs[2]) if len(inputs) == 3 else np.zeros(0, np.float32)
+            return self._accumulation_facts(node, first, _float32_constant(node.inputs[1]), bias, "Conv")
         return None
 
     def _arithmetic_facts(self, node: ir.Node, a: Facts | None, b: Facts | None) -> Facts | None:
@@ -567,28 +573,47 @@ class Analysis:
         return _facts_after_rounding(a.lo - b.hi, a.hi - b.lo, min(a.grid, b.grid),
                                      a.negative_zero and b.may_be_zero, 1)  # fmt: skip
 
-    def _matmul_facts(self, node: ir.Node, x: Facts | None) -> Facts | None:
-        weight = _float32_constant(node.inputs[1])
-        if x is None or weight is None or weight.ndim != 2:
+    def _accumulation_facts(
+        self, node: ir.Node, x: Facts | None, weight: np.ndarray | None, bias: np.ndarray | None, kind: str
+    ) -> Facts | None:
+        """Facts of x @ W (W [K, N]) or Conv(x, W, b) (W [M, ...]: output channel first)."""
+        if x is None or weight is None or bias is None and kind == "Conv":
             return None
-        w = weight.astype(np.float64)
-        high = np.maximum(w * x.lo, w * x.hi).sum(axis=0)
-        low = np.minimum(w * x.lo, w * x.hi).sum(axis=0)
-        bound = float((np.abs(w).sum(axis=0) * x.magnitude).max(initial=0.0))
+        terms = _weights_per_output(weight, kind)
+        if terms is None:
+            return None
+        # Each term w * x lies between w*lo and w*hi; a Conv's padding puts zeros in some terms.
+        low = np.minimum(np.minimum(terms * x.lo, terms * x.hi), 0.0).sum(axis=1)
+        high = np.maximum(np.maximum(terms * x.lo, terms * x.hi), 0.0).sum(axis=1)
         grid = x.grid * grid_of(weight)
+        if bias is not None and bias.size:
+            if bias.shape != (terms.shape[0],):
+                return None
+            low, high = low + bias, high + bias
+            grid = min(grid, grid_of(bias))
+        bound = _accumulation_bound(x, terms, bias)
         lo, hi = float(low.min(initial=0.0)), float(high.max(initial=0.0))
-        if bound > 2.0**24 * max(grid, SMALLEST_SUBNORMAL):
-            slack = bound * (weight.shape[0] + 1) * 2.0**-23
+        grid = max(grid, SMALLEST_SUBNORMAL)
+        if bound > 2.0**24 * grid:
+            slack = bound * (terms.shape[1] + 2) * 2.0**-23
             lo, hi = lo - slack, hi + slack
         if max(abs(lo), abs(hi)) > FLT_MAX / 2:
             return None
         # A sum of zeros is -0.0 only if every term is; the kernel's order decides, so assume so.
-        return Facts(lo, hi, max(grid, SMALLEST_SUBNORMAL), lo <= 0 <= hi)
+        return Facts(lo, hi, grid, lo <= 0 <= hi)
 
-    def exact_accumulation(self, x: Facts, weight: np.ndarray, scale: float = 1.0) -> bool:
-        """Whether every product and partial sum of x @ weight (x scaled by `scale`) is exact."""
+    @staticmethod
+    def exact_accumulation(x: Facts, weight: np.ndarray, bias: np.ndarray | None, kind: str, scale: float = 1.0) -> bool:
+        """Whether every product and partial sum of MatMul/Conv(x * scale, W, b) is exact: all are
+        multiples of one grid and stay below 2^24 times it (so no order of summation rounds)."""
+        terms = _weights_per_output(weight, kind)
+        if terms is None:
+            return False
         grid = x.grid * grid_of(weight) * scale
-        bound = float((np.abs(weight.astype(np.float64)).sum(axis=0) * x.magnitude * scale).max(initial=0.0))
+        scaled = Facts(x.lo * scale, x.hi * scale, x.grid * scale, x.negative_zero)
+        if bias is not None and bias.size:
+            grid = min(grid, grid_of(bias))
+        bound = _accumulation_bound(scaled, terms, bias)
         return grid >= SMALLEST_SUBNORMAL and bound <= 2.0**24 * grid and bound <= FLT_MAX / 2
 
     # -- the sign of zero ---------------------------------------------------------------------
@@ -658,6 +683,22 @@ def _resize_selects(node: ir.Node) -> bool:
         node.attributes.get_string("mode", "nearest") == "nearest"
         and node.attributes.get_string("coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
     )
+
+
+def _weights_per_output(weight: np.ndarray, kind: str) -> np.ndarray | None:
+    """The weights as [outputs, terms] (float64): MatMul's W [K, N] by column, a Conv's W by its
+    first axis (the output channel, in both layouts)."""
+    if kind == "MatMul":
+        return weight.astype(np.float64).T if weight.ndim == 2 else None
+    return weight.astype(np.float64).reshape(weight.shape[0], -1) if weight.ndim >= 3 else None
+
+
+def _accumulation_bound(x: Facts, terms: np.ndarray, bias: np.ndarray | None) -> float:
+    """The largest magnitude of any product or partial sum (bias included) of one output."""
+    sums = np.abs(terms).sum(axis=1) * x.magnitude
+    if bias is not None and bias.size:
+        sums = sums + np.abs(bias.astype(np.float64))
+    return float(sums.max(initial=0.0))
 
 
 def _selects_per_position(node: ir.Node, source: ir.Value, value: ir.Value, upstream: ValueSet) -> bool:
@@ -918,6 +959,14 @@ class RescaleRules:
                 Op("MatMul", inputs=(Op("Mul", inputs=(Var("x"), Var("c")), name="scale"), Var("w"))),
                 self.move_scale_past_matmul,
             ),
+            *(
+                RewriteRule(
+                    "scales-moved-past-convs",
+                    Op("Conv", inputs=(Op("Mul", inputs=(Var("x"), Var("c")), name="scale"), Var("w")), domain=domain),
+                    self.move_scale_past_conv,
+                )
+                for domain in ("", CHANNELS_LAST_DOMAIN)
+            ),
         ]
 
     def div_to_mul(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
@@ -979,30 +1028,57 @@ class RescaleRules:
         return _exactly_scaled(acc, k) and _exactly_scaled(total, k)
 
     def move_scale_past_matmul(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
+        return self._move_scale(match, rewriter, "MatMul")
+
+    def move_scale_past_conv(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
+        return self._move_scale(match, rewriter, "Conv")
+
+    def _move_scale(self, match: Match, rewriter: Rewriter, kind: str) -> list[ir.Value] | None:
+        """MatMul/Conv(Mul(x, c), W[, b]) -> Mul(MatMul/Conv(x, W[, b / c]), c) (rewrite 6)."""
+        root = match.root
         x, scale_node, w = match.value("x"), match.node("scale"), match.value("w")
         c, weight = _float32_constant(match.value("c")), _float32_constant(w)
-        if c is None or weight is None or weight.ndim != 2 or _has_other_readers(scale_node) or not _is_float32(x):
+        bias_value = root.inputs[2] if kind == "Conv" and len(root.inputs) > 2 else None
+        bias = _float32_constant(bias_value) if bias_value is not None else None
+        if c is None or weight is None or _weights_per_output(weight, kind) is None or not _is_float32(x):
             return None
-        if _float32_constant(x) is not None:
+        if _has_other_readers(scale_node) or _float32_constant(x) is not None or (bias_value is not None and bias is None):
             return None
         if c.size != 1 or c.ndim > (_rank(x) or 0) or not powers_of_two(c) or float(c.reshape(())) < 0:
             self.statistics["scale-moves-refused"] += 1
             return None
         factor = float(c.reshape(()))
         facts = self.analysis.facts(x)
+        moved_bias = None if bias is None else _exact_product(bias, np.float32(1.0 / factor))
         exact = (
             facts is not None
+            and (bias is None or moved_bias is not None)
             and _exactly_scaled(facts, c)
-            and self.analysis.exact_accumulation(facts, weight)
-            and self.analysis.exact_accumulation(facts, weight, factor)
+            and self.analysis.exact_accumulation(facts, weight, bias, kind, factor)
+            and self.analysis.exact_accumulation(facts, weight, moved_bias, kind)
+            and _exactly_scaled(_scaled_sum_facts(facts, weight, moved_bias, kind), c)
         )
         if not exact:
             self.statistics["scale-moves-refused"] += 1
             return None
-        base = match.root.name or "matmul"
-        product = rewriter.op("MatMul", [x, w], name=base)
+        base = root.name or kind.lower()
+        inputs = [x, w]
+        if bias_value is not None:
+            inputs.append(rewriter.constant(moved_bias, f"{bias_value.name}_unscaled"))
+        attributes = {attr.name: attr for attr in root.attributes.values()}
+        product = rewriter.op(kind, inputs, attributes, domain=root.domain, name=base)
         self.bypassed.append(scale_node)
         return [rewriter.op("Mul", [product, match.value("c")], name=f"{base}_scale")]
+
+
+def _scaled_sum_facts(x: Facts, weight: np.ndarray, bias: np.ndarray | None, kind: str) -> Facts:
+    """Grid and magnitude of an exact MatMul/Conv result (for checking that scaling it is exact)."""
+    terms = _weights_per_output(weight, kind)
+    bound = _accumulation_bound(x, terms, bias)
+    grid = x.grid * grid_of(weight)
+    if bias is not None and bias.size:
+        grid = min(grid, grid_of(bias))
+    return Facts(-bound, bound, max(grid, SMALLEST_SUBNORMAL), True)
 
 
 def _merge_is_exact(x: Facts, c1: np.ndarray, c2: np.ndarray) -> bool:
@@ -1052,6 +1128,7 @@ COUNTERS = (
     "bias-adds-moved-past-scales",
     "bias-add-moves-refused",
     "scales-moved-past-matmuls",
+    "scales-moved-past-convs",
     "scale-moves-refused",
 )
 
