@@ -21,7 +21,12 @@ scales and biases [C,1,1] -> [C]) are relaid out where they are stored, a quanti
 (Concat, Softmax, Squeeze, Unsqueeze, Pad, Resize); a Transpose composes with the layout change on
 either side and is removed when the composition is the identity (a graph exported from NHWC, like
 Keras', wraps its convolutions in exactly such a pair). An op that cannot compute the stored form
-without a new Transpose is an UnsupportedModelError naming the node; the pass never adds one.
+without a new Transpose is an UnsupportedModelError naming the node; the pass never adds one. (The
+nodes before it are converted by then: like every pass, it mutates in place, and the pass manager's
+reproducer keeps the IR it was given.)
+
+A graph without channels-first image ops (an MLP, or a graph already channels-last such as
+Brevitas' channels-last exports) is left as it is; one that mixes both layouts is refused.
 
 The graph inputs and outputs that are images change layout too; each is recorded with
 `hawqc.ir.layout.record_layout`, so that whoever feeds the model transposes its data alike.
@@ -63,7 +68,7 @@ ELEMENTWISE_OPS = frozenset(
     {
         "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Round",
         "Floor", "Ceil", "Abs", "Neg", "Sign", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Elu", "Selu",
-        "Celu", "Softplus", "Softsign", "Identity", "Cast", "Not", "IsNaN", "IsInf",
+        "Celu", "Softplus", "Softsign", "Identity", "Cast", "Not", "IsNaN", "IsInf", "Dropout",
         "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal", "Less",
         "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "BitShift",
     }
@@ -139,11 +144,13 @@ class ChannelsLast(Pass):
     def run(self, model: ir.Model) -> PassResult:
         graph = model.graph
         constant = constant_values(graph)
+        # BatchNormalization of a rank-2 [N, C] tensor (BatchNorm1d after a dense layer) is no image op.
         anchors = [
             node
             for node in graph
             if node.domain == "" and node.op_type in CHANNELS_LAST_OPS
             and node.inputs and node.inputs[0] is not None and node.inputs[0] not in constant
+            and _rank(node.inputs[0]) >= 3
         ]  # fmt: skip
         if not anchors:
             return PassResult(False)  # no image ops, or all of them channels-last already
@@ -302,12 +309,13 @@ class _Conversion:
 
     # -- layouts and constants ----------------------------------------------------------------
 
-    def _set_layout(self, value: ir.Value, layout: Layout | None) -> None:
+    def _set_layout(self, value: ir.Value, layout: Layout | None, node: ir.Node | None = None) -> None:
         if layout is None or (isinstance(layout, Transposed) and is_identity(layout.perm)):
             return
         if isinstance(layout, Transposed) and layout.rank != _rank(value):
+            where = describe(node) if node is not None else f"graph input '{value.name}'"
             raise UnsupportedModelError(
-                f"'{value.name}' has rank {_rank(value)}, the image it comes from rank {layout.rank}"
+                f"{where}: output '{value.name}' has rank {_rank(value)}, the image it comes from rank {layout.rank}"
             )
         self.layouts[value] = layout
         value.shape = layout.stored_shape(value.shape)
@@ -437,7 +445,7 @@ class _Conversion:
                 raise UnsupportedModelError(f"{describe(node)}: the weight must have rank {rank}")
             node.replace_input_with(1, self._relayout(weight, layout, node))
         node.domain = CHANNELS_LAST_DOMAIN
-        self._set_layout(node.outputs[0], layout)
+        self._set_layout(node.outputs[0], layout, node)
         self.statistics["ops-converted"] += 1
 
     def _elementwise(self, node: ir.Node) -> None:
@@ -445,7 +453,7 @@ class _Conversion:
         layout = self._data_layout(node, data)
         self._relayout_constant_inputs(node, layout)
         for value in node.outputs:
-            self._set_layout(value, layout)
+            self._set_layout(value, layout, node)
 
     def _batch_norm_on_features(self, node: ir.Node) -> None:
         # BatchNormalization of a flattened image ([N, K]): its per-feature parameters follow the columns.
@@ -455,7 +463,7 @@ class _Conversion:
         if any(value is not None and value not in self.constant for value in node.inputs[1:]):
             raise UnsupportedModelError(f"{describe(node)}: its parameters must be constants")
         self._relayout_constant_inputs(node, layout, indices={1, 2, 3, 4})
-        self._set_layout(node.outputs[0], layout)
+        self._set_layout(node.outputs[0], layout, node)
 
     def _concat(self, node: ir.Node) -> None:
         data = [value for value in node.inputs if value is not None and value not in self.constant]
@@ -465,7 +473,7 @@ class _Conversion:
         axis = _normalized_axis(node.attributes.get_int("axis", 0), layout.rank)
         node.attributes["axis"] = ir.AttrInt64("axis", layout.perm.index(axis))
         self._relayout_constant_inputs(node, layout)
-        self._set_layout(node.outputs[0], layout)
+        self._set_layout(node.outputs[0], layout, node)
 
     def _softmax(self, node: ir.Node) -> None:
         layout = self._image_layout(node)
@@ -476,7 +484,7 @@ class _Conversion:
             )
         axis = _normalized_axis(node.attributes.get_int("axis", -1), layout.rank)
         node.attributes["axis"] = ir.AttrInt64("axis", layout.perm.index(axis))
-        self._set_layout(node.outputs[0], layout)
+        self._set_layout(node.outputs[0], layout, node)
 
     def _flatten(self, node: ir.Node) -> None:
         layout = self._image_layout(node)
@@ -498,7 +506,7 @@ class _Conversion:
         index = np.arange(int(np.prod(original_dims))).reshape(original_dims)
         order = index.transpose([axis - 1 for axis in layout.perm[1:]]).reshape(-1)
         if not np.array_equal(order, np.arange(order.size)):
-            self._set_layout(node.outputs[0], PermutedAxis(-1, tuple(int(i) for i in order)))
+            self._set_layout(node.outputs[0], PermutedAxis(-1, tuple(int(i) for i in order)), node)
         self.statistics["flattens-resolved"] += 1
 
     def _reshape(self, node: ir.Node) -> None:
@@ -516,7 +524,7 @@ class _Conversion:
             target = self._constant_ints(node, 1, "shape")
             stored = np.array([target[0], *out_dims[2:], out_dims[1]], dtype=np.int64)
             self._new_constant_input(node, 1, stored)
-            self._set_layout(result, channels_last(len(out_dims)))
+            self._set_layout(result, channels_last(len(out_dims)), node)
             return
         if len(out_dims) == 2 and same_batch and out_dims[1] == _product(in_dims[1:]):
             self._flattened(node, image, layout)
@@ -563,7 +571,7 @@ class _Conversion:
                 node.attributes["axes"] = ir.AttrInt64s("axes", new_axes)
             else:
                 self._new_constant_input(node, 1, np.array(new_axes, dtype=np.int64))
-        self._set_layout(result, Transposed(stored_out))
+        self._set_layout(result, Transposed(stored_out), node)
 
     def _transpose(self, node: ir.Node) -> None:
         source, result = node.inputs[0], node.outputs[0]
@@ -576,7 +584,7 @@ class _Conversion:
         stored_in = layout.perm if layout is not None else tuple(range(rank))
         stored_out = channels_last_perm(rank) if result in self.region else tuple(range(rank))
         total = compose(compose(invert(stored_in), perm), stored_out)
-        self._set_layout(result, Transposed(stored_out))
+        self._set_layout(result, Transposed(stored_out), node)
         if is_identity(total):
             # Removed once every node is converted: until then its readers find their input's
             # layout under the output's name.
@@ -588,7 +596,8 @@ class _Conversion:
 
     def _bypass(self, node: ir.Node, source: ir.Value) -> None:
         result = node.outputs[0]
-        if result.is_graph_output() and (source.is_graph_input() or source.is_initializer() or source.is_graph_output()):
+        interface = source.is_graph_input() or source.is_initializer() or source.is_graph_output()
+        if result.is_graph_output() and interface:
             node.op_type = "Identity"  # the interface needs both names
             node.attributes.clear()
             return
@@ -618,7 +627,7 @@ class _Conversion:
                 node.attributes["pads"] = ir.AttrInt64s("pads", stored)
             else:
                 self._new_constant_input(node, 1, np.array(stored, dtype=np.int64))
-        self._set_layout(node.outputs[0], layout)
+        self._set_layout(node.outputs[0], layout, node)
 
     def _resize(self, node: ir.Node) -> None:
         layout = self._image_layout(node)
@@ -645,7 +654,7 @@ class _Conversion:
                 else:
                     stored = array[perm]
                 self._new_constant_input(node, index, np.ascontiguousarray(stored))
-        self._set_layout(node.outputs[0], layout)
+        self._set_layout(node.outputs[0], layout, node)
 
     def _dense(self, node: ir.Node) -> None:
         """MatMul / Gemm reading a flattened image: permute the weight's rows (inputs) instead."""
