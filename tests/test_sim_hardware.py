@@ -21,6 +21,8 @@ import hls4ml
 import numpy as np
 import pytest
 from conftest import JET_TAGGER
+from hypothesis import HealthCheck, event, given, settings
+from integer_cnn_strategies import IntegerGraph, integer_graphs
 
 from hawqc.backends.csim import cache_dir
 from hawqc.errors import UnsupportedModelError
@@ -216,3 +218,39 @@ def assert_inside_types(model, values: dict[str, np.ndarray]) -> None:
         assert type_lo <= low and high <= type_hi, f"{name}: outside {fixed}"
         codes = np.ldexp(array, -fixed.lsb_exponent)
         assert np.array_equal(codes, np.round(codes)), f"{name}: not on the grid of {fixed}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Random integer-only graphs
+# ---------------------------------------------------------------------------------------------------
+
+
+def _random_inputs(graph: IntegerGraph, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(graph.input_low, graph.input_high, size=(count, *graph.input_shape)).astype(np.float32)
+
+
+@settings(max_examples=int(os.environ.get("HAWQC_HARDWARE_EXAMPLES", 40)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(integer_graphs())
+def test_types_are_never_narrower_than_the_values_extreme_inputs_produce(graph: IntegerGraph):
+    """All-min, all-max, alternating and per-output worst-case inputs (plus random ones) never
+    produce a value outside its interval or its type; the first layer's extremes are attained."""
+    model = graph.load()
+    executor = Executor(model, mode="hardware")
+    extremes = graph.extreme_inputs()
+    values = executor.run(np.concatenate([extremes, _random_inputs(graph, 64, 0)]), keep_intermediates=True)
+    assert_inside_types(model, values)
+    event_features(graph)
+    # The worst cases drive each output of the first layer to its bound, so its interval is tight
+    # (where no window reads padding, whose zeros make the rule's hull wider than any one window).
+    if not any(graph.first_attributes.get("pads", [0])):
+        first = executor.run(extremes, keep_intermediates=True)[graph.first_output]
+        lo, hi = executor.precision.intervals[graph.first_output]
+        assert (Fraction(float(first.min())), Fraction(float(first.max()))) == (lo, hi)
+
+
+def event_features(graph: IntegerGraph) -> None:
+    for feature in sorted(graph.features):
+        event(feature)
+

@@ -110,7 +110,9 @@ class _Bounds:
         return _Bounds(self.lo * factor, self.hi * factor, exp, self.grids())
 
     def grids(self) -> np.ndarray:
-        return self.grid if self.grid is not None else np.asarray(self.exp, dtype=object)
+        """`grid` with the shape of `lo` (the exponent everywhere when there is none)."""
+        grid = self.grid if self.grid is not None else np.asarray(self.exp, dtype=object)
+        return np.array(np.broadcast_to(grid, np.broadcast_shapes(np.shape(grid), np.shape(self.lo))), dtype=object)
 
     def fractions(self) -> tuple[Fraction, Fraction]:
         step = Fraction(2) ** self.exp
