@@ -59,6 +59,7 @@ from hawqc.ir.layout import (
     is_identity,
     record_layout,
 )
+from hawqc.ir.quant_annotation import QuantAnnotation, annotate, read_annotation
 from hawqc.passes.base import Pass, PassResult
 from hawqc.passes.rewrite import FreshNames
 
@@ -352,6 +353,7 @@ class _Conversion:
             else:
                 result = make_initializer(np.ascontiguousarray(stored), self.names(f"{value.name}_{layout.suffix}"))
                 self.graph.register_initializer(result)
+                self._carry_quant_annotation(value, result, layout)
                 self.statistics["constants-relaid-out"] += 1
         else:
             result = self._relayout_computed(value, layout, reader)
@@ -359,6 +361,26 @@ class _Conversion:
             self.replaced.append(value)
         self.relaid_out[key] = result
         return result
+
+    @staticmethod
+    def _carry_quant_annotation(value: ir.Value, stored: ir.Value, layout: Layout) -> None:
+        """A quantized constant (fold-quant's annotation) keeps its quantizer; a per-channel scale or
+        zero point is relaid out like the constant, so that it stays on its channels."""
+        annotation = read_annotation(value)
+        if annotation is None:
+            return
+        scale, zeropt = annotation.scale_array(), annotation.zeropt_array()
+        annotate(
+            stored,
+            QuantAnnotation.from_arrays(
+                annotation.bits,
+                annotation.signed,
+                annotation.narrow,
+                scale if scale.size == 1 else layout.relayout(scale),
+                zeropt if zeropt.size == 1 else layout.relayout(zeropt),
+                annotation.rounding_mode,
+            ),
+        )
 
     def _relayout_computed(self, value: ir.Value, layout: Layout, reader: ir.Node) -> ir.Value:
         producer = value.producer()
