@@ -254,3 +254,56 @@ def event_features(graph: IntegerGraph) -> None:
     for feature in sorted(graph.features):
         event(feature)
 
+
+@settings(max_examples=int(os.environ.get("HAWQC_HARDWARE_EXAMPLES", 40)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(integer_graphs())
+def test_hardware_equals_semantic_on_integer_only_graphs(graph: IntegerGraph):
+    """Power-of-two scales, dyadic constants, quantized biases: float32 computes every value exactly,
+    so the fixed-point arithmetic gives the QONNX result bit for bit, every value of the graph; and
+    precision inference declares nothing inexact."""
+    model = graph.load()
+    hardware = Executor(model, mode="hardware")
+    assert not hardware.precision.inexact and not hardware.precision.float32_inexact
+    x = np.concatenate([graph.extreme_inputs(), _random_inputs(graph, 64, 1)])
+    expected = Executor(model).run(x, keep_intermediates=True)
+    got = hardware.run(x, keep_intermediates=True)
+    event_features(graph)
+    for name, value in expected.items():
+        # == on float64, so the sign of a zero is not compared: fixed point has only +0.
+        np.testing.assert_array_equal(got[name], value.astype(np.float64), err_msg=name)
+
+
+def test_float_rescale_differs_only_where_and_as_the_inexact_record_says():
+    """acc -> Mul(0.1) -> Quant: 0.1 in float32 has 24 significant bits, so float32 rounds the product
+    (semantic mode) where hardware keeps it exact. Precision inference records exactly that value;
+    everything before it is equal, at it semantic mode is float32(hardware), and the output Quant
+    differs only where that rounding moved the product across a rounding boundary: by one LSB."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, size=(16, 4)) / 128
+    text = f"""{HEADER}
+g (float[1,16] x) => (float[1,4] y)
+   <float[16,4] w = {{{_floats(w)}}}, float s = {{0.0625}}, float so = {{0.125}}, float z = {{0}}, float b8 = {{8}},
+    float k = {{0.1}}>
+{{
+   xq = {quant()} (x, s, z, b8)
+   acc = MatMul (xq, w)
+   m = Mul (acc, k)
+   y = {quant()} (m, so, z, b8)
+}}"""
+    model = parse_text(text)
+    hardware = Executor(model, mode="hardware")
+    assert set(hardware.precision.inexact) == {"m"} and "float32 rounds" in hardware.precision.inexact["m"]
+    x = rng.uniform(-8, 8, size=(4000, 16)).astype(np.float32)
+    semantic = Executor(model).run(x, keep_intermediates=True)
+    exact = hardware.run(x, keep_intermediates=True)
+    for name in ("xq", "acc"):
+        np.testing.assert_array_equal(exact[name], semantic[name].astype(np.float64))
+    np.testing.assert_array_equal(exact["m"].astype(np.float32), semantic["m"])
+    assert np.any(exact["m"] != semantic["m"])
+    # The output: the Quant of each side's own product; different on a few samples, by one LSB.
+    fixed = hardware.precision.types["y"]
+    np.testing.assert_array_equal(cast(semantic["m"].astype(np.float64), fixed), semantic["y"].astype(np.float64))
+    differs = exact["y"] != semantic["y"]
+    assert 0 < differs.sum() < 50
+    assert np.max(np.abs(exact["y"] - semantic["y"])) == 0.125

@@ -385,14 +385,14 @@ def _scaled(x: _Bounds, k: _Bounds) -> _Bounds:
 def batchnorm_coefficients(
     gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`BatchNormalization` as `y = x * a + b`, a and b float32 exactly as onnxruntime computes them
-    (hawqc's contract, decision 3: `a = f32(f32(1 / sqrt(var + eps)) * gamma)`,
-    `b = f32(beta - f32(mean * a))`); then `y = f32(f32(x * a) + b)` bit for bit."""
-    f32 = np.float32
-    var, gamma, beta, mean = (np.asarray(t, dtype=f32) for t in (var, gamma, beta, mean))
-    inv_std = (f32(1) / np.sqrt(var + f32(epsilon))).astype(f32)
-    a = (inv_std * gamma).astype(f32)
-    b = (beta - (mean * a).astype(f32)).astype(f32)
+    """`BatchNormalization` as `y = x * a + b`, a and b exactly as onnxruntime computes them (hawqc's
+    contract, decision 3): `a = (1 / sqrt(var + eps)) * gamma`, `b = beta - mean * a`, every step
+    rounded to the parameters' dtype (float32). The semantic executor's
+    `hawqc.sim.ops_conv.batch_norm_coefficients` is the same arithmetic (`ir` does not import `sim`)."""
+    dtype = np.result_type(gamma, beta, mean, var)
+    inverse_std = (dtype.type(1) / np.sqrt(var + dtype.type(epsilon))).astype(dtype)
+    a = (inverse_std * gamma).astype(dtype)
+    b = (beta - (mean * a).astype(dtype)).astype(dtype)
     return a, b
 
 

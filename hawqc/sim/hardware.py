@@ -40,7 +40,7 @@ from hawqc.ir.domains import (
     QUANT_OPS,
     is_qonnx_domain,
 )
-from hawqc.ir.precision import PrecisionResult, batchnorm_coefficients
+from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 from hawqc.sim import ops, ops_conv
 
@@ -265,14 +265,15 @@ def build_average_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Ke
 
 
 def build_batch_norm(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    """Unfused BatchNormalization: `x * a + b` with semantic mode's float32 a and b, exactly."""
     node = spec.node
     attr = node.attributes.get("epsilon")
     epsilon = 1e-5 if attr is None else attr.as_float()
-    a, b = batchnorm_coefficients(*spec.constants[1:5], epsilon)  # type: ignore[misc]
+    a, b = ops_conv.batch_norm_coefficients(*spec.constants[1:5], epsilon)  # type: ignore[misc]
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
 
     def batch_norm(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
-        return (args[0] * a64 + b64 + 0.0,)
+        return (ops_conv.batch_norm(args[0], a64, b64, channel_axis=-1) + 0.0,)
 
     return batch_norm
 
