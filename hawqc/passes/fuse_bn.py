@@ -2,8 +2,9 @@
 
 BatchNormalization (standard domain, or `CHANNELS_LAST_DOMAIN` with the channels on the last axis)
 means, per channel, `y = fl(fl(x * a) + b)` with `a = fl(fl(1 / fl(sqrt(fl(var + eps)))) * gamma)`
-and `b = fl(beta - fl(mean * a))`, each step a float32 operation (`batchnorm_scale_offset`; measured
-bit-identical to onnxruntime, and two roundings in `b`, not a fused multiply-add). Three rewrites,
+and `b = fl(beta - fl(mean * a))`, each step a float32 operation (`hawqc.sim.ops_conv.
+batch_norm_coefficients`, the executor's own; bit-identical to onnxruntime, and two roundings in
+`b`, not a fused multiply-add: tests/test_fuse_bn.py checks both). Three rewrites,
 tried in this order:
 
 1. **Before a binary or ternary quantizer** (`BN -> BipolarQuant`, `BN -> Quant` 1-bit signed, i.e.
@@ -61,27 +62,16 @@ from hawqc.ir.quant_annotation import read_annotation
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.rewrite import Match, Op, QonnxOp, Rewriter, RewriteRule, Var, apply_rules
 from hawqc.sim import quant
-from hawqc.sim.ops_threshold import multithreshold
+from hawqc.sim.ops_conv import batch_norm_coefficients
 
 BN_DOMAINS = ("", CHANNELS_LAST_DOMAIN)
-# QONNX quantizers that may stand for a weight: "a quantizer of a constant".
-WEIGHT_QUANTIZERS = QUANT_OPS | {"BipolarQuant"}
+# The elementwise QONNX quantizers: what quantizes a weight, and what may follow a BN.
+QUANTIZERS = QUANT_OPS | {"BipolarQuant"}
 
 
 # ---------------------------------------------------------------------------------------------------
 # BatchNormalization as a per-channel scale and offset
 # ---------------------------------------------------------------------------------------------------
-
-
-def batchnorm_scale_offset(
-    gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """onnxruntime's per-channel (a, b) of BatchNormalization, every step rounded to float32."""
-    f32 = np.float32
-    inverse_std = f32(1) / np.sqrt(var.astype(f32) + f32(epsilon))
-    a = inverse_std * gamma.astype(f32)
-    b = beta.astype(f32) - mean.astype(f32) * a
-    return a.astype(f32), b.astype(f32)
 
 
 @dataclass(frozen=True)
@@ -137,6 +127,8 @@ def read_batchnorm(node: ir.Node) -> BatchNorm | None:
     if x.shape is None or x.dtype != ir.DataType.FLOAT or len(x.shape) < 2:
         return None
     gamma, beta, mean, var = (value.const_value.numpy() for value in node.inputs[1:])
+    if any(p.dtype != np.float32 for p in (gamma, beta, mean, var)):
+        return None
     rank = len(x.shape)
     channel_axis = rank - 1 if node.domain == CHANNELS_LAST_DOMAIN else 1
     channels = x.shape[channel_axis]
@@ -144,7 +136,8 @@ def read_batchnorm(node: ir.Node) -> BatchNorm | None:
         return None
     if isinstance(channels, int) and channels != gamma.shape[0]:
         return None
-    a, b = batchnorm_scale_offset(gamma, beta, mean, var, node.attributes.get_float("epsilon", 1e-5))
+    # The executor's own coefficients: the rewrites reproduce exactly what it computes.
+    a, b = batch_norm_coefficients(gamma, beta, mean, var, node.attributes.get_float("epsilon", 1e-5))
     return BatchNorm(node, rank, channel_axis, a, b)
 
 
@@ -416,7 +409,7 @@ def _threshold_rule(domain: str, state: _SweepState) -> RewriteRule:
         state.orphaned.append(bn.node)
         return [out]
 
-    pattern = QonnxOp(frozenset(WEIGHT_QUANTIZERS), inputs=(Op("BatchNormalization", domain=domain, name="bn"),))
+    pattern = QonnxOp(frozenset(QUANTIZERS), inputs=(Op("BatchNormalization", domain=domain, name="bn"),))
     return RewriteRule(f"bn-to-thresholds{'-' + domain if domain else ''}", pattern, replace)
 
 
@@ -463,7 +456,7 @@ def is_quantized_weight(weight: ir.Value) -> bool:
     if producer is not None:
         return (
             producer.domain == QONNX_DOMAIN
-            and producer.op_type in WEIGHT_QUANTIZERS
+            and producer.op_type in QUANTIZERS
             and producer.inputs[0].const_value is not None
         )
     return weight.const_value is not None and read_annotation(weight) is not None
