@@ -159,10 +159,13 @@ def _compile(args: argparse.Namespace) -> int:
     result = compile_model(args.model, args.output, options)
     _report(result.records, args)
     print(f"hawqc: wrote {result.report.backend} project to {result.outdir}")
+    for name, change in result.report.layouts.items():
+        print(f"hawqc: layout of '{name}' is {change.split('->')[-1]} (was {change.split('->')[0]}) in the project")
     if result.verify is None:
         return 0
-    print(f"hawqc: {result.verify.summary()}")
-    return 0 if result.verify.bit_exact else 1
+    for line in result.verify.summary().splitlines():
+        print(f"hawqc: {line}")
+    return 0 if result.verify.passed else 1
 
 
 # --- hawqc-opt ---------------------------------------------------------------------------------

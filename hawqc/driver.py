@@ -19,10 +19,11 @@ import onnx_ir as ir
 from hawqc.backends.base import get_backend
 from hawqc.errors import UserInputError
 from hawqc.frontends.onnx import load_onnx
+from hawqc.ir.layout import describe_layouts
 from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.report import CompileReport
 from hawqc.sim.inputs import draw_inputs
-from hawqc.verify import VerifyResult, compare
+from hawqc.verify import VerifyResult, compare, compare_modes
 
 # The named pipeline every backend needs in front of it: a clean graph whose dense layers are
 # MatMul + Add (see hawqc.passes.registry).
@@ -82,6 +83,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             passes=records,
             layers=project.layers,
             lowering_seconds=time.perf_counter() - lowering_start,
+            layouts=describe_layouts(model),
         )
         result = None
         if options.verify_samples:
@@ -91,16 +93,29 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
 
 
 def verify_project(model: ir.Model, project, samples: int, seed: int, report: CompileReport) -> VerifyResult:
-    """Run `samples` inputs through the C simulation and the reference executor; record the result."""
+    """Run `samples` inputs through the C simulation and hardware mode, which must agree bit for bit,
+    and compare hardware mode with semantic mode (the QONNX meaning); record both in the report."""
     from hawqc.backends.csim import compile_csim
+    from hawqc.ir.precision import infer_types
     from hawqc.sim import Executor
 
     inputs = draw_inputs(model, samples, seed)
-    executor = Executor(model)
-    reference = executor.run(inputs)[executor.output_names[0]]
+    hardware = Executor(model, mode="hardware")
+    output = hardware.output_names[0]
+    expected = hardware.run(inputs)[output]
+    semantic = Executor(model).run(inputs)[output]
+    precision = infer_types(model)
+    output_type = precision.types.get(output)
+    declared = sorted({*precision.float32_inexact, *getattr(precision, "inexact", {})})
+    modes = compare_modes(
+        semantic,
+        expected,
+        None if output_type is None else 2.0**output_type.lsb_exponent,
+        tuple(declared),
+    )
     csim = compile_csim(project)
-    simulated = csim.predict(inputs[executor.input_names[0]])
-    result = compare(reference, simulated)
+    simulated = csim.predict(inputs[hardware.input_names[0]])
+    result = compare(expected, simulated, against="hardware", modes=modes)
     report.verify = result.as_dict()
     report.csim = csim.stats()
     return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,17 @@ class CompileReport:
     passes: list[dict[str, Any]]
     layers: list[dict[str, Any]]
     lowering_seconds: float
+    # Graph inputs/outputs whose layout the passes changed (e.g. {"x": "NCHW->NHWC"}): the generated
+    # project takes and returns data in the new layout.
+    layouts: dict[str, str] = field(default_factory=dict)
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None
     hawqc_version: str = __version__
 
     @classmethod
-    def new(cls, *, model, backend, pipeline, passes: list[PassRecord], layers, lowering_seconds) -> CompileReport:
+    def new(
+        cls, *, model, backend, pipeline, passes: list[PassRecord], layers, lowering_seconds, layouts=None
+    ) -> CompileReport:
         return cls(
             model=model,
             backend=backend,
@@ -41,6 +46,7 @@ class CompileReport:
             ],
             layers=[_layer_dict(layer) for layer in layers],
             lowering_seconds=round(lowering_seconds, 6),
+            layouts=dict(layouts or {}),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -13,6 +13,73 @@ import numpy as np
 from hawqc.errors import BackendError
 
 
+@dataclass(frozen=True)
+class ModeComparison:
+    """Hardware mode (the fixed-point arithmetic the backend emits) against semantic mode (the QONNX
+    meaning, float32) on the verification inputs.
+
+    They must agree bit for bit on integer-only graphs. Where precision inference found float parts
+    (`declared_inexact`: values whose float32 computation can round where the exact hardware does not)
+    they may differ, and this says by how much, in units of the output's least significant bit.
+    """
+
+    samples: int
+    mismatched_samples: int
+    max_abs_diff: float
+    max_lsb_diff: float | None
+    declared_inexact: tuple[str, ...]
+
+    @property
+    def equal(self) -> bool:
+        return self.mismatched_samples == 0
+
+    @property
+    def acceptable(self) -> bool:
+        """Equal, or different only where precision inference said the graph has float parts."""
+        return self.equal or bool(self.declared_inexact)
+
+    def as_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "equal": self.equal,
+            "mismatched_samples": self.mismatched_samples,
+            "mismatch_rate": self.mismatched_samples / self.samples if self.samples else 0.0,
+            "max_abs_diff": self.max_abs_diff,
+            "max_lsb_diff": self.max_lsb_diff,
+            "declared_inexact": list(self.declared_inexact),
+        }
+
+    def summary(self) -> str:
+        if self.equal:
+            return f"hardware mode equals semantic mode on {self.samples}/{self.samples} samples"
+        lsb = "" if self.max_lsb_diff is None else f", at most {self.max_lsb_diff:g} output LSB"
+        why = (
+            f" (float parts: {', '.join(self.declared_inexact[:3])}{', ...' if len(self.declared_inexact) > 3 else ''})"
+            if self.declared_inexact
+            else " on a graph precision inference found integer-only: a hawqc bug"
+        )
+        return (
+            f"hardware mode differs from semantic mode on {self.mismatched_samples}/{self.samples} samples"
+            f"{lsb}{why}"
+        )
+
+
+def compare_modes(
+    semantic: np.ndarray, hardware: np.ndarray, output_lsb: float | None, declared_inexact: tuple[str, ...]
+) -> ModeComparison:
+    semantic = np.asarray(semantic, dtype=np.float64).reshape(len(semantic), -1)
+    hardware = np.asarray(hardware, dtype=np.float64).reshape(len(hardware), -1)
+    differs = np.any(semantic != hardware, axis=1)
+    diff = np.abs(semantic - hardware)
+    max_diff = float(diff.max()) if diff.size else 0.0
+    return ModeComparison(
+        samples=len(semantic),
+        mismatched_samples=int(differs.sum()),
+        max_abs_diff=max_diff,
+        max_lsb_diff=None if output_lsb is None else max_diff / output_lsb,
+        declared_inexact=tuple(declared_inexact),
+    )
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -20,14 +87,26 @@ class VerifyResult:
     mismatched_samples: int
     max_abs_diff: float
     first_mismatch: int | None  # index of the first sample that differs
+    # What the C simulation was compared with: "hardware" mode, or "semantic" where no hardware
+    # mode applies.
+    reference: str = "hardware"
+    modes: ModeComparison | None = None
 
     @property
     def bit_exact(self) -> bool:
         return self.mismatched_samples == 0
 
+    @property
+    def passed(self) -> bool:
+        """C simulation equals the reference, and hardware mode differs from semantic mode only where
+        the graph has declared float parts."""
+        return self.bit_exact and (self.modes is None or self.modes.acceptable)
+
     def as_dict(self) -> dict:
         return {
             "samples": self.samples,
+            "reference": self.reference,
+            "hardware_vs_semantic": None if self.modes is None else self.modes.as_dict(),
             "bit_exact": self.bit_exact,
             "mismatched_samples": self.mismatched_samples,
             "max_abs_diff": self.max_abs_diff,
@@ -35,16 +114,23 @@ class VerifyResult:
         }
 
     def summary(self) -> str:
+        against = f" (C simulation vs {self.reference} mode)"
         if self.bit_exact:
-            return f"verify: {self.samples}/{self.samples} samples bit-exact"
-        return (
-            f"verify: {self.samples - self.mismatched_samples}/{self.samples} samples bit-exact; "
-            f"{self.mismatched_samples} differ (first: sample {self.first_mismatch}, "
-            f"max abs diff {self.max_abs_diff:g})"
-        )
+            line = f"verify: {self.samples}/{self.samples} samples bit-exact{against}"
+        else:
+            line = (
+                f"verify: {self.samples - self.mismatched_samples}/{self.samples} samples bit-exact{against}; "
+                f"{self.mismatched_samples} differ (first: sample {self.first_mismatch}, "
+                f"max abs diff {self.max_abs_diff:g})"
+            )
+        if self.modes is not None:
+            line += f"\nverify: {self.modes.summary()}"
+        return line
 
 
-def compare(reference: np.ndarray, simulated: np.ndarray) -> VerifyResult:
+def compare(
+    reference: np.ndarray, simulated: np.ndarray, *, against: str = "hardware", modes: ModeComparison | None = None
+) -> VerifyResult:
     reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     simulated = np.asarray(simulated, dtype=np.float64).reshape(len(simulated), -1)
     if reference.shape != simulated.shape:
@@ -60,4 +146,6 @@ def compare(reference: np.ndarray, simulated: np.ndarray) -> VerifyResult:
         mismatched_samples=int(differs.sum()),
         max_abs_diff=float(diff.max()) if diff.size else 0.0,
         first_mismatch=int(bad[0]) if bad.size else None,
+        reference=against,
+        modes=modes,
     )

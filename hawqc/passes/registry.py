@@ -34,10 +34,12 @@ BUILTIN_PASSES: dict[str, str] = {
 # leaves the producers of folded values (and their now unused constants) behind.
 BUILTIN_PIPELINES: dict[str, str] = {
     "cleanup": "dce,remove-identity,remove-dropout,fold-constants,dce,topo-sort,unique-names",
-    # What the hls4ml lowering needs in front of it: a clean graph whose dense layers are MatMul+Add.
-    "hls4ml-prepare": "cleanup,gemm-to-matmul,cleanup",
-    # What `hawqc` runs before lowering.
-    "default": "hls4ml-prepare",
+    # What the hls4ml lowering needs in front of it: quantized constants folded, BatchNorm turned into
+    # requantization, the whole graph channels-last, dense layers as MatMul+Add, all clean.
+    # fold-quant runs before fuse-bn so that fuse-bn sees annotated (quantized) weights.
+    "hls4ml-prepare": "cleanup,fold-quant,fuse-bn,channels-last,gemm-to-matmul,cleanup",
+    # What `hawqc` runs before lowering: the above, then every value's exact type written on the IR.
+    "default": "hls4ml-prepare,infer-precision",
 }
 
 
