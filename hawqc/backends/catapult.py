@@ -60,6 +60,7 @@ def catapult_target(tech: str = "fpga") -> Hls4mlTarget:
         writes_tarball=True,
         widens_pooling_accum=True,
         averages_in_input_type=True,
+        plain_parallel_depthwise=True,
     )
 
 

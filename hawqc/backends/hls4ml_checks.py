@@ -27,8 +27,15 @@ from hawqc.backends.project import LayerReport
 from hawqc.errors import BackendError
 
 # (hls4ml layer class, type attribute) pairs that exist on a layer but that no kernel used here reads.
+# Catapult's init_depconv2d gives every DepthwiseConv2D a `dw_output_t` (the intermediate type of
+# a separable convolution), which only the SeparableConv templates read.
 UNUSED_TYPES = frozenset(
-    {("Activation", "table_t"), ("ParametrizedActivation", "table_t"), ("Dense", "index_t")}
+    {
+        ("Activation", "table_t"),
+        ("ParametrizedActivation", "table_t"),
+        ("Dense", "index_t"),
+        ("DepthwiseConv2D", "dw_output_t"),
+    }
 )
 
 # Layers hls4ml inserts that only copy a value (io_stream).

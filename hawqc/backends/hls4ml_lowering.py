@@ -100,9 +100,9 @@ def lower_with_hls4ml(
     # point of the config here); keep both off the user's terminal.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", UserWarning)
-        model_graph = ModelGraph.from_layer_list(
-            config, [p.layer for p in plan.layers], inputs=[plan.input_name], outputs=[output_layer]
-        )
+        # hls4ml rewires layers by editing their `inputs` lists in place (clone_output): give it copies.
+        layer_list = [{**p.layer, "inputs": list(p.layer["inputs"])} for p in plan.layers]
+        model_graph = ModelGraph.from_layer_list(config, layer_list, inputs=[plan.input_name], outputs=[output_layer])
         match = check_graph(model_graph, plan, output_layer)
         model_graph.write()
     if target.writes_tarball and not tarball_existed and tarball.exists():

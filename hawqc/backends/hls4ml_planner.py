@@ -224,9 +224,13 @@ class Planner:
         return fixed
 
     def constant(self, value: ir.Value | None) -> np.ndarray | None:
+        """A constant's exact value: precision's (quantized constants are evaluated there), else
+        the initializer's (BatchNormalization parameters, which precision reads on its own)."""
         if value is None:
             return None
-        return self.precision.constants.get(value.name)
+        if value.name in self.precision.constants:
+            return self.precision.constants[value.name]
+        return None if value.const_value is None else value.const_value.numpy().astype(np.float64)
 
     def feature_dims(self, value: ir.Value, node: ir.Node) -> tuple[int, ...]:
         """Dims without the batch dimension (the first); hls4ml's C function takes one sample."""
@@ -456,15 +460,25 @@ class Planner:
         accum = self.accumulator(result, node)
         if bias_type is None:
             bias_type = FixedType.covering(0, 0, accum.lsb_exponent)
-        if self.io_type == "io_stream" and window.padded:
-            # hls4ml would insert the same layer itself (insert_zero_padding_before_conv1d/2d), but
-            # for Conv1D it rewires the first reader of the input rather than this convolution
+        result_type = self.typed(result, node)
+        plain_depthwise = depthwise and self.io_type == "io_parallel" and self.target.plain_parallel_depthwise
+        if plain_depthwise:
+            if window.rank == 1 or any(s != 1 for s in window.strides):
+                raise UnsupportedModelError(
+                    f"{describe(node)}: {self.target.name}'s io_parallel depthwise convolution exists only in 2-D "
+                    "with stride 1"
+                )
+            # It sums straight into the result: give the result the accumulator's type (exact, wider).
+            result_type = accum
+        if window.padded and (self.io_type == "io_stream" or plain_depthwise):
+            # hls4ml would insert the same layer itself in io_stream (insert_zero_padding_before_conv1d/2d),
+            # but for Conv1D it rewires the first reader of the input rather than this convolution
             # (model.insert_node without `before`), which breaks branches.
             prev, window = self.zero_padding(node, x, prev, window, channels)
         name = self.name_for(node, result)
         build = layers.depthwise_conv_layer if depthwise else layers.conv_layer
         kind = f"{'DepthwiseConv' if depthwise else 'Conv'}{window.rank}D"
-        types = {"weight": self.typed(w, node), "bias": bias_type, "accum": accum, "result": self.typed(result, node)}
+        types = {"weight": self.typed(w, node), "bias": bias_type, "accum": accum, "result": result_type}
         self.add_layer(
             Planned(name, kind, describe(node), build(name, prev, window, weights, bias), types),
             result,
@@ -680,7 +694,7 @@ class Planner:
             )
         op = "Max" if maximum else "Average"
         if not maximum:
-            prev = self.average_input(node, x, prev, window.divisors(count_pad), max(window.kernel))
+            prev = self.average_input(node, x, prev, window.divisors(count_pad), window.kernel)
         name = self.name_for(node, out)
         layer = layers.pooling_layer(name, prev, op, window, channels, count_pad)
         planned = Planned(name, f"{op}Pooling{window.rank}D", describe(node), layer, {"result": self.typed(out, node)})
@@ -698,7 +712,7 @@ class Planner:
         size = math.prod(dims[:-1])
         x_type = self.plan.by_name[prev].types["result"]
         if not maximum:
-            prev = self.average_input(node, x, prev, {size}, 0)
+            prev = self.average_input(node, x, prev, {size}, ())
         op = "Max" if maximum else "Average"
         name = self.name_for(node, out)
         layer = layers.global_pooling_layer(name, prev, op, dims[:-1], dims[-1])
@@ -724,23 +738,23 @@ class Planner:
                 accum.width + 2 * extra, accum.integer + extra, accum.signed, accum.rounding, accum.saturation
             )
 
-    def average_input(self, node: ir.Node, x: ir.Value, prev: str, divisors: set[int], window_dim: int) -> str:
+    def average_input(self, node: ir.Node, x: ir.Value, prev: str, divisors: set[int], window_dims: tuple[int, ...]) -> str:
         """The layer an average pooling reads. On targets that average in the input's type
-        (Catapult, io_parallel), a cast first into a signed type exact for the quotient: LSB
-        log2(N) bits finer, and integer bits for the window's dims (its rescale factor
-        `data_T(pool_width) / count` must come out as exactly 1)."""
+        (Catapult; `window_dims` is empty for a global pooling, which only io_parallel does so),
+        a cast first into the accumulator's type, which holds every window sum at the quotient's
+        LSB, widened to hold the window's dims and 1 (io_parallel rescales by
+        `data_T(pool width) / count`, which must come out as exactly 1)."""
         if self.target.widens_pooling_accum and any(d & (d - 1) for d in divisors):
             raise UnsupportedModelError(
                 f"{describe(node)}: average over {sorted(divisors)} positions on {self.target.name}: the divisor is "
                 "not a power of two and hls4ml's Catapult backend widens the accumulator, which changes the truncation"
             )
-        if not (self.target.averages_in_input_type and self.io_type == "io_parallel"):
+        if not self.target.averages_in_input_type or (not window_dims and self.io_type == "io_stream"):
             return prev
-        x_type = self.plan.by_name[prev].types["result"]
-        shift = max(divisors).bit_length() - 1
-        integer = max(x_type.integer + (0 if x_type.signed else 1), window_dim.bit_length() + 1, 2)
-        lsb = x_type.lsb_exponent - shift
-        fixed = FixedType(integer - lsb, integer, True)
+        accum = self.accumulator(node.outputs[0], node)
+        fixed = FixedType(accum.width, accum.integer, accum.signed)
+        for needed in (1, *window_dims):
+            fixed = fixed.union(FixedType.covering(needed, needed, fixed.lsb_exponent))
         name = self.plan.unique_name(f"{node.name or x.name}_widen")
         layer = layers.activation_layer(name, prev, "linear")
         op = "Activation(linear) (exact widening for Catapult's average)"
