@@ -41,10 +41,15 @@ if TYPE_CHECKING:  # hawqc.sim.ops imports this module to fill its op table
 #   align_corners       M == 1 ? 0 : i * (L - 1) / (M - 1)
 #   asymmetric          i / s
 #   tf_half_pixel_for_nn (i + 0.5) / s
-# then the nearest mode: floor, ceil, round_prefer_ceil (std::round, halves away from zero),
-# round_prefer_floor (halves down), or, in opset 10, "simple" (ceil when s < 1, else truncation);
-# the index is clamped to [0, L - 1]. The output length from a scale is floor(L * s), in float32.
+# then the nearest mode: floor, ceil, round_prefer_ceil (halves up), round_prefer_floor (halves
+# down), where onnxruntime 1.31 treats a coordinate within 1e-6 of a half as the half; or, in
+# opset 10, "simple" (ceil when s < 1, else truncation). The index is clamped to [0, L - 1]. An
+# axis with scale 1 is copied; a Resize whose output shape equals its input shape returns the
+# input, whatever the scales (measured: scale 1.125 on a length-2 axis, the others at 1, keeps
+# both pixels; next to a resized axis it maps both to pixel 0). The output length from a scale is
+# floor(L * s), in float32.
 
+_HALF_TOLERANCE = np.float32(1e-6)
 COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
 
@@ -81,12 +86,12 @@ def _nearest(x: np.ndarray, nearest_mode: str, downsampling: bool) -> np.ndarray
         return np.floor(x)
     if nearest_mode == "ceil":
         return np.ceil(x)
-    if nearest_mode == "round_prefer_ceil":
-        return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))  # std::round
-    if nearest_mode == "round_prefer_floor":
-        # onnxruntime: x == (int)x + 0.5 ? floor(x) : round(x)
-        tie = x == np.trunc(x) + np.float32(0.5)
-        return np.where(tie, np.floor(x), np.sign(x) * np.floor(np.abs(x) + np.float32(0.5)))
+    if nearest_mode in ("round_prefer_ceil", "round_prefer_floor"):
+        # A coordinate within 1e-6 of a half is a tie (measured: 9.5e-7 away is one, 1.07e-6 is
+        # not, at every magnitude), so 3.4999998 goes to 4 under round_prefer_ceil.
+        tie = np.abs(x - (np.floor(x) + np.float32(0.5))) < _HALF_TOLERANCE
+        nearest = np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+        return np.where(tie, np.ceil(x) if nearest_mode == "round_prefer_ceil" else np.floor(x), nearest)
     if nearest_mode == "simple":
         return np.ceil(x) if downsampling else np.trunc(x)
     raise ValueError(f"nearest_mode '{nearest_mode}' (known: {', '.join(NEAREST_MODES)})")
@@ -117,12 +122,14 @@ def resize_nearest(
     """
     if len(out_shape) != x.ndim:
         raise ValueError(f"output shape {list(out_shape)} does not match an input of rank {x.ndim}")
+    if tuple(out_shape) == x.shape:
+        return x  # onnxruntime returns the input when the shape does not change, whatever the scales
     if scales is None:
         scales = [np.float32(m) / np.float32(n) if n else np.float32(1) for m, n in zip(out_shape, x.shape)]
     y = x
     for axis, (n, m, s) in enumerate(zip(x.shape, out_shape, scales)):
-        if n == m and np.float32(s) == 1:
-            continue  # every mode maps i to i at scale 1
+        if np.float32(s) == 1:
+            continue  # onnxruntime copies an axis whose scale is 1
         y = y.take(resize_nearest_indices(n, int(m), s, coordinate_transformation_mode, nearest_mode), axis=axis)
     return y
 
@@ -420,7 +427,8 @@ def build_unsqueeze(spec: NodeSpec) -> Kernel:
 
 
 def build_dropout(spec: NodeSpec) -> Kernel:
-    """`Dropout` at inference: the data unchanged; the optional mask all true (ones before opset 10)."""
+    """`Dropout` at inference: the data unchanged. The optional mask is what onnxruntime returns:
+    all true from opset 12 on, all false (zeros, in the data's dtype before opset 10) before."""
     node = spec.node
     opset = standard_opset(node)
     check_input_count(node, 1, 3 if opset >= 12 else 1)
@@ -443,6 +451,7 @@ def build_dropout(spec: NodeSpec) -> Kernel:
             raise ValueError("training_mode=true is not supported (inference only)")
         if not wants_mask:
             return (x,)
-        return (x, np.ones(x.shape, dtype=mask_dtype if mask_dtype is not None else x.dtype))
+        fill = np.ones if opset >= 12 else np.zeros
+        return (x, fill(x.shape, dtype=mask_dtype if mask_dtype is not None else x.dtype))
 
     return dropout
