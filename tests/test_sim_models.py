@@ -18,7 +18,6 @@ from conftest import JET_TAGGER, shared_model
 from onnx import TensorProto, numpy_helper
 
 import hawqc
-from hawqc.errors import UnsupportedModelError
 from hawqc.sim import Executor
 from hawqc.sim.qonnx_oracle import QonnxOracle
 
@@ -171,13 +170,22 @@ def test_brevitas_bnn_fc_1layer() -> None:
 THREE_LAYER = shared_model("three_layer_pytorch.onnx")
 
 
-def test_three_layer_softmax_is_unsupported() -> None:
-    with pytest.raises(UnsupportedModelError, match="Softmax"):
-        Executor(ir.load(THREE_LAYER))
+def test_three_layer_with_its_softmax() -> None:
+    """The whole model, its final Softmax included (semantic mode runs Softmax through
+    onnxruntime). On exactly representable weights and inputs the logits are exact, so the
+    probabilities must be qonnx's bit for bit."""
+    proto = onnx.load(THREE_LAYER)
+    for init in proto.graph.initializer:
+        w = (np.round(numpy_helper.to_array(init) * 16) / 16).astype(np.float32)
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+    out = proto.graph.output[0].name
+    x = (np.round(np.random.default_rng(3).standard_normal((40, 16)) * 8) / 8).astype(np.float32)
+    got = Executor(ir.from_proto(proto)).run(x)[out]
+    assert_identical(got, qonnx_run(proto, x, per_sample=True)[out])
 
 
 def _three_layer_logits() -> onnx.ModelProto:
-    """three_layer_pytorch without its final Softmax (not an op of the executor): Gemm/Relu only."""
+    """three_layer_pytorch without its final Softmax: the Gemm/Relu logits only."""
     proto = onnx.load(THREE_LAYER)
     assert proto.graph.node[-1].op_type == "Softmax"
     logits = proto.graph.node[-1].input[0]
