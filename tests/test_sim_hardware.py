@@ -307,3 +307,58 @@ g (float[1,16] x) => (float[1,4] y)
     differs = exact["y"] != semantic["y"]
     assert 0 < differs.sum() < 50
     assert np.max(np.abs(exact["y"] - semantic["y"])) == 0.125
+
+
+def test_values_far_outside_every_type_saturate():
+    fixed = FixedType(5, 2, True, "RND", "SAT")
+    x = np.array([2.0**52 + 1, -(2.0**53), 1e300, -np.inf, np.inf])
+    np.testing.assert_array_equal(cast(x, fixed), [1.875, -2, 1.875, -2, 1.875])
+
+
+def test_data_movement_keeps_exact_float64_values():
+    """Resize, Pad, Transpose, Reshape, Squeeze/Unsqueeze, Concat and Identity move hardware mode's
+    float64 values without rounding them: here products of 24-bit codes, which float32 would round."""
+    k = np.float32(0.1)
+    text = f"""{HEADER}
+g (float[1,2,2,1] x) => (float[1,32] y)
+   <float s = {{0.0625}}, float z = {{0}}, float b8 = {{8}}, float k = {{{float(k)!r}}}, float[4] scales = {{1, 2, 1, 1}},
+    int64[8] pads = {{0, 0, 1, 0, 0, 0, 1, 0}}, float fill = {{0.75}}, int64[1] axis = {{0}}, int64[2] shape = {{1, 32}}>
+{{
+   xq = {quant()} (x, s, z, b8)
+   m = Mul (xq, k)
+   r = Resize <mode: string = "nearest"> (m, , scales)
+   p = Pad (r, pads, fill)
+   c = Concat <axis: int = -1> (p, p)
+   t = Transpose <perm: ints = [0, 2, 1, 3]> (c)
+   q = Unsqueeze (t, axis)
+   u = Squeeze (q, axis)
+   i = Identity (u)
+   y = Reshape (i, shape)
+}}"""
+    model = parse_text(text)
+    x = np.array([1.0, -2.5, 3.0625, -8.0], dtype=np.float32).reshape(1, 2, 2, 1)
+    hardware = Executor(model, mode="hardware").run(x, keep_intermediates=True)
+    semantic = Executor(model).run(x, keep_intermediates=True)
+    exact = x.astype(np.float64) * np.float64(k)
+    assert set(hardware["y"].reshape(-1)) == {0.75, *exact.reshape(-1)}
+    assert all(value.dtype == np.float64 for value in hardware.values())
+    # The same data movement in both modes; only the product's rounding differs.
+    np.testing.assert_array_equal(hardware["y"].astype(np.float32), semantic["y"])
+
+
+def test_large_batches_run_in_chunks_with_the_same_results(monkeypatch):
+    import hawqc.sim.executor as executor_module
+
+    model = load_onnx(JET_TAGGER)
+    inputs = draw_inputs(model, 300, seed=5)
+    for mode in ("semantic", "hardware"):
+        whole = Executor(model, mode=mode).run(inputs, keep_intermediates=True)
+        monkeypatch.setattr(executor_module, "CHUNK_BYTES", 1000)  # a few samples per chunk
+        executor = Executor(model, mode=mode)
+        chunk = executor_module.CHUNK_BYTES // executor._sample_bytes
+        assert 1 <= chunk < 300
+        chunked = executor.run(inputs, keep_intermediates=True)
+        monkeypatch.undo()
+        assert set(chunked) == set(whole)
+        for name, value in whole.items():
+            np.testing.assert_array_equal(chunked[name], value, err_msg=f"{mode} {name}")

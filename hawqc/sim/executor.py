@@ -30,6 +30,8 @@ from hawqc.ir.precision import PrecisionResult
 from hawqc.sim import ops
 
 MODES = ("semantic", "hardware")
+# A batch runs in chunks whose largest intermediate value stays under this size (see `Executor.run`).
+CHUNK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,9 @@ class Executor:
         self._output_slots = tuple(slots[v] for v in graph.outputs)
         self._slot_count = len(slots)
         self._slot_names = {s: v.name for v, s in slots.items() if v.name}
+        self._sample_bytes = _largest_sample_bytes(
+            [v for v, s in slots.items() if s not in constants], 8 if mode == "hardware" else None
+        )
         self._constants = constants
         self._steps = self._with_releases(steps)
 
@@ -202,11 +207,35 @@ class Executor:
         time (the inputs as converted, every node output) by name, for debugging and for tests that
         check each value against its type. Inputs are converted to the declared element type (in
         hardware mode then to float64, exactly).
+
+        A large batch of large samples runs in chunks, so that no intermediate tensor (e.g. a
+        thousand 256x256 feature maps, and a convolution's patches of them) outgrows memory: chunks
+        hold as many samples as keep the largest value (by the declared shapes) within
+        `CHUNK_BYTES`. Every op treats samples independently (the batch rule in `hawqc.sim.ops`);
+        a batch that fits, as every MLP's does, runs whole.
         """
+        checked = self._check_inputs(inputs)
+        batch = len(checked[0][1]) if checked and checked[0][1].ndim > 0 else 0
+        chunk = max(1, CHUNK_BYTES // self._sample_bytes) if self._sample_bytes else batch
+        if batch <= chunk or any(array.ndim == 0 or len(array) != batch for _, array in checked):
+            return self._run_chunk(checked, keep_intermediates)
+        parts = [
+            self._run_chunk([(d, a[start : start + chunk]) for d, a in checked], keep_intermediates)
+            for start in range(0, batch, chunk)
+        ]
+        constant = {name for name, s in zip(self.output_names, self._output_slots) if s in self._constants}
+        return {
+            name: parts[0][name] if name in constant else np.concatenate([part[name] for part in parts])
+            for name in parts[0]
+        }
+
+    def _run_chunk(
+        self, checked: Sequence[tuple[_DataInput, np.ndarray]], keep_intermediates: bool
+    ) -> dict[str, np.ndarray]:
         env: list[np.ndarray | None] = [None] * self._slot_count
         for s, array in self._constants.items():
             env[s] = array
-        for data, array in self._check_inputs(inputs):
+        for data, array in checked:
             if self.mode == "hardware" and np.issubdtype(array.dtype, np.floating):
                 array = array.astype(np.float64)
             env[data.slot] = array
@@ -221,11 +250,12 @@ class Executor:
                     for s in step.release:
                         env[s] = None
         if keep_intermediates:
-            return {
+            values = {
                 name: array
                 for s, name in self._slot_names.items()
                 if s not in self._constants and (array := env[s]) is not None
             }
+            return values
         return {name: env[s] for name, s in zip(self.output_names, self._output_slots)}
 
     def _check_inputs(
@@ -260,6 +290,18 @@ class Executor:
                     )
             checked.append((data, array))
         return checked
+
+
+def _largest_sample_bytes(values: Sequence[ir.Value], itemsize: int | None) -> int:
+    """The size of one sample of the largest value whose shape is declared (0 if none is)."""
+    largest = 0
+    for value in values:
+        dims = _declared_dims(value)
+        if not dims or any(d is None for d in dims[1:]):
+            continue
+        size = itemsize or _numpy_dtype(value).itemsize
+        largest = max(largest, int(np.prod(dims[1:], dtype=np.int64)) * size)
+    return largest
 
 
 def _call(node: ir.Node, kernel: ops.Kernel, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:

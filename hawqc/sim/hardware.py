@@ -57,27 +57,29 @@ HardwareBuilder = Callable[[ops.NodeSpec, PrecisionResult], ops.Kernel]
 
 def round_codes(codes: np.ndarray, mode: str) -> np.ndarray:
     """Round real codes (value / LSB, exact float64) to integers the way ap_fixed's quantization
-    mode `mode` does (ac_fixed's modes of the same names agree)."""
-    floor = np.floor(codes)
+    mode `mode` does (ac_fixed's modes of the same names agree).
+
+    `x + 0.5` is exact in float64 while |x| < 2**52; beyond, every float64 is an integer already
+    and is kept as it is (only an unquantized input far outside any type's range gets there).
+    """
     if mode == "TRN":  # toward -inf
-        return floor
+        return np.floor(codes)
     if mode == "TRN_ZERO":  # toward zero
         return np.trunc(codes)
-    fraction = codes - floor  # exact: codes and floor are within 1 of each other
-    above, tie = fraction > 0.5, fraction == 0.5
+    if mode == "RND_CONV":  # ties to even: rint is IEEE round-half-even, exact
+        return np.rint(codes)
+    magnitude = np.abs(codes)
     if mode == "RND":  # ties toward +inf
-        up = above | tie
+        rounded = np.floor(codes + 0.5)
     elif mode == "RND_MIN_INF":  # ties toward -inf
-        up = above
-    elif mode == "RND_ZERO":  # ties toward zero
-        up = above | (tie & (codes < 0))
+        rounded = np.ceil(codes - 0.5)
     elif mode == "RND_INF":  # ties away from zero
-        up = above | (tie & (codes > 0))
-    elif mode == "RND_CONV":  # ties to even
-        up = above | (tie & (np.mod(floor, 2) == 1))
+        rounded = np.copysign(np.floor(magnitude + 0.5), codes)
+    elif mode == "RND_ZERO":  # ties toward zero
+        rounded = np.copysign(np.ceil(magnitude - 0.5), codes)
     else:
         raise ValueError(f"unknown rounding mode {mode!r}")
-    return floor + up
+    return np.where(magnitude < 2.0**52, rounded, codes)
 
 
 def saturate_codes(codes: np.ndarray, fixed: FixedType) -> np.ndarray:
