@@ -194,9 +194,10 @@ def conv_channels_last(
 ) -> np.ndarray:
     """ONNX Conv on x [N, spatial..., C] with weight [M, k..., C/group], bias [M]: [N, out..., M].
 
-    Absent strides / pads / dilations are ONNX's defaults (1, 0, 1). Depthwise convolutions
-    (one input and one output channel per group) accumulate kernel positions element-wise;
-    everything else is one matrix product per group over im2col patches.
+    Absent strides / pads / dilations are ONNX's defaults (1, 0, 1). Depthwise convolutions (one
+    input and one output channel per group) accumulate kernel positions element-wise, 1x1
+    convolutions are one matrix product on the input, everything else one matrix product per group
+    over im2col patches.
     """
     rank = x.ndim - 2
     if rank < 1 or w.ndim != x.ndim:
@@ -218,15 +219,17 @@ def conv_channels_last(
     out_per_group = out_channels // group
     if per_group == 1 and out_per_group == 1:
         # Depthwise: one multiply-accumulate pass per kernel position, into preallocated buffers.
+        # (With several output channels per group a broadcast pass costs more than im2col.)
         acc = term = None
         for offset in itertools.product(*(range(k) for k in kernel)):
             view = xp[_offset_slices(xp.ndim, axes, offset, strides_, dilations_, counts)]
+            taps = w[(slice(None), *offset, 0)]
             if acc is None:
-                acc = view * w[(slice(None), *offset, 0)]
+                acc = view * taps
                 np.add(acc, 0.0, out=acc)  # from +0.0, like onnxruntime
                 term = np.empty_like(acc)
             else:
-                np.multiply(view, w[(slice(None), *offset, 0)], out=term)
+                np.multiply(view, taps, out=term)
                 np.add(acc, term, out=acc)
         y = acc
     elif group == 1 and all(k == 1 for k in kernel):
@@ -247,17 +250,23 @@ def conv_channels_last(
         n = x.shape[0]
         positions = int(np.prod(counts, dtype=np.int64))
         size = int(np.prod(kernel, dtype=np.int64)) * per_group
-        grouped = windows.reshape(n, *counts, group, per_group, *kernel)
-        # -> [group, N, out..., k..., C/group], the order of the weight's trailing axes.
-        order = (rank + 1, 0, *range(1, rank + 1), *range(rank + 3, 2 * rank + 3), rank + 2)
-        patches = grouped.transpose(order).reshape(group, n * positions, size)
-        weights = w.reshape(group, out_per_group, size).transpose(0, 2, 1)
-        y = np.matmul(patches, weights)  # [group, N * positions, M / group]
-        y = y.transpose(1, 0, 2).reshape(n, *counts, out_channels)
+        if group == 1:
+            # -> [N, out..., k..., C], the order of the weight's trailing axes: one 2-D product.
+            order = (0, *range(1, rank + 1), *range(rank + 2, 2 * rank + 2), rank + 1)
+            patches = windows.transpose(order).reshape(n * positions, size)
+            y = np.matmul(patches, w.reshape(out_channels, size).T).reshape(n, *counts, out_channels)
+        else:
+            grouped = windows.reshape(n, *counts, group, per_group, *kernel)
+            # -> [group, N, out..., k..., C/group].
+            order = (rank + 1, 0, *range(1, rank + 1), *range(rank + 3, 2 * rank + 3), rank + 2)
+            patches = grouped.transpose(order).reshape(group, n * positions, size)
+            weights = w.reshape(group, out_per_group, size).transpose(0, 2, 1)
+            y = np.matmul(patches, weights)  # [group, N * positions, M / group]
+            y = y.transpose(1, 0, 2).reshape(n, *counts, out_channels)
         # onnxruntime accumulates from +0.0, so a sum of -0.0 products is +0.0 there.
         np.add(y, 0.0, out=y)
     if b is not None:
-        y = y + b
+        y = np.add(y, b, out=y) if y.flags.writeable and y.dtype == np.result_type(y, b) else y + b
     return y
 
 
