@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.ir.domains import QONNX_DOMAIN
+from hawqc.ir.quant_annotation import annotate, read_annotation
 from hawqc.passes.base import Pass, PassResult
 from hawqc.passes.rewrite import Match, Op, Rewriter, RewriteRule, apply_rules
 
@@ -85,7 +86,12 @@ class GemmToMatMul(Pass):
 
 def _transposed_weight(b: ir.Value, base: str, rewriter: Rewriter) -> ir.Value:
     if b.const_value is not None:
-        return rewriter.constant(b.const_value.numpy().T, f"{b.name}_transposed")
+        transposed = rewriter.constant(b.const_value.numpy().T, f"{b.name}_transposed")
+        # A weight fold-quant already folded keeps its quantization (per-channel parameters turn with it).
+        annotation = read_annotation(b)
+        if annotation is not None:
+            annotate(transposed, annotation.transposed((1, 0)))
+        return transposed
     producer = b.producer()
     if (
         producer is not None
