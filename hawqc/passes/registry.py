@@ -38,8 +38,9 @@ BUILTIN_PIPELINES: dict[str, str] = {
     # requantization, the whole graph channels-last, dense layers as MatMul+Add, all clean.
     # fold-quant runs before fuse-bn so that fuse-bn sees annotated (quantized) weights.
     "hls4ml-prepare": "cleanup,fold-quant,fuse-bn,channels-last,gemm-to-matmul,cleanup",
-    # What `hawqc` runs before lowering: the above, then every value's exact type written on the IR.
-    "default": "hls4ml-prepare,infer-precision",
+    # What `hawqc` runs before lowering. Not infer-precision: the lowering infers the types itself, and
+    # float models must still go through the passes (they get their types from options, issue 6).
+    "default": "hls4ml-prepare",
 }
 
 
