@@ -117,7 +117,7 @@ def depthwise_residual() -> ir.Model:
 
 def concat_resize() -> ir.Model:
     """Two branches from the input (1x1 conv -> Relu -> Quant, 3x3 conv -> Quant), Concat on the
-    channels, Resize x2 nearest, MaxPool 3x3 stride 2 pads 1 on unsigned values (zero padding),
+    channels, Resize x2 nearest, MaxPool 2x2 pads 1 on unsigned values (an explicit zero padding),
     GlobalMaxPool."""
     g = CnnBuilder((4, 4, 2), seed=4)
     x = g.quant("x", 8, -4)
@@ -126,7 +126,7 @@ def concat_resize() -> ir.Model:
     y = g.node("Concat", [a, b], axis=3)
     scales = g.const(np.array([1, 2, 2, 1]), "scales")
     y = g.node("Resize", [y, "", scales], mode="nearest")
-    y = g.node("MaxPool", [y], CHANNELS_LAST_DOMAIN, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    y = g.node("MaxPool", [y], CHANNELS_LAST_DOMAIN, kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1])
     return g.build(g.node("GlobalMaxPool", [y], CHANNELS_LAST_DOMAIN))
 
 

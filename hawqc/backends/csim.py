@@ -234,6 +234,9 @@ class CSim:
     Inputs go in as float64 and are converted by the bridge (`nnet::convert_data`, i.e. the input
     type's own rounding and saturation: that conversion is the input Quant); outputs come back as
     float64 via the fixed-point type's exact `to_double` (output types are at most 53 bits wide).
+    Both sides are flat C-order arrays of one sample, for io_parallel and io_stream alike (the
+    bridge packs and unpacks the streams): a channels-last [H, W, C] value is flattened in that
+    order, which is numpy's row-major order of the sample.
     """
 
     def __init__(self, library: Path, project: LoweredProject, compile_stats: CompileStats) -> None:
@@ -253,14 +256,19 @@ class CSim:
         return {"library": str(self.library), **asdict(self.compile_stats)}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Outputs of shape (n, *output_shape) for inputs of shape (n, *input_shape) or (n, input_size)."""
         x = np.asarray(x)
         n = x.shape[0] if x.ndim > 0 else 0
-        flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64) if n else np.zeros((0, 0))
-        if n and flat.shape[1] != self.project.input_size:
+        per_sample = tuple(x.shape[1:])
+        while len(per_sample) > 1 and per_sample[0] == 1:
+            per_sample = per_sample[1:]  # the graph's own [1, ...] spelling of one sample
+        if per_sample not in (tuple(self.project.input_shape), (self.project.input_size,)):
+            # A same-sized array of another layout (channels-first, say) would be read in the wrong order.
             raise ValueError(
                 f"C simulation of {self.project.outdir.name} takes {self.project.input_size} values per sample "
-                f"(shape {list(self.project.input_shape)}), got array of shape {list(x.shape)}"
+                f"(shape {list(self.project.input_shape)}, channels last, or flat), got array of shape {list(x.shape)}"
             )
+        flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64) if n else np.zeros((0, self.project.input_size))
         out = np.zeros((n, self.project.output_size), dtype=np.float64)
         in_ptr, out_ptr = flat.ctypes.data, out.ctypes.data
         in_stride, out_stride = flat.strides[0] if n else 0, out.strides[0]
