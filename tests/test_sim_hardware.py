@@ -230,7 +230,7 @@ def _random_inputs(graph: IntegerGraph, count: int, seed: int) -> np.ndarray:
     return rng.uniform(graph.input_low, graph.input_high, size=(count, *graph.input_shape)).astype(np.float32)
 
 
-@settings(max_examples=int(os.environ.get("HAWQC_HARDWARE_EXAMPLES", 40)), deadline=None,
+@settings(max_examples=int(os.environ.get("HAWQC_HARDWARE_EXAMPLES", "40")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 @given(integer_graphs())
 def test_types_are_never_narrower_than_the_values_extreme_inputs_produce(graph: IntegerGraph):
@@ -255,7 +255,7 @@ def event_features(graph: IntegerGraph) -> None:
         event(feature)
 
 
-@settings(max_examples=int(os.environ.get("HAWQC_HARDWARE_EXAMPLES", 40)), deadline=None,
+@settings(max_examples=int(os.environ.get("HAWQC_HARDWARE_EXAMPLES", "40")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 @given(integer_graphs())
 def test_hardware_equals_semantic_on_integer_only_graphs(graph: IntegerGraph):

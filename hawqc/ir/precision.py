@@ -1059,7 +1059,7 @@ class _Analysis:
         elif last % features == 0:
             repeat = last // features
             bounds = _Bounds(np.tile(x.lo, repeat), np.tile(x.hi, repeat), x.exp, np.tile(x.grids(), repeat))
-        elif features % last == 0:
+        elif last > 1 and features % last == 0:
             # Output feature j holds input features j, j + last, j + 2 * last, ...
             def merged(array: np.ndarray, reduce: Callable) -> np.ndarray:
                 return _int_array(reduce(array.reshape(-1, last), axis=0))
