@@ -979,7 +979,7 @@ class RescaleRules:
         if not np.all(np.isfinite(reciprocal)) or not np.array_equal(reciprocal.astype(np.float64) * divisor, np.ones(divisor.shape)):
             return None
         constant = rewriter.constant(np.asarray(reciprocal, dtype=np.float32), f"{c.name}_reciprocal")
-        return [rewriter.op("Mul", [x, constant], name=match.root.name or "div")]
+        return [rewriter.op("Mul", [x, constant], name=_base_name(match.root))]
 
     def merge_muls(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
         x, inner = match.value("x"), match.node("inner")
@@ -996,7 +996,7 @@ class RescaleRules:
             return None
         constant = rewriter.constant(combined, f"{match.value('c2').name}_merged")
         self.bypassed.append(inner)
-        return [rewriter.op("Mul", [x, constant], name=match.root.name or "mul")]
+        return [rewriter.op("Mul", [x, constant], name=_base_name(match.root))]
 
     def move_bias_add(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
         acc, add = match.value("acc"), match.node("add")
@@ -1013,7 +1013,7 @@ class RescaleRules:
         if facts is None or bias_facts is None or scaled_bias is None or not self._bias_move_exact(facts, bias_facts, k):
             self.statistics["bias-add-moves-refused"] += 1
             return None
-        base = match.root.name or "scale"
+        base = _base_name(match.root)
         scaled = rewriter.op("Mul", [acc, match.value("k")], name=f"{base}_scale",
                              shape=_broadcast_ir_shape(acc, match.value("k")))  # fmt: skip
         bias = rewriter.constant(scaled_bias, f"{match.value('b').name}_scaled")
@@ -1061,7 +1061,7 @@ class RescaleRules:
         if not exact:
             self.statistics["scale-moves-refused"] += 1
             return None
-        base = root.name or kind.lower()
+        base = _base_name(root)
         inputs = [x, w]
         if bias_value is not None:
             inputs.append(rewriter.constant(moved_bias, f"{bias_value.name}_unscaled"))
@@ -1094,6 +1094,11 @@ def _merge_is_exact(x: Facts, c1: np.ndarray, c2: np.ndarray) -> bool:
         largest = x.magnitude * float(nonzero.max()) * max(1.0, float(p.max())) * (1 + 2.0**-22)
         return smallest >= SMALLEST_NORMAL and largest <= FLT_MAX / 2
     return False
+
+
+def _base_name(node: ir.Node) -> str:
+    """What new nodes replacing `node` are named after: its name, else its output's."""
+    return node.name or node.outputs[0].name or node.op_type.lower()
 
 
 def _has_other_readers(node: ir.Node) -> bool:
