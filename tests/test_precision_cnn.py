@@ -508,3 +508,15 @@ def test_pass_annotates_every_typed_value_and_is_idempotent():
     (fixed,) = manager.run(graph)
     assert fixed.changed and fixed.statistics["annotations-changed"] == 2
     assert "hawqc.type" not in values["z"].metadata_props
+
+
+def test_annotation_of_a_quantizer_without_a_fixed_point_type_falls_back_to_the_values():
+    """A CEIL weight quantizer has no ap_fixed rounding mode, but its folded values are known exactly."""
+    graph = model(
+        "(float[1,2] x) => (float[1,1] y)",
+        "float[2,1] w = {0.25, -0.125}",
+        f"""   xq = {quant()} (x, half, z, b4)
+   y = MatMul (xq, w)""",
+    )
+    annotate(graph.graph.initializers["w"], QuantAnnotation.from_arrays(8, True, False, np.float32(1 / 16), np.float32(0), "CEIL"))
+    assert infer_types(graph).types["w"] == FixedType(3, 0, True)

@@ -69,6 +69,7 @@ from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
 from hawqc.ir.qtypes import FixedType, power_of_two_exponent
+from hawqc.ir.quant_annotation import read_annotation
 
 # float32 holds every integer up to 2**24 exactly; QONNX semantics run in float32, so a value whose
 # integer code (in units of its LSB) exceeds this may be rounded by the reference but not by hardware.
@@ -615,8 +616,6 @@ class _Analysis:
     def annotated_type(self, node: ir.Node, value: ir.Value, data: np.ndarray) -> FixedType | None:
         """The type of the quantizer `fold-quant` folded into this constant, if it says so and its
         scales are powers of two (else the values are only known as exact floats)."""
-        from hawqc.ir.quant_annotation import read_annotation
-
         try:
             annotation = read_annotation(value)
         except UserInputError as err:
@@ -626,10 +625,15 @@ class _Analysis:
         scales = annotation.scale_array()
         if np.any(annotation.zeropt_array() != 0) or any(power_of_two_exponent(float(s)) is None for s in np.unique(scales)):
             return None
-        fixed = _union_of_types(
-            annotation.bits, scales, annotation.signed, annotation.narrow, annotation.rounding_mode,
-            f"{describe(node)}: constant {value.name!r}",
-        )  # fmt: skip
+        try:
+            fixed = _union_of_types(
+                annotation.bits, scales, annotation.signed, annotation.narrow, annotation.rounding_mode,
+                f"{describe(node)}: constant {value.name!r}",
+            )  # fmt: skip
+        except UnsupportedModelError:
+            # A quantizer with no fixed-point type (bipolar, CEIL...): the constant's values are
+            # still known exactly, and a constant is never rounded by its type.
+            return None
         codes = np.ldexp(data.astype(np.float64), -fixed.lsb_exponent)
         step = Fraction(2) ** fixed.lsb_exponent
         if not np.all(codes == np.round(codes)) or not fixed.holds(
