@@ -53,6 +53,19 @@ def test_every_qonnx_domain_and_quant_spelling_is_accepted(domain, op):
     assert (node.domain, node.op_type) == (QONNX_DOMAIN, op)
 
 
+def test_the_version_of_an_alias_domain_import_survives_normalization():
+    """Trunc's meaning depends on its domain's version (v2 has an out_scale input): an `onnx.brevitas`
+    import at version 2 must stay version 2 under the normalized name."""
+    text = """<ir_version: 8, opset_import: ["" : 17, "onnx.brevitas" : 2]>
+g (float[1,4] x) => (float[1,4] y)
+   <float s = {0.5}, float z = {0}, float b = {8}, float o = {4}, float os = {1}>
+{
+   [t] y = onnx.brevitas.Trunc <signed: int = 1, narrow: int = 0, rounding_mode: string = "FLOOR"> (x, s, z, b, os, o)
+}"""
+    model = load_onnx_text(text)
+    assert model.opset_imports[QONNX_DOMAIN] == 2 and "onnx.brevitas" not in model.opset_imports
+
+
 def test_constant_nodes_become_initializers():
     text = f"""<ir_version: 8, opset_import: ["" : 17, "hawq2qonnx" : 1]>
 g (float[1,4] x) => (float[1,4] y)

@@ -47,9 +47,16 @@ def _normalize_domains(model: ir.Model) -> int:
         if node.domain != QONNX_DOMAIN and is_qonnx_domain(node.domain):
             node.domain = QONNX_DOMAIN
             renamed += 1
+    # The version of an alias import carries meaning (Trunc v2 has an extra input): the merged import
+    # keeps the highest version any of them declared.
+    versions = []
     for domain in list(model.opset_imports):
-        if domain != QONNX_DOMAIN and is_qonnx_domain(domain):
-            del model.opset_imports[domain]
-    if any(node.domain == QONNX_DOMAIN for node in model.graph):
-        model.opset_imports.setdefault(QONNX_DOMAIN, 1)
+        if is_qonnx_domain(domain):
+            versions.append(model.opset_imports[domain])
+            if domain != QONNX_DOMAIN:
+                del model.opset_imports[domain]
+    if versions:
+        model.opset_imports[QONNX_DOMAIN] = max(versions)
+    elif any(node.domain == QONNX_DOMAIN for node in model.graph):
+        model.opset_imports[QONNX_DOMAIN] = 1
     return renamed
