@@ -113,12 +113,30 @@ SHAPE_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
 # ---------------------------------------------------------------------------------------------------
 
 
+# Pass-local caches in `meta` (onnx_ir's never-serialized store), dropped at the end of a run:
+# reading a tensor out of its protobuf, or a Quant's parameters, costs more than the analyses.
+_ARRAY_CACHE = "hawqc.fold_quant.array"
+_PARAMETER_CACHE = "hawqc.fold_quant.parameters"
+
+
 def _float32_constant(value: ir.Value | None) -> np.ndarray | None:
     """The data of a float32 constant (an initializer that is not an overridable graph input)."""
     if value is None or value.const_value is None or value.is_graph_input():
         return None
-    array = value.const_value.numpy()
+    tensor = value.const_value
+    cached = value.meta.get(_ARRAY_CACHE)
+    if cached is None or cached[0] is not tensor:
+        cached = (tensor, tensor.numpy())
+        value.meta[_ARRAY_CACHE] = cached
+    array = cached[1]
     return array if array.dtype == np.float32 else None
+
+
+def _drop_caches(graph: ir.Graph) -> None:
+    for value in graph.initializers.values():
+        value.meta.pop(_ARRAY_CACHE, None)
+    for node in graph:
+        node.meta.pop(_PARAMETER_CACHE, None)
 
 
 def _scalar(array) -> float:
@@ -319,6 +337,16 @@ def quantizer_values(node: ir.Node, rank: int, limit: int) -> ValueSet | None:
 
 def _quant_parameters(node: ir.Node):
     """(scale, zeropt, bounds, rounding mode) of a Quant with float32 constant parameters."""
+    key = tuple(None if v is None else v.const_value for v in node.inputs[1:])
+    cached = node.meta.get(_PARAMETER_CACHE)
+    if cached is not None and len(cached[0]) == len(key) and all(a is b for a, b in zip(cached[0], key)):
+        return cached[1]
+    parameters = _read_quant_parameters(node)
+    node.meta[_PARAMETER_CACHE] = (key, parameters)
+    return parameters
+
+
+def _read_quant_parameters(node: ir.Node):
     if node.op_type not in QUANTIZERS or node.domain != QONNX_DOMAIN or len(node.inputs) != 4:
         return None
     scale, zeropt = _float32_constant(node.inputs[1]), _float32_constant(node.inputs[2])
@@ -452,6 +480,8 @@ class Analysis:
             return None
         function = {"Mul": np.multiply, "Div": np.divide, "Add": np.add, "Sub": np.subtract}[node.op_type]
         v, c = upstream.values, constant[None]
+        if v.ndim - 1 < rank:  # the constant raised the rank: align the set's dims to the right
+            v = v.reshape((v.shape[0],) + (1,) * (rank + 1 - v.ndim) + v.shape[1:])
         if np.prod(np.broadcast_shapes(v.shape, c.shape)) > self.enumeration_limit:
             return None
         with np.errstate(all="ignore"):
@@ -1169,6 +1199,7 @@ class FoldQuant(Pass):
                 break
             for key, count in refusals.items():
                 statistics[key] = count
+        _drop_caches(graph)
         changed = any(statistics[key] for key in COUNTERS if key not in _REFUSALS and key != "quant-constants-kept-as-outputs")
         return PassResult(changed, {key: statistics[key] for key in COUNTERS})
 
