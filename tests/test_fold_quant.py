@@ -835,3 +835,18 @@ g (float{layout}
     assert list(after.graph)[2].inputs[1].const_value.numpy().tolist() == 16 * 0.001953125
     assert statistics["scales-moved-past-convs"] == 1 and statistics["muls-merged"] == 1
     assert_same_semantics(before, after, probe_inputs(before, 1000, extremes=True))
+
+
+def test_value_sets_follow_a_constant_that_raises_the_rank():
+    # Mul by a [2,1,4] constant makes the [1,4] data rank 3; the set of values must stay aligned
+    # with the data's axes (0.5 * 0.125 = 2^-4 on channel 0...), so the second quantizer is redundant.
+    text = chain(f"""   a = {Q} {quant_attrs(signed=0)} (x, s, z, b4)
+   m = Mul (a, c)
+   y = {Q} {quant_attrs(signed=0)} (m, cs, z, b8)""", out_shape="float[2,1,4] y",
+                 extra=", float[2,1,4] c = {0.5, 1, 2, 4, 1, 2, 4, 8}, float[4] cs = {0.0625, 0.125, 0.25, 0.5}")  # fmt: skip
+    before, after, statistics = fold(text)
+    assert ops(after) == ["Quant", "Mul"] and statistics["quants-after-selection-removed"] + statistics["range-checks-removed"] == 1
+    assert_same_semantics(before, after, probe_inputs(before, extremes=True))
+    # Channel scales in the other order: channel 3 values (up to 15 * 0.125 * 4) overflow 0.0625 * 255.
+    _, after, _ = fold(text.replace("{0.0625, 0.125, 0.25, 0.5}", "{0.5, 0.25, 0.125, 0.0625}"))
+    assert ops(after) == ["Quant", "Mul", "Quant"]

@@ -68,10 +68,12 @@ and counted. Rewrites, with their statistics counters:
    and 5 this turns HAWQ's `Div(x, s) -> MatMul(W_int) -> Add(b_int) -> Mul(s')` (or `Conv(W_int,
    b_int) -> Mul(s')`) with power-of-two scales into `MatMul(x, W_int) -> Mul(s'/s) -> Add(b_int*s')`.
 
-Refused on purpose: moving a power of two from `Mul(acc, 2^e) -> Quant(s)` into the Quant's scale
-(the Quant's output is q*s', which differs from 2^e * q*s in the last bits and saturates
-elsewhere); merging rescales of which neither is a power of two; any rewrite needing a range
-bound on an unquantized input. The analyses stop at a quantizer, so each query is local.
+Refused on purpose: moving the power of two of `Mul(acc, 2^e) -> Quant(s)` into the Quant's scale
+(`Quant(acc, s * 2^-e)` outputs q * s * 2^-e, not q * s: the Mul would have to come back after it,
+so nothing is gained); merging rescales of which neither is a power of two; dividing by anything
+but a power of two; any rewrite needing a range bound on an unquantized input. The analyses stop
+at quantizers and constants, so each query looks at a few nodes; their results are cached for one
+sweep (and dropped after a quantizer is removed).
 """
 
 from __future__ import annotations
@@ -320,7 +322,10 @@ def quantizer_values(node: ir.Node, rank: int, limit: int) -> ValueSet | None:
         integers = np.array([-1.0, 1.0], dtype=np.float32)
     else:
         low, high = math.ceil(_scalar(bounds.min_int)), math.floor(_scalar(bounds.max_int))
-        cells = int(np.prod(np.broadcast_shapes(scale.shape, zeropt.shape)))
+        try:
+            cells = int(np.prod(np.broadcast_shapes(scale.shape, zeropt.shape)))
+        except ValueError:
+            return None
         if (high - low + 2) * cells > limit:
             return None
         integers = np.arange(low, high + 1, dtype=np.float64).astype(np.float32)
@@ -482,8 +487,11 @@ class Analysis:
         v, c = upstream.values, constant[None]
         if v.ndim - 1 < rank:  # the constant raised the rank: align the set's dims to the right
             v = v.reshape((v.shape[0],) + (1,) * (rank + 1 - v.ndim) + v.shape[1:])
-        if np.prod(np.broadcast_shapes(v.shape, c.shape)) > self.enumeration_limit:
-            return None
+        try:
+            if np.prod(np.broadcast_shapes(v.shape, c.shape)) > self.enumeration_limit:
+                return None
+        except ValueError:
+            return None  # shapes that do not broadcast: the executor would refuse the graph
         with np.errstate(all="ignore"):
             return ValueSet(np.asarray(function(v, c) if set_first else function(c, v), dtype=np.float32))
 
@@ -854,8 +862,11 @@ def verdict_by_enumeration(node: ir.Node, found: ValueSet) -> Verdict:
     rank = found.values.ndim - 1
     if scale.ndim > rank or zeropt.ndim > rank:
         return REFUSED
-    with np.errstate(all="ignore"):
-        after = _apply_quant(node, found.values)
+    try:
+        with np.errstate(all="ignore"):
+            after = _apply_quant(node, found.values)
+    except ValueError:
+        return REFUSED  # parameters that do not broadcast against the values
     return _verdict(found.values, after)
 
 
