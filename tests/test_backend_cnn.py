@@ -128,6 +128,65 @@ def test_a_copy_into_another_type_is_caught(tmp_path: Path, monkeypatch) -> None
         get_backend("vivado").lower(depthwise_residual(), tmp_path, io_type="io_stream")
 
 
+def test_a_rewired_input_is_caught(tmp_path: Path, monkeypatch) -> None:
+    from hls4ml.backends.fpga.passes.clone import CloneOutput
+
+    original = CloneOutput.transform
+
+    def rewiring_transform(self, model, node):
+        done = original(self, model, node)
+        residual = model.graph.get("add16")
+        if residual is not None:
+            residual.inputs[0] = residual.inputs[1]
+        return done
+
+    monkeypatch.setattr(CloneOutput, "transform", rewiring_transform)
+    with pytest.raises(BackendError, match=r"hls4ml wired layer 'add16' .* to \['relu11', 'relu11'\]; hawqc planned \['x', 'relu11'\]"):
+        get_backend("vivado").lower(depthwise_residual(), tmp_path, io_type="io_stream")
+
+
+def _branch_into_padded_conv1d() -> ir.Model:
+    """The quantized input read first by a Relu, then by a padded Conv1D; the two joined by an Add."""
+    g = CnnBuilder((8, 2), seed=8)
+    x = g.quant("x", 8, -4)
+    other = g.quant(g.node("Relu", [x]), 8, -4, signed=False)
+    conv = g.quant(g.conv(x, 2, 2, (3,), pads=[1, 1]), 8, -3)
+    return g.build(g.node("Add", [other, conv]))
+
+
+def test_hls4ml_padding_is_not_trusted(tmp_path: Path, monkeypatch) -> None:
+    """hls4ml 1.3.0 pads a Conv1D in io_stream by inserting ZeroPadding1D before the input's first
+    reader (insert_node without `before`): here the Relu would read the padded stream and the
+    convolution the unpadded one. hawqc pads explicitly; a padding hls4ml inserts is refused."""
+    from hawqc.backends.hls4ml_planner import Planner
+
+    model = _branch_into_padded_conv1d()
+    project = get_backend("vivado").lower(model, tmp_path / "ok", io_type="io_stream")
+    assert [layer.op for layer in project.layers if "Padding" in layer.op] == ["ZeroPadding1D"]
+    monkeypatch.setattr(Planner, "zero_padding", lambda self, node, x, prev, window, channels: (prev, window))
+    with pytest.raises(BackendError, match=r"hls4ml added layer 'zp1d_conv\d+' \(ZeroPadding1D\)"):
+        get_backend("vivado").lower(model, tmp_path / "bad", io_type="io_stream")
+
+
+def test_branched_brevitas_model_lowers_in_io_stream(tmp_path: Path) -> None:
+    """The Brevitas model of ../shared/models (256x256x3, depthwise and pointwise convolutions,
+    LeakyRelu, MaxPool, Resize, Concat) through the pipeline and the lowering, without compiling
+    (its C simulation takes minutes: test_cnn_end_to_end runs it)."""
+    from conftest import shared_model
+
+    from hawqc.ir.io import read_model
+    from hawqc.passes.manager import PassManager
+
+    model = read_model(shared_model("branched_model_ch_last.onnx"))
+    PassManager.parse("hls4ml-prepare").run(model)
+    project = get_backend("vitis").lower(model, tmp_path, io_type="io_stream")
+    ops = [layer.op for layer in project.layers]
+    for op in ("DepthwiseConv2D", "Conv2D", "LeakyReLU", "MaxPooling2D", "Resize(nearest)", "Concatenate"):
+        assert op in ops
+    assert ops.count("Clone (inserted by hls4ml)") == 1 and ops.count("ZeroPadding2D") == ops.count("DepthwiseConv2D")
+    assert project.input_shape == (256, 256, 3) and project.output_shape == (256, 256, 2)
+
+
 def test_catapult_pooling_accumulators_are_hawqcs(tmp_path: Path) -> None:
     """Catapult widens every pooling accum_t by log2(pool size) bits on both sides; hawqc
     configures a narrower one so that the written type is the one it chose."""
