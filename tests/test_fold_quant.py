@@ -850,3 +850,17 @@ def test_value_sets_follow_a_constant_that_raises_the_rank():
     # Channel scales in the other order: channel 3 values (up to 15 * 0.125 * 4) overflow 0.0625 * 255.
     _, after, _ = fold(text.replace("{0.0625, 0.125, 0.25, 0.5}", "{0.5, 0.25, 0.125, 0.0625}"))
     assert ops(after) == ["Quant", "Mul", "Quant"]
+
+
+def test_folded_annotated_model_runs_in_qonnx_with_the_same_bits(tmp_path):
+    # The oracle itself: qonnx's execute_onnx on the folded file (annotations in value_info) gives
+    # the executor's bits, which are those of the unfolded model.
+    from hawqc.sim.qonnx_oracle import QonnxOracle
+
+    before, after = load_onnx(JET_TAGGER), load_onnx(JET_TAGGER)
+    PassManager.parse("fold-quant,dce").run(after)
+    write_model(after, tmp_path / "folded.onnx")
+    inputs = draw_inputs(before, 24, seed=3)
+    expected = Executor(before).run(inputs)["global_out"]
+    got = QonnxOracle(load_onnx(tmp_path / "folded.onnx")).run(inputs)["global_out"]
+    assert (_bits_of(expected) == _bits_of(got)).all()
