@@ -116,14 +116,15 @@ def depthwise_residual() -> ir.Model:
 
 
 def concat_resize() -> ir.Model:
-    """Two branches from the input (1x1 conv -> Relu -> Quant, 3x3 conv -> Quant), Concat on the
-    channels, Resize x2 nearest, MaxPool 2x2 pads 1 on unsigned values (an explicit zero padding),
-    GlobalMaxPool."""
+    """Three branches from the input (1x1 conv -> Relu -> Quant, 3x3 conv -> Quant, Relu -> Quant),
+    one Concat on the channels (hls4ml joins two at a time), Resize x2 nearest, MaxPool 2x2 pads 1
+    on unsigned values (an explicit zero padding), GlobalMaxPool."""
     g = CnnBuilder((4, 4, 2), seed=4)
     x = g.quant("x", 8, -4)
     a = g.quant(g.node("Relu", [g.conv(x, 3, 2, (1, 1), bias_exp=-6)]), 6, -2, signed=False)
     b = g.quant(g.conv(x, 2, 2, (3, 3), pads=[1, 1, 1, 1]), 6, -2, signed=False, rounding="HALF_UP")
-    y = g.node("Concat", [a, b], axis=3)
+    c = g.quant(g.node("Relu", [x]), 4, -2, signed=False)
+    y = g.node("Concat", [a, b, c], axis=3)
     scales = g.const(np.array([1, 2, 2, 1]), "scales")
     y = g.node("Resize", [y, "", scales], mode="nearest")
     y = g.node("MaxPool", [y], CHANNELS_LAST_DOMAIN, kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1])

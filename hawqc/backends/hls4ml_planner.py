@@ -595,25 +595,38 @@ class Planner:
         self.add_layer(Planned(name, "LeakyReLU", describe(node), layer, types), out, self.plan.shapes[prev])
 
     def concat(self, node: ir.Node) -> None:
-        if len(node.inputs) != 2:
-            raise UnsupportedModelError(f"{describe(node)}: hls4ml concatenates two tensors, not {len(node.inputs)}")
-        first, second = node.inputs
-        a, b = self.source(node, first), self.source(node, second)
-        dims_a, dims_b = self.layer_shape(node, first, a), self.layer_shape(node, second, b)
-        rank = len(dims_a)
+        """Concatenate along the channels; hls4ml joins two values, so more are joined pairwise,
+        left to right, each partial result in the narrowest type holding both of its parts."""
+        if len(node.inputs) < 2:
+            raise UnsupportedModelError(f"{describe(node)}: a concatenation of {len(node.inputs)} value")
+        sources = [self.source(node, v) for v in node.inputs]
+        dims = [self.layer_shape(node, v, layer) for v, layer in zip(node.inputs, sources, strict=True)]
+        rank = len(dims[0])
         axis = _int(node, "axis", 0)
-        if axis not in (-1, rank) or len(dims_b) != rank or dims_a[:-1] != dims_b[:-1] or rank > 3:
+        if axis not in (-1, rank) or rank > 3 or any(len(d) != rank or d[:-1] != dims[0][:-1] for d in dims):
             raise UnsupportedModelError(
                 f"{describe(node)}: only a concatenation of channels (the last axis) of equal-sized values is lowered"
             )
         out = node.outputs[0]
-        name = self.name_for(node, out)
-        layer = layers.concatenate_layer(name, a, b, rank)
-        self.add_layer(
-            Planned(name, "Concatenate", describe(node), layer, {"result": self.typed(out, node)}),
-            out,
-            (*dims_a[:-1], dims_a[-1] + dims_b[-1]),
-        )
+        joined, joined_dims = sources[0], dims[0]
+        for i, (source, part_dims) in enumerate(zip(sources[1:], dims[1:], strict=True), start=2):
+            last = i == len(sources)
+            name = self.name_for(node, out) if last else self.plan.unique_name(f"{node.name or out.name}_part{i}")
+            if last:
+                fixed = self.typed(out, node)
+            else:
+                a, b = self.plan.by_name[joined].types["result"], self.plan.by_name[source].types["result"]
+                fixed = FixedType.covering(
+                    min(a.min_value, b.min_value), max(a.max_value, b.max_value), min(a.lsb_exponent, b.lsb_exponent)
+                )
+            joined_dims = (*joined_dims[:-1], joined_dims[-1] + part_dims[-1])
+            layer = layers.concatenate_layer(name, joined, source, rank)
+            planned = Planned(name, "Concatenate", describe(node), layer, {"result": fixed})
+            if last:
+                self.add_layer(planned, out, joined_dims)
+            else:
+                self.plan.add(planned, joined_dims)
+            joined = name
 
     def resize(self, node: ir.Node) -> None:
         x = node.inputs[0]

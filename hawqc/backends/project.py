@@ -18,7 +18,9 @@ class LayerReport:
     """One layer of the generated project.
 
     `precision` is the result type in hawqc's neutral spelling; `types` maps each role the layer's
-    kernel uses (`result`, `weight`, `bias`, `accum`) to the C++ type written in `defines.h`.
+    kernel uses (`result`, and where the kernel has them `weight`, `bias`, `accum`, `scale`,
+    `param`) to the C++ type written in `defines.h`. Layers hls4ml inserts (io_stream copies) are
+    reported too, with the type of the value they copy.
     """
 
     name: str
@@ -56,7 +58,9 @@ class LoweredProject:
     project_name: str
     io_type: str
     layers: list[LayerReport]
-    # Shapes without the batch dimension, as the generated C function sees them.
+    # Shapes without the batch dimension, channels last: the graph's own. The generated C function
+    # reads and writes the same values flat, in this C order (hls4ml may drop unit dims, e.g. the
+    # [1, 1, C] of a global pooling is its [C]).
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     input_name: str
