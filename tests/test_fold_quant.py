@@ -7,10 +7,10 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from conftest import JET_TAGGER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import JET_TAGGER
 from hawqc.errors import UserInputError
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.ir.io import parse_text, read_model, to_proto, to_text, write_model
@@ -634,8 +634,11 @@ MODES = ("ROUND", "CEIL", "FLOOR", "UP", "DOWN", "HALF_UP", "HALF_DOWN")
 PROPERTY = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+BIT_WIDTHS = st.integers(1, 10)
+
+
 @st.composite
-def quantizers(draw, bits=st.integers(1, 10)):
+def quantizers(draw, bits=BIT_WIDTHS):
     scale = (
         2.0 ** draw(st.integers(-8, 3))
         if draw(st.booleans())

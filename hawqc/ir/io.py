@@ -13,7 +13,10 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from hawqc.errors import UserInputError
-from hawqc.ir.quant_annotation import mirrored_in_model_metadata, restore_from_model_metadata
+from hawqc.ir.quant_annotation import (
+    mirrored_in_model_metadata,
+    restore_from_model_metadata,
+)
 
 TEXT_SUFFIXES = frozenset({".onnxtxt", ".txt"})
 

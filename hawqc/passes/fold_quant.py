@@ -91,7 +91,15 @@ from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
 from hawqc.ir.quant_annotation import QuantAnnotation, annotate
 from hawqc.passes.base import Pass, PassResult, option
-from hawqc.passes.rewrite import Match, Op, QonnxOp, Rewriter, RewriteRule, Var, apply_rules
+from hawqc.passes.rewrite import (
+    Match,
+    Op,
+    QonnxOp,
+    Rewriter,
+    RewriteRule,
+    Var,
+    apply_rules,
+)
 from hawqc.sim import ops as sim_ops
 from hawqc.sim import quant
 
@@ -384,15 +392,16 @@ def _apply_quant(node: ir.Node, x: np.ndarray) -> np.ndarray:
 # Ops that map inputs differing only in the sign of zeros to outputs that differ only in the sign
 # of zeros (IEEE rounds the same real value the same way; only an exact zero result takes its
 # sign from the operands). Values: which inputs are data inputs for this purpose.
+_FIRST_INPUT_TRANSPARENT = (
+    "Identity", "Relu", "LeakyRelu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool",
+    "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Pad", "Sigmoid", "Softmax", "Clip",
+    "BatchNormalization",
+)  # fmt: skip
+_CHANNELS_LAST_FIRST_INPUT_TRANSPARENT = ("MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization")
 _SIGN_TRANSPARENT: dict[tuple[str, str], Callable[[int], bool]] = {
-    **{("", op): (lambda i: i == 0) for op in ("Identity", "Relu", "LeakyRelu", "Reshape", "Flatten",
-                                                 "Squeeze", "Unsqueeze", "Transpose", "MaxPool",
-                                                 "GlobalMaxPool", "AveragePool", "GlobalAveragePool",
-                                                 "Resize", "Pad", "Sigmoid", "Softmax", "Clip",
-                                                 "BatchNormalization")},  # fmt: skip
+    **{("", op): (lambda i: i == 0) for op in _FIRST_INPUT_TRANSPARENT},
     **{("", op): (lambda i: True) for op in ("Add", "Sub", "Mul", "MatMul", "Gemm", "Conv", "Concat")},
-    **{(CHANNELS_LAST_DOMAIN, op): (lambda i: i == 0) for op in ("MaxPool", "GlobalMaxPool", "AveragePool",
-                                                                  "GlobalAveragePool", "BatchNormalization")},
+    **{(CHANNELS_LAST_DOMAIN, op): (lambda i: i == 0) for op in _CHANNELS_LAST_FIRST_INPUT_TRANSPARENT},
     (CHANNELS_LAST_DOMAIN, "Conv"): lambda i: True,
 }
 
@@ -780,7 +789,7 @@ def _annotation_of(node: ir.Node) -> QuantAnnotation | None:
     if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(zeropt))):
         return None
     return QuantAnnotation.from_arrays(
-        int(round(_scalar(bitwidth))),
+        round(_scalar(bitwidth)),
         bool(node.attributes.get_int("signed", 1)),
         bool(node.attributes.get_int("narrow", 0)),
         scale,
