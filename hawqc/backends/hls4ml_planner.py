@@ -390,6 +390,10 @@ class Planner:
         if len(self.plan.shapes[prev]) != 1:
             # hls4ml turns a Dense on a multi-dimensional input into a pointwise convolution.
             raise UnsupportedModelError(f"{describe(node)}: only [batch, features] inputs are lowered to Dense")
+        if self.plan.shapes[prev][0] != weights.shape[0]:
+            raise UnsupportedModelError(
+                f"{describe(node)}: {self.plan.shapes[prev][0]} features into weights {list(weights.shape)}"
+            )
         n_out = weights.shape[1]
         result = node.outputs[0]
         bias, bias_type = np.zeros(n_out), None
@@ -526,7 +530,9 @@ class Planner:
         if np.all(scale == 1) and np.all(bias == 0):
             # hls4ml's remove_nop_batch_normalization would drop it, rounding and all: a cast.
             layer = layers.activation_layer(name, prev, "linear")
-            self.add_layer(Planned(name, "Activation(linear)", describe(node), layer, {"result": fixed}), result, shape)
+            removable = self.plan.by_name[prev].types["result"] == fixed
+            planned = Planned(name, "Activation(linear)", describe(node), layer, {"result": fixed}, removable)
+            self.add_layer(planned, result, shape)
             return
         layer = layers.batchnorm_layer(name, prev, shape, scale, bias)
         types = {"scale": scale_type, "bias": bias_type, "result": fixed}
