@@ -151,13 +151,14 @@ def float_requantization() -> ir.Model:
 
 
 def depthwise_1d() -> ir.Model:
-    """Depthwise Conv1D (pads 1, bias) -> Relu -> Quant -> MaxPool 2 (Catapult has no io_parallel
-    depthwise Conv1D)."""
+    """Depthwise Conv1D (pads 1, bias) -> Relu -> Quant -> MaxPool 2 -> Flatten as the last layer
+    (Catapult has no io_parallel depthwise Conv1D)."""
     g = CnnBuilder((8, 3), seed=6)
     x = g.quant("x", 8, -4)
     y = g.conv(x, 3, 3, (3,), group=3, bias_exp=-7, pads=[1, 1])
     y = g.quant(g.node("Relu", [y]), 8, -3, signed=False)
-    return g.build(g.node("MaxPool", [y], CHANNELS_LAST_DOMAIN, kernel_shape=[2], strides=[2]))
+    y = g.node("MaxPool", [y], CHANNELS_LAST_DOMAIN, kernel_shape=[2], strides=[2])
+    return g.build(g.node("Flatten", [y]))
 
 
 # name -> (builder, integer-only: semantic mode equals hardware mode)

@@ -110,6 +110,17 @@ def test_io_stream_copies_are_reported_with_the_type_they_copy(tmp_path: Path) -
     assert not any("inserted" in layer.op or layer.op.startswith("ZeroPadding") for layer in parallel.layers)
 
 
+def test_a_final_reshape_is_dropped_or_repacked(tmp_path: Path) -> None:
+    """io_parallel keeps data flat: hls4ml drops a final reshape (remove_final_reshape); io_stream
+    replaces it by a Repack of the stream (reshape_stream), reported under its own name."""
+    model = MODELS["depthwise_1d"][0]()
+    parallel = get_backend("vivado").lower(model, tmp_path / "parallel", io_type="io_parallel")
+    stream = get_backend("vivado").lower(model, tmp_path / "stream", io_type="io_stream")
+    assert parallel.layers[-1].op == "MaxPooling1D" and parallel.output_shape == (12,)
+    assert (stream.layers[-1].name, stream.layers[-1].op) == ("repack_flatten14", "Reshape")
+    assert stream.output_shape == (12,)
+
+
 def test_a_copy_into_another_type_is_caught(tmp_path: Path, monkeypatch) -> None:
     from hls4ml.backends.fpga.passes.clone import CloneOutput
 

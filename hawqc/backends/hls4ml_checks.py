@@ -64,7 +64,7 @@ class GraphMatch:
                     raise BackendError(f"hls4ml added layer {layer.name!r} ({layer.class_name}) that hawqc did not plan")
                 continue
             expected_class = layer_map[planned.layer["class_name"]]
-            if not isinstance(layer, expected_class):
+            if not isinstance(layer, expected_class) and layer.name == planned.name:
                 raise BackendError(
                     f"hls4ml made layer {layer.name!r} ({planned.source}) a {layer.class_name}, not a {expected_class.__name__}"
                 )
