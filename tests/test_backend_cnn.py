@@ -77,7 +77,7 @@ def _first_difference(expected: np.ndarray, simulated: np.ndarray) -> str:
 
 
 def test_c_simulation_is_bit_exact(compiled) -> None:
-    ref, project, csim = compiled
+    ref, _project, csim = compiled
     simulated = csim.predict(ref.x)
     assert simulated.shape == (SAMPLES, *ref.hardware.shape[1:])
     assert not _first_difference(ref.hardware, simulated)

@@ -58,6 +58,7 @@ def _accepts(cxx: str, flag: str) -> bool:
         [cxx, "-Werror", "-fsyntax-only", flag, "-xc++", "-", "-o", os.devnull],
         input=b"",
         capture_output=True,
+        check=False,
     )
     return done.returncode == 0
 

@@ -43,7 +43,7 @@ COPY_CLASSES = frozenset({"Clone", "Repack"})
 
 
 def _role(attr_name: str) -> str:
-    return attr_name[:-2] if attr_name.endswith("_t") else attr_name
+    return attr_name.removesuffix("_t")
 
 
 class GraphMatch:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 # Not in hls4ml's build_lib.sh. GCC 12's -Wfree-nonheap-object analysis is superlinear in function
 # size and the static initializer of hls4ml's unrolled weight arrays is one huge function: on the
 # 16-64-32-32-5 MLP it took 14 of 18 s of compiling firmware/myproject.cpp. A warning flag, it leaves

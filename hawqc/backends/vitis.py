@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from hawqc.backends.hls4ml_lowering import Hls4mlBackend, Hls4mlTarget
 from hawqc.backends.vivado import ap_csim_recipe
 from hawqc.ir.qtypes import FixedType

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from hawqc.backends.hls4ml_lowering import Hls4mlBackend, Hls4mlTarget
 from hawqc.backends.project import FAST_COMPILE_FLAGS, CSimRecipe
 from hawqc.ir.qtypes import FixedType
