@@ -14,7 +14,16 @@ from hawqc.ir.qtypes import FixedType
 
 # C++ keywords that a graph name might spell; hls4ml uses layer names as C++ identifiers.
 _CPP_KEYWORDS = frozenset(
-    ["alignas", "alignof", "and", "asm", "auto", "bitand", "bitor", "bool", "break", "case", "catch", "char", "class", "compl", "const", "constexpr", "continue", "default", "delete", "do", "double", "else", "enum", "explicit", "export", "extern", "false", "float", "for", "friend", "goto", "if", "inline", "int", "long", "mutable", "namespace", "new", "noexcept", "not", "nullptr", "operator", "or", "private", "protected", "public", "register", "return", "short", "signed", "sizeof", "static", "struct", "switch", "template", "this", "throw", "true", "try", "typedef", "typeid", "typename", "union", "unsigned", "using", "virtual", "void", "volatile", "while", "xor"]
+    [
+        "alignas", "alignof", "and", "asm", "auto", "bitand", "bitor", "bool", "break", "case",
+        "catch", "char", "class", "compl", "const", "constexpr", "continue", "default",
+        "delete", "do", "double", "else", "enum", "explicit", "export", "extern", "false",
+        "float", "for", "friend", "goto", "if", "inline", "int", "long", "mutable", "namespace",
+        "new", "noexcept", "not", "nullptr", "operator", "or", "private", "protected", "public",
+        "register", "return", "short", "signed", "sizeof", "static", "struct", "switch",
+        "template", "this", "throw", "true", "try", "typedef", "typeid", "typename", "union",
+        "unsigned", "using", "virtual", "void", "volatile", "while", "xor"
+    ]
 )
 
 # Prefixes of the layers hls4ml inserts itself (io_stream: `clone_<name>`, `zp1d_<name>`,
