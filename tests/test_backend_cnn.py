@@ -110,6 +110,20 @@ def test_io_stream_copies_are_reported_with_the_type_they_copy(tmp_path: Path) -
     assert not any("inserted" in layer.op or layer.op.startswith("ZeroPadding") for layer in parallel.layers)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("io_type", IO_TYPES)
+def test_only_hawqcs_types_are_written(backend: str, io_type: str, tmp_path: Path) -> None:
+    """Every typedef of defines.h is a type the report lists, or one no kernel here reads: the
+    lookup-table type of activations, and Catapult's separable-convolution type of a depthwise one."""
+    from hawqc.backends.hls4ml_checks import element_type, read_typedefs
+
+    model = depthwise_residual()
+    project = get_backend(backend).lower(model, tmp_path, io_type=io_type)
+    reported = {text for layer in project.layers for text in layer.types.values()}
+    for name, text in read_typedefs(tmp_path / "firmware" / "defines.h").items():
+        assert element_type(text) in reported or name.endswith(("_table_t", "_dw_out_t")), (name, text)
+
+
 def test_a_final_reshape_is_dropped_or_repacked(tmp_path: Path) -> None:
     """io_parallel keeps data flat: hls4ml drops a final reshape (remove_final_reshape); io_stream
     replaces it by a Repack of the stream (reshape_stream), reported under its own name."""
