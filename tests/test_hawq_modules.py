@@ -515,3 +515,31 @@ def test_checkpoints_without_or_with_extra_derived_buffers_load_strictly():
         TinyMLP().load_state_dict(dict(state, **{"fc1.unrelated": torch.ones(1)}))
     with pytest.raises(RuntimeError, match="fc1.weight"):
         TinyMLP().load_state_dict({k: v for k, v in state.items() if k != "fc1.weight"})
+
+
+def test_percentile_ranges():
+    values = torch.arange(1.0, 101.0)
+    symmetric = QuantAct(8, act_percentile=99)
+    symmetric(values)
+    assert (symmetric.x_min.item(), symmetric.x_max.item()) == (2.0, 99.0)
+    unsigned = QuantAct(8, act_percentile=99, quant_mode="asymmetric")
+    unsigned(values)
+    assert (unsigned.x_min.item(), unsigned.x_max.item()) == (0.0, 99.0)
+    linear = QuantLinear(4, 32, per_channel=True, weight_percentile=90)
+    linear.set_param(nn.Linear(10, 1))
+    with torch.no_grad():
+        linear.weight.copy_(torch.arange(1.0, 11.0).reshape(1, 10))
+    linear(torch.zeros(1, 10), _t(1.0))
+    assert torch.equal(linear.fc_scaling_factor, _t(9.0) / 7)  # the 9th of 10 values; 10 saturates
+    assert linear.weight_integer.flatten().tolist()[-2:] == [7.0, 7.0]
+
+
+def test_full_precision_flag_skips_quantization():
+    x = _t(0.123, -4.56)
+    act = QuantAct(4, full_precision_flag=True)
+    out, _ = act(x)
+    assert torch.equal(out, x)
+    linear = QuantLinear(4, 32, full_precision_flag=True)
+    reference = nn.Linear(2, 3)
+    linear.set_param(reference)
+    assert torch.equal(linear(x.reshape(1, 2), None), reference(x.reshape(1, 2)))
