@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from hawqc.backends.base import get_backend
+from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
 from hawqc.frontends.onnx import load_onnx
 from hawqc.ir.layout import describe_layouts
@@ -85,6 +86,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             lowering_seconds=time.perf_counter() - lowering_start,
             layouts=describe_layouts(model),
         )
+        report.bops = bops_summary(model)
         result = None
         if options.verify_samples:
             result = verify_project(model, project, options.verify_samples, options.seed, report)

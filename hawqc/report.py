@@ -22,6 +22,8 @@ class CompileReport:
     # Graph inputs/outputs whose layout the passes changed (e.g. {"x": "NCHW->NHWC"}): the generated
     # project takes and returns data in the new layout.
     layouts: dict[str, str] = field(default_factory=dict)
+    # Bit operations per MatMul/Gemm/Conv layer and in total (hawqc.bops).
+    bops: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None
     hawqc_version: str = __version__
