@@ -13,7 +13,9 @@ with an arbitrary float `s`) only exist to pass scales along. So every tensor in
 holds integers (in float32), every Quant has scale 1, and every scale ends up inside a requantizing
 multiply:
 
-- input `QuantAct` (plain quantization): `Div(x, s_a) -> Quant(., 1, 0, bits, signed)`. qonnx's
+- input `QuantAct` (plain quantization; also any QuantAct with `fixed_point_quantization`, after
+  `Mul(codes, float32 scale)` rebuilds HAWQ's float activation): `Div(x, s_a) -> Quant(., 1, 0,
+  bits, signed)`. qonnx's
   Quant divides by its scale too, so this is `Quant(x, s_a)` divided back by `s_a`, without the
   inexact multiply-then-divide; for a power-of-two `s_a` the Div is exact in hardware too.
 - `QuantLinear` / `QuantConv2d` / `QuantBnConv2d` (folded): `MatMul(x_int, Quant(W_int^T, 1, 0,
@@ -28,7 +30,10 @@ multiply:
   bits, signed, ROUND)`. With a residual (`identity`) the second branch gets its own factor and the
   integer terms are added before the one rounding.
 - `QuantMaxPool2d` -> `MaxPool`; `QuantAveragePool2d` -> `AveragePool -> Add(0.01) ->
-  Quant(., 1, 0, bits, signed, DOWN)` (HAWQ's `trunc(avg + 0.01)`, DOWN is truncation toward zero);
+  Quant(., 1, 0, bits, signed, DOWN)` (HAWQ's `trunc(avg + 0.01)`, DOWN is truncation toward zero).
+  HAWQ averages in float64, the graph in float32: `S/n + 0.01` is at least `1/(100 n)` away from
+  an integer (n < 100), so float32 truncates the same way while codes stay below
+  `2^22 / (100 n)`; a wider pooling is named in the inexact-layers warning / metadata;
   `QuantDropout` / Dropout -> nothing; ReLU -> `Relu` (codes and values have the same sign);
   flatten / view -> `Flatten` / `Reshape`.
 - the graph output is the last integer code tensor; its scale (real = code * scale) is recorded
@@ -283,7 +288,8 @@ class _Lifter(torch.fx.Interpreter):
         bits = int(module.activation_bit)
         signed = getattr(module, "quant_mode", "symmetric") == "symmetric"
         rank = x.dim()
-        if isinstance(x_sym, RealInput) or pre_act is None:
+        plain = pre_act is None or bool(getattr(module, "fixed_point_quantization", False))
+        if isinstance(x_sym, RealInput) or plain:
             source = x_sym.value if isinstance(x_sym, RealInput) else self.dequantize(path, x_sym)
             return Codes(self.plain_quant(path, source, out_scale, bits, signed), out_scale, rank, bits, signed), None
         if isinstance(x_sym, PendingSum):
@@ -380,9 +386,9 @@ class _Lifter(torch.fx.Interpreter):
     def check_accumulator(self, path: str, x: Codes, weight: np.ndarray, bias: np.ndarray | None) -> None:
         """Note a layer whose integer sums could leave float32's exact integer range on SOME input.
 
-        HAWQ itself accumulates in float32 there, so neither it nor semantic mode is then integer
-        exact on every input (hardware mode is); the layer is named in a warning and in the model's
-        metadata (`hawqc.hawq.float32_inexact_layers`), not refused: real inputs rarely come close.
+        hawqc's HAWQ modules accumulate in float64, hardware mode exactly; semantic mode's float32
+        may round there. The layer is named in a warning and in the model's metadata
+        (`hawqc.hawq.float32_inexact_layers`), not refused: real inputs rarely come close.
         """
         max_abs = x.max_abs()
         if max_abs is None:
@@ -391,12 +397,16 @@ class _Lifter(torch.fx.Interpreter):
         if bias is not None:
             bound = bound + np.abs(bias.astype(np.float64))
         if float(bound.max(initial=0.0)) >= FLOAT32_EXACT_INTEGERS:
-            self.inexact_layers.append(path)
-            warnings.warn(
-                f"module '{path}': its integer accumulator can reach {int(bound.max())} in the worst case, beyond "
-                f"float32's exact integers (2^24): float32 results (HAWQ's and semantic mode's) may round there",
-                stacklevel=2,
+            self.note_inexact(
+                path,
+                f"its integer accumulator can reach {int(bound.max())} in the worst case, beyond float32's exact "
+                f"integers (2^24): semantic mode may round there",
             )
+
+    def note_inexact(self, path: str, why: str) -> None:
+        """A layer whose float32 (semantic-mode) result may differ from HAWQ's on some input."""
+        self.inexact_layers.append(path)
+        warnings.warn(f"module '{path}': {why}", stacklevel=3)
 
     # ---- element-wise and layout ops ---------------------------------------------------------
     def relu(self, name: str, x: Any) -> Any:
@@ -422,6 +432,9 @@ class _Lifter(torch.fx.Interpreter):
         # HAWQ's trunc(avg + 0.01): the 0.01 lifts averages that float32 left just below an integer.
         nudged = self.builder.node("Add", [value, self.builder.constant(np.float32(0.01), f"{path}_nudge")],
                                    f"{path}_nudge_add")  # fmt: skip
+        window = int(np.prod(kernel))
+        if codes.bits is None or 2.0 ** (codes.bits + 1) * 100 * window >= 2.0**22:
+            self.note_inexact(path, "float32 may round its average + 0.01 across an integer (HAWQ pools in float64)")
         bits = codes.bits if codes.bits is not None else 32
         truncated = self.builder.quant(nudged, bits, codes.signed, f"{path}_trunc", mode="DOWN")
         return Codes(truncated, codes.scale, codes.rank, codes.bits, codes.signed)
