@@ -16,6 +16,9 @@ import pytest
 import torch
 from torch import nn
 
+from hawqc.backends.base import get_backend
+from hawqc.backends.csim import compile_csim
+from hawqc.driver import DEFAULT_PIPELINE
 from hawqc.errors import UnsupportedModelError
 from hawqc.frontends.hawq import (
     QuantAct,
@@ -367,3 +370,15 @@ def test_unsupported_module_is_named_by_its_path():
     message = str(info.value)
     assert message == "module 'features.2' (_Mystery) is not supported"
     assert "\n" not in message
+
+
+def test_lifted_jet_tagger_c_simulation_equals_hawq(tmp_path):
+    """The whole chain on one backend: HAWQ eval forward == C simulation of the compiled project."""
+    torch.manual_seed(0)
+    model = _power_of_two_input(_calibrated(JetTagger((8, 5, 5, 5)), torch.randn(512, 16)))
+    x = torch.randn(500, 16) * 1.5
+    graph = _lift_checked(model, x)
+    expected = _expected(model, graph, x)
+    PassManager.parse(DEFAULT_PIPELINE).run(graph)
+    project = get_backend("vitis").lower(graph, tmp_path / "proj", project_name="hawq_jet", io_type="io_parallel")
+    np.testing.assert_array_equal(compile_csim(project).predict(x.numpy()), expected)
