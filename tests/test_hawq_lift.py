@@ -382,3 +382,10 @@ def test_lifted_jet_tagger_c_simulation_equals_hawq(tmp_path):
     PassManager.parse(DEFAULT_PIPELINE).run(graph)
     project = get_backend("vitis").lower(graph, tmp_path / "proj", project_name="hawq_jet", io_type="io_parallel")
     np.testing.assert_array_equal(compile_csim(project).predict(x.numpy()), expected)
+
+
+def test_full_precision_module_is_refused_by_path():
+    model = _calibrated(JetTagger(), torch.randn(64, 16))
+    model.dense[1].full_precision_flag = True  # its weight_integer buffer is stale: never lift it
+    with pytest.raises(UnsupportedModelError, match=r"^module 'dense.1' \(QuantLinear\) runs in full precision"):
+        lift(model, torch.randn(1, 16))

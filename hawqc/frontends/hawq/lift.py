@@ -249,6 +249,10 @@ class _Lifter(torch.fx.Interpreter):
     # ---- modules -----------------------------------------------------------------------------
     def lift_module(self, path, module, sym_args, sym_kwargs, args, kwargs, concrete) -> Any:
         kind = type(module).__name__
+        if getattr(module, "full_precision_flag", False):
+            raise UnsupportedModelError(
+                f"module '{path}' ({kind}) runs in full precision (full_precision_flag): it has no integer form"
+            )
         if kind in ACT_CLASSES and hasattr(module, "activation_bit"):
             return self.lift_act(path, module, sym_args, sym_kwargs, args, kwargs, concrete)
         if kind in LINEAR_CLASSES and hasattr(module, "weight_integer"):
@@ -303,7 +307,10 @@ class _Lifter(torch.fx.Interpreter):
         terms = [self.dyadic_multiply(path, z.value, _accumulator_scale(pre_act, pre_weight), out_scale, rank)]
         if identity_sym is not None:
             identity = self.codes_of(path, identity_sym)
-            id_scale = _accumulator_scale(real.get("identity_scaling_factor"), real.get("identity_weight_scaling_factor"))
+            identity_weight = real.get("identity_weight_scaling_factor")
+            if identity_weight is None:
+                identity_weight = getattr(module, "identity_weight_scaling_factor", None)
+            id_scale = _accumulator_scale(real.get("identity_scaling_factor"), identity_weight)
             terms.append(self.dyadic_multiply(f"{path}_identity", identity.value, id_scale, out_scale, rank))
         total = terms[0]
         for index, term in enumerate(terms[1:]):
