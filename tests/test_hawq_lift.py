@@ -389,3 +389,43 @@ def test_full_precision_module_is_refused_by_path():
     model.dense[1].full_precision_flag = True  # its weight_integer buffer is stale: never lift it
     with pytest.raises(UnsupportedModelError, match=r"^module 'dense.1' \(QuantLinear\) runs in full precision"):
         lift(model, torch.randn(1, 16))
+
+
+class DownsampleResidualNet(nn.Module):
+    """A residual block whose identity branch is a 1x1 convolution (per-channel identity scales),
+    then a 3x3 padded average pooling (windows of 9, padding counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant_input = QuantAct(8)
+        self.conv1 = _conv(2, 3, padding=1)
+        self.act1 = QuantAct(6, quant_mode="asymmetric")
+        self.conv2 = _conv(3, 4, padding=1)
+        self.downsample = QuantConv2d(weight_bit=6, bias_bit=32, per_channel=True)
+        self.downsample.set_param(nn.Conv2d(3, 4, 1))
+        self.act_residual = QuantAct(8)
+        self.avg = QuantAveragePool2d(kernel_size=3, stride=1, padding=1)
+        self.fc = _linear(4 * 6 * 6, 3, 6)
+
+    def forward(self, x):
+        x, s = self.quant_input(x)
+        x, ws = self.conv1(x, s)
+        x, s = self.act1(torch.relu(x), s, ws)
+        identity, identity_weight_scale = self.downsample(x, s)
+        y, ws = self.conv2(x, s)
+        x, s_out = self.act_residual(y + identity, s, ws, identity, s, identity_weight_scale)
+        x, s_out = self.avg(torch.relu(x), s_out)
+        return self.fc(torch.flatten(x, 1), s_out)
+
+
+def test_residual_with_a_downsampling_identity_and_3x3_average_pooling():
+    torch.manual_seed(10)
+    model = _power_of_two_input(_calibrated(DownsampleResidualNet(), torch.randn(64, 2, 6, 6)))
+    x = torch.randn(400, 2, 6, 6)
+    graph = _lift_checked(model, x)
+    assert sum(n.name.startswith("act_residual_identity_dyadic") for n in graph.graph) >= 1
+    expected = _expected(model, graph, x)
+    assert len(np.unique(expected)) > 50
+    PassManager.parse("channels-last").run(graph)
+    nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
+    np.testing.assert_array_equal(Executor(graph, mode="hardware").run(nhwc)["output"], expected)
