@@ -33,6 +33,7 @@ from hawqc.frontends.hawq import (
 from hawqc.frontends.hawq.lift import INEXACT_LAYERS_KEY, OUTPUT_SCALE_KEY, lift
 from hawqc.frontends.hawq.lift_dyadic import dyadic
 from hawqc.frontends.hawq.quant_functions import batch_frexp
+from hawqc.ir.io import to_text
 from hawqc.ir.shape_inference import infer_shapes
 from hawqc.ir.verifier import verify
 from hawqc.passes.manager import PassManager
@@ -429,3 +430,14 @@ def test_residual_with_a_downsampling_identity_and_3x3_average_pooling():
     PassManager.parse("channels-last").run(graph)
     nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
     np.testing.assert_array_equal(Executor(graph, mode="hardware").run(nhwc)["output"], expected)
+
+
+def test_state_dict_round_trip_lifts_to_the_same_graph(tmp_path):
+    torch.manual_seed(11)
+    trained = _calibrated(ConvNet(), torch.randn(32, 2, 8, 8))
+    torch.save(trained.state_dict(), tmp_path / "model.pth")
+    fresh = ConvNet()
+    fresh.load_state_dict(torch.load(tmp_path / "model.pth"))
+    freeze_model(fresh)
+    example = torch.randn(1, 2, 8, 8)
+    assert to_text(lift(fresh.eval(), example)) == to_text(lift(trained, example))
