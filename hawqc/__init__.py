@@ -3,6 +3,7 @@
 The public API is a few names; everything else lives in the subpackages:
 
     model = hawqc.load("jet_tagger.onnx")
+    model = hawqc.lift(hawq_model, torch.zeros(1, 16))      # a HAWQ PyTorch model, lifted
     hawqc.PassManager.parse("cleanup,gemm-to-matmul").run(model)
     hawqc.compile("jet_tagger.onnx", "proj", hawqc.CompileOptions(backend="vitis", verify_samples=1000))
 """
@@ -17,6 +18,7 @@ __all__ = [
     "PassManager",
     "PassResult",
     "compile",
+    "lift",
     "load",
     "option",
     "register_pass",
@@ -30,6 +32,10 @@ def __getattr__(name: str):
         from hawqc.frontends.onnx import load_onnx
 
         return load_onnx
+    if name == "lift":
+        from hawqc.frontends.pytorch import lift_model
+
+        return lift_model
     if name == "save":
         from hawqc.ir.io import write_model
 

@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,13 +30,43 @@ class _OneLineParser(argparse.ArgumentParser):
 def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv) -> int:
     args = parser.parse_args(argv)
     try:
-        return body(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(parser.prog)
+            return body(args)
     except HawqcError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(prog: str):
+    """Python's warning format is two lines (file, source line); a compiler's is one."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
+# --- the model flags, shared: a PyTorch (.pt / .pth) model -----------------------------------
+
+
+def _add_pytorch_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("PyTorch models (.pt / .pth state_dict, lifted by the HAWQ frontend)")
+    group.add_argument("--model-factory", metavar="MODULE:FUNCTION",
+                       help="builds the model the state_dict loads into: package.module:function or path/to/file.py:function")  # fmt: skip
+    group.add_argument("--input-shape", metavar="DIMS", help="shape of the example input, e.g. 1,16 (required for .pt / .pth)")  # fmt: skip
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="read a pickled whole module (torch.load weights_only=False): this executes code from the file")  # fmt: skip
+
+
+def _pytorch_options(args: argparse.Namespace):
+    from hawqc.frontends.load import PyTorchOptions, parse_input_shape
+
+    shape = None if args.input_shape is None else parse_input_shape(args.input_shape)
+    return PyTorchOptions(args.model_factory, shape, args.allow_pickle)
 
 
 # --- the pass-manager flags, shared ------------------------------------------------------------
@@ -121,7 +152,7 @@ def compile_parser() -> argparse.ArgumentParser:
         prog="hawqc",
         description="Compile a quantized model (QONNX / ONNX) to an hls4ml project, bit-exact.",
     )
-    parser.add_argument("model", type=Path, help="the model: .onnx or .onnxtxt")
+    parser.add_argument("model", type=Path, help="the model: .onnx, .onnxtxt, or .pt / .pth (see --model-factory)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="project directory to write")
     parser.add_argument("--backend", default="vitis", help="vitis, vivado or catapult (default: vitis)")
     parser.add_argument(
@@ -135,6 +166,7 @@ def compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE, help="pass pipeline to run first")
     parser.add_argument("--io-type", default="io_parallel", help="io_parallel (default) or io_stream")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
 
@@ -154,6 +186,7 @@ def _compile(args: argparse.Namespace) -> int:
         force=args.force,
         seed=args.seed,
         io_type=args.io_type,
+        pytorch=_pytorch_options(args),
         configure_passes=lambda manager: _configure(manager, args),
     )
     result = compile_model(args.model, args.output, options)
@@ -176,7 +209,7 @@ def opt_parser() -> argparse.ArgumentParser:
         prog="hawqc-opt",
         description="Run a pass pipeline over a model and print the resulting IR as ONNX text.",
     )
-    parser.add_argument("input", nargs="?", help="model file (.onnx or .onnxtxt), or - for ONNX text on stdin")
+    parser.add_argument("input", nargs="?", help="model file (.onnx, .onnxtxt, .pt / .pth), or - for ONNX text on stdin")
     parser.add_argument("-p", "--pipeline", default="", help="pipeline, e.g. 'cleanup,gemm-to-matmul'")
     parser.add_argument("-o", "--output", type=Path, help="write here (.onnx or .onnxtxt) instead of stdout")
     parser.add_argument("--list-passes", action="store_true", help="list passes and named pipelines")
@@ -185,6 +218,7 @@ def opt_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="treat each '# -----' separated chunk of the text input as its own model",
     )
+    _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
 
@@ -235,9 +269,13 @@ def _read_text(path: Path) -> str:
 
 
 def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
-    from hawqc.frontends.onnx import load_onnx, load_onnx_text
+    from hawqc.frontends.load import PyTorchOptions, load_model
+    from hawqc.frontends.onnx import load_onnx_text
     from hawqc.passes.manager import PassManager
 
+    pytorch = _pytorch_options(args)
+    if (text is not None or source == "-") and pytorch != PyTorchOptions():
+        raise UserInputError("--model-factory, --input-shape and --allow-pickle are for .pt / .pth models only")
     manager = PassManager.parse(args.pipeline) if args.pipeline else None
     if manager is not None:
         _configure(manager, args)
@@ -247,7 +285,7 @@ def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
     elif source == "-":
         model = load_onnx_text(sys.stdin.read(), source="<stdin>", verify_ir=verify_ir)
     else:
-        model = load_onnx(source, verify_ir=verify_ir)
+        model = load_model(source, pytorch, verify_ir=verify_ir)
     return model, (manager.run(model) if manager else [])
 
 

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from hawqc.backends.base import get_backend
 from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
-from hawqc.frontends.onnx import load_onnx
+from hawqc.frontends.load import PyTorchOptions, load_model
 from hawqc.ir.layout import describe_layouts
 from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.report import CompileReport
@@ -40,6 +40,8 @@ class CompileOptions:
     seed: int = 0
     io_type: str = "io_parallel"
     project_name: str = "myproject"
+    # A .pt / .pth model: the factory that builds it, the example input's shape, the pickle opt-in.
+    pytorch: PyTorchOptions | None = None
     # Called with the parsed PassManager before it runs: instrumentation, validation, reproducers.
     configure_passes: Callable[[PassManager], None] | None = None
 
@@ -69,7 +71,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     if options.configure_passes is not None:
         options.configure_passes(manager)
 
-    model = load_onnx(model_path)
+    model = load_model(model_path, options.pytorch)
     records = manager.run(model)
 
     with _ReplacedOnFailure(outdir):
