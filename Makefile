@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.hawqc-installed
 # Compiled C simulations are cached by content hash; inside the checkout, so a fresh clone starts clean.
 export HAWQC_CACHE_DIR ?= $(CURDIR)/.hawqc-cache
 
-EXAMPLE := examples/jet_tagger/jet_tagger.onnx
+EXAMPLE := examples/jet_tagger/jet_tagger_hawq.onnx
 
 .PHONY: install run test bench clean
 
