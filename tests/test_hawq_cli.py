@@ -132,3 +132,21 @@ def test_importing_hawqc_does_not_import_torch():
     probe = "import sys, hawqc; hawqc.CompileOptions; hawqc.load; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "False"
+
+
+def test_allow_pickle_resolves_classes_from_the_factory_file(tmp_path):
+    """A module pickled from a class in a factory file unpickles in a fresh process once
+    --model-factory names that file (it is imported under its own name first)."""
+    script = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); import hawq_factories as f; "
+        "torch.save(f.calibrated_tiny_mlp(), sys.argv[2])"
+    )
+    whole = tmp_path / "whole.pt"
+    subprocess.run([sys.executable, "-c", script, str(FACTORIES.parent), str(whole)], check=True, cwd=tmp_path)
+    hawqc_opt = Path(sys.executable).parent / "hawqc-opt"
+    args = [str(hawqc_opt), str(whole), "--allow-pickle", "--input-shape", "1,16", "-o", str(tmp_path / "m.onnxtxt")]
+    without_factory = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert without_factory.returncode == 2 and "cannot unpickle" in without_factory.stderr.splitlines()[-1]
+    with_factory = subprocess.run([*args, "--model-factory", factory("tiny_mlp")], capture_output=True, text=True, cwd=tmp_path)
+    assert with_factory.returncode == 0, with_factory.stderr
+    assert "Quant" in (tmp_path / "m.onnxtxt").read_text()
