@@ -19,14 +19,16 @@ from hawqc.ir.verifier import verify
 
 def load_onnx(path: str | Path, *, verify_ir: bool = True) -> ir.Model:
     """Read, normalize, infer shapes and (unless told not to) verify the model in `path`."""
-    return _prepare(read_model(path), str(path), verify_ir)
+    return prepare_model(read_model(path), str(path), verify_ir)
 
 
 def load_onnx_text(text: str, *, source: str = "<text>", verify_ir: bool = True) -> ir.Model:
-    return _prepare(parse_text(text, source=source), source, verify_ir)
+    return prepare_model(parse_text(text, source=source), source, verify_ir)
 
 
-def _prepare(model: ir.Model, source: str, verify_ir: bool) -> ir.Model:
+def prepare_model(model: ir.Model, source: str, verify_ir: bool) -> ir.Model:
+    """What every frontend's model goes through once: normalization, shape inference, verification;
+    errors name `source` (a file, or what was lifted)."""
     if not model.graph.outputs:
         raise UserInputError(f"{source}: the graph has no outputs")
     normalize(model)

@@ -161,15 +161,15 @@ def lift_model(model: torch.nn.Module, example_input: torch.Tensor, **options) -
     """`hawqc.lift`: the QONNX graph of a HAWQ model, normalized, shape-inferred and verified like a
     loaded ONNX file (options: those of `hawqc.frontends.hawq.lift.lift`)."""
     from hawqc.frontends.hawq.lift import lift
-    from hawqc.frontends.onnx import _prepare
+    from hawqc.frontends.onnx import prepare_model
 
-    return _prepare(lift(model, example_input, **options), f"lifted {type(model).__name__}", True)
+    return prepare_model(lift(model, example_input, **options), f"lifted {type(model).__name__}", True)
 
 
 def load_pytorch(path: str | Path, options: PyTorchOptions, *, verify_ir: bool = True) -> ir.Model:
     """Read `path` (see the module docstring), lift it and prepare it like a loaded ONNX file."""
     from hawqc.frontends.hawq.lift import lift
-    from hawqc.frontends.onnx import _prepare
+    from hawqc.frontends.onnx import prepare_model
 
     if not Path(path).is_file():
         raise UserInputError(f"{path}: no such file")
@@ -189,4 +189,4 @@ def load_pytorch(path: str | Path, options: PyTorchOptions, *, verify_ir: bool =
         lifted = lift(model, example)
     except UnsupportedModelError as err:
         raise UnsupportedModelError(f"{path}: {err}") from None
-    return _prepare(lifted, str(path), verify_ir)
+    return prepare_model(lifted, str(path), verify_ir)
