@@ -22,6 +22,7 @@ from onnx import helper as oh
 from hawqc.errors import UnsupportedModelError
 from hawqc.frontends.onnx import load_onnx_text
 from hawqc.ir.io import to_text
+from hawqc.ir.op_arithmetic import batch_norm_coefficients
 from hawqc.passes.fuse_bn import (
     FloatFoldResult,
     FuseBatchNorm,
@@ -31,7 +32,6 @@ from hawqc.passes.fuse_bn import (
 from hawqc.passes.manager import PassManager
 from hawqc.passes.validation import TranslationValidationError
 from hawqc.sim import Executor
-from hawqc.sim.ops_conv import batch_norm_coefficients
 from hawqc.sim.ops_threshold import multithreshold
 from hawqc.sim.qonnx_oracle import QonnxOracle
 

@@ -41,7 +41,8 @@ from hawqc.backends.hls4ml_target import Hls4mlTarget
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
-from hawqc.ir.precision import PrecisionResult, batchnorm_coefficients
+from hawqc.ir.op_arithmetic import batch_norm_coefficients
+from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -547,7 +548,7 @@ class Planner:
         channels = self.plan.shapes[prev][-1]
         params = [self.per_channel(node, self.constant(v), channels, "parameter") for v in node.inputs[1:5]]
         attr = node.attributes.get("epsilon")
-        a, b = batchnorm_coefficients(*params, float(attr.value) if attr is not None else 1e-5)
+        a, b = batch_norm_coefficients(*params, float(attr.value) if attr is not None else 1e-5)
         self.scale_layer(node, prev, node.outputs[0], a, exact_type(a), b, exact_type(b))
 
     def add(self, node: ir.Node) -> None:

@@ -33,7 +33,7 @@ power of two, so no rounding ever enters the analysis. The rules, one per op:
   own type: the quotient keeps the sum's LSB and is truncated toward zero (ap_fixed's `/` is an
   integer `sdiv` of the codes). That is the rule here, and the value is recorded in `inexact`.
 - channels-last `BatchNormalization` (unfused) is `Mul(a)` then `Add(b)` with the per-channel
-  float32 constants of `batchnorm_coefficients` (bit for bit what onnxruntime computes).
+  float32 constants of `batch_norm_coefficients` (bit for bit what onnxruntime computes).
 - Plain ONNX `Conv`, pools and BatchNormalization are channels-first: refused, naming the node
   ("run channels-last first"), since intervals are kept along the last axis.
 
@@ -68,6 +68,7 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
+from hawqc.ir.op_arithmetic import auto_pads, batch_norm_coefficients, window_count
 from hawqc.ir.qtypes import FixedType, power_of_two_exponent
 from hawqc.ir.quant_annotation import read_annotation
 
@@ -383,44 +384,7 @@ def _scaled(x: _Bounds, k: _Bounds) -> _Bounds:
     return _Bounds(_int_array(lo), _int_array(hi), x.exp + k.exp, x.grids() + k.grids())
 
 
-def batchnorm_coefficients(
-    gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """`BatchNormalization` as `y = x * a + b`, a and b exactly as onnxruntime computes them (hawqc's
-    contract, decision 3): `a = (1 / sqrt(var + eps)) * gamma`, `b = beta - mean * a`, every step
-    rounded to the parameters' dtype (float32). The semantic executor's
-    `hawqc.sim.ops_conv.batch_norm_coefficients` is the same arithmetic (`ir` does not import `sim`)."""
-    dtype = np.result_type(gamma, beta, mean, var)
-    inverse_std = (dtype.type(1) / np.sqrt(var + dtype.type(epsilon))).astype(dtype)
-    a = (inverse_std * gamma).astype(dtype)
-    b = (beta - (mean * a).astype(dtype)).astype(dtype)
-    return a, b
-
-
 # ---- window geometry (onnxruntime's, as `hawqc.sim.ops_conv` computes it) ---------------------
-
-
-def _window_count(size: int, kernel: int, stride: int, dilation: int, begin: int, end: int, ceil_mode: bool) -> int:
-    span = size + begin + end - ((kernel - 1) * dilation + 1)
-    if span < 0:
-        raise ValueError(f"kernel larger than the padded input ({size} + {begin} + {end})")
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    return out - 1 if (out - 1) * stride >= size + begin else out
-
-
-def _same_pads(auto_pad: str, spatial: Sequence[int], kernel, strides, dilations) -> list[int]:
-    """The [begins..., ends...] pads auto_pad SAME_UPPER / SAME_LOWER stands for (see ops_conv)."""
-    begins, ends = [], []
-    for size, k, s, d in zip(spatial, kernel, strides, dilations):
-        out = -(-size // s)
-        total = (out - 1) * s + (k - 1) * d + 1 - size
-        head = (total + 1) // 2 if auto_pad == "SAME_LOWER" else total // 2
-        head = max(head, 0) if total >= 0 else 0
-        begins.append(head)
-        ends.append(total - head)
-    return [*begins, *ends]
 
 
 @dataclass(frozen=True)
@@ -446,7 +410,7 @@ class _Windows:
         elif auto_pad == "VALID":
             pads = (0,) * (2 * rank)
         elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = None if spatial is None else tuple(_same_pads(auto_pad, spatial, kernel, strides, dilations))
+            pads = None if spatial is None else tuple(auto_pads(auto_pad, spatial, kernel, strides, dilations))
         else:
             raise UnsupportedModelError(f"{describe(node)}: unknown auto_pad {auto_pad!r}")
         if len(strides) != rank or len(dilations) != rank or (pads is not None and len(pads) != 2 * rank):
@@ -467,7 +431,7 @@ class _Windows:
         for axis in range(rank):
             size, k, s, d = spatial[axis], self.kernel[axis], self.strides[axis], self.dilations[axis]
             begin, end = self.pads[axis], self.pads[axis + rank]
-            count = _window_count(size, k, s, d, begin, end, self.ceil_mode)
+            count = window_count(size, k, s, d, begin, end, self.ceil_mode)
             starts = np.arange(count) * s - begin
             for position in range(k):
                 taps = starts + position * d
@@ -486,7 +450,7 @@ class _Windows:
         for axis in range(rank):
             size, k, s, d = spatial[axis], self.kernel[axis], self.strides[axis], self.dilations[axis]
             begin, end = self.pads[axis], self.pads[axis + rank]
-            count = _window_count(size, k, s, d, begin, end, self.ceil_mode)
+            count = window_count(size, k, s, d, begin, end, self.ceil_mode)
             starts = np.arange(count) * s - begin
             taps = starts[:, None] + np.arange(k)[None, :] * d
             real = ((taps >= 0) & (taps < size)).sum(axis=1)
@@ -1028,7 +992,7 @@ class _Analysis:
         params = [_constant(v) for v in node.inputs[1:5]]
         if any(p is None for p in params):
             raise UnsupportedModelError(f"{describe(node)}: scale, bias, mean and variance must be initializers")
-        a, b = batchnorm_coefficients(*params, float(_attr(node, "epsilon", 1e-5)))  # type: ignore[misc]
+        a, b = batch_norm_coefficients(*params, float(_attr(node, "epsilon", 1e-5)))  # type: ignore[misc]
         x = self.operand(node, node.inputs[0])
         # Mul(a) then Add(b) (contract, decision 3): both steps round in float32.
         product = _scaled(x, _dyadic_bounds(a))

@@ -58,11 +58,19 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS
+from hawqc.ir.op_arithmetic import batch_norm_coefficients
 from hawqc.ir.quant_annotation import read_annotation
 from hawqc.passes.base import Pass, PassResult, option
-from hawqc.passes.rewrite import Match, Op, QonnxOp, Rewriter, RewriteRule, Var, apply_rules
+from hawqc.passes.rewrite import (
+    Match,
+    Op,
+    QonnxOp,
+    Rewriter,
+    RewriteRule,
+    Var,
+    apply_rules,
+)
 from hawqc.sim import quant
-from hawqc.sim.ops_conv import batch_norm_coefficients
 
 BN_DOMAINS = ("", CHANNELS_LAST_DOMAIN)
 # The elementwise QONNX quantizers: what quantizes a weight, and what may follow a BN.
