@@ -33,9 +33,17 @@ def exactly_splittable(match: Match) -> bool:
 
     onnxruntime rounds `alpha * acc + beta * C` once. Scaling by a power of two is exact in
     float32, so with power-of-two factors the split graph rounds only in the Add, like Gemm does;
-    any other factor would add a rounding, and the pass would change the model's results.
+    any other factor would add a rounding, and the pass would change the model's results. Beta
+    scales C only: without C, or with beta = 0 (C is then not read at all), it does not matter.
     """
-    return all(_is_power_of_two(match.root.attributes.get_float(name, 1.0)) for name in ("alpha", "beta"))
+    factors = ["alpha"] + (["beta"] if _reads_bias(match.root) else [])
+    return all(_is_power_of_two(match.root.attributes.get_float(name, 1.0)) for name in factors)
+
+
+def _reads_bias(gemm: ir.Node) -> bool:
+    """Whether Gemm adds beta * C: C given, and beta not 0."""
+    has_c = len(gemm.inputs) > 2 and gemm.inputs[2] is not None
+    return has_c and gemm.attributes.get_float("beta", 1.0) != 0.0
 
 
 def _is_power_of_two(factor: float) -> bool:
@@ -46,7 +54,7 @@ def _is_power_of_two(factor: float) -> bool:
 def split_gemm(match: Match, rewriter: Rewriter) -> list[ir.Value]:
     gemm = match.root
     a, b = gemm.inputs[0], gemm.inputs[1]
-    c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+    c = gemm.inputs[2] if _reads_bias(gemm) else None
     alpha = gemm.attributes.get_float("alpha", 1.0)
     beta = gemm.attributes.get_float("beta", 1.0)
     base = gemm.name or "gemm"

@@ -1,0 +1,114 @@
+"""Regression tests for what the property tests (`test_property_passes.py`) found on convolutional
+and integer-only graphs, each as the smallest graph that shows it.
+
+A test marked xfail(strict=True) is a bug not fixed yet: it fails today, and the marker makes the
+suite fail once the bug is fixed, so that the marker (and the generator's workaround it names) is
+removed then.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hawqc.frontends.onnx import load_onnx_text
+from hawqc.ir.precision import infer_types
+from hawqc.passes.manager import PassManager
+from hawqc.sim import Executor
+from hawqc.sim.inputs import draw_inputs
+
+
+@pytest.mark.xfail(strict=True, reason="precision.py requires 'signed' and 'narrow' (reported, not fixed)")
+def test_precision_takes_the_qonnx_defaults_of_signed_and_narrow() -> None:
+    # The QONNX spec gives Quant's `signed` and `narrow` the defaults 1 and 0, and the semantic
+    # executor applies them; precision inference raised "missing attribute 'signed'", so
+    # infer-precision and hardware mode refused the graph. (qonnx's own code requires both
+    # attributes; the generator leaves them out of integer-only graphs until this is fixed.)
+    text = """<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1]>
+g (float[1,2] x) => (float[1,2] y)
+   <float s = {0.25}, float z = {0}, float b = {4}>
+{
+   y = qonnx.custom_op.general.Quant <rounding_mode: string = "ROUND"> (x, s, z, b)
+}"""
+    model = load_onnx_text(text)
+    explicit = text.replace("<rounding_mode", "<signed: int = 1, narrow: int = 0, rounding_mode")
+    assert infer_types(model).types["y"] == infer_types(load_onnx_text(explicit)).types["y"]
+    inputs = draw_inputs(model, 16, 0)
+    hardware = Executor(model, mode="hardware").run(inputs)["y"]
+    np.testing.assert_array_equal(hardware, Executor(model).run(inputs)["y"].astype(np.float64))
+
+
+def test_gemm_to_matmul_rewrites_a_gemm_whose_beta_is_not_read() -> None:
+    # beta = 0 (C not read at all) or no C: beta does not matter. gemm-to-matmul required beta to be
+    # a positive power of two anyway and kept these Gemms, so hls4ml-prepare left a Gemm in an
+    # integer-only CNN head, which precision inference (and the lowering) have no rule for.
+    text = """<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1]>
+g (float[1,3] x) => (float[1,2] y, float[1,2] z)
+   <float s = {0.25}, float z0 = {0}, float b4 = {4}, float[3,2] w = {1, -0.5, 0.25, 2, -1, 0.75},
+    float[2] c = {0.5, -3}>
+{
+   xq = qonnx.custom_op.general.Quant <signed: int = 1, narrow: int = 0, rounding_mode: string = "ROUND"> (x, s, z0, b4)
+   y = Gemm <beta: float = 0> (xq, w)
+   z = Gemm <alpha: float = 0.5, beta: float = 0> (xq, w, c)
+}"""
+    model = load_onnx_text(text)
+    inputs = draw_inputs(model, 64, 0)
+    before = Executor(model).run(inputs)
+    PassManager.parse("hls4ml-prepare", validate=64).run(model)
+    assert not any(node.op_type == "Gemm" for node in model.graph)
+    hardware = Executor(model, mode="hardware").run(inputs)
+    for name, value in before.items():
+        np.testing.assert_array_equal(hardware[name], value.astype(np.float64), err_msg=name)
+
+
+@pytest.mark.xfail(strict=True, reason="channels-last reorders a dense layer's sum (reported, not fixed)")
+def test_channels_last_keeps_a_dense_layers_float32_sum_after_a_flatten() -> None:
+    # channels-last permutes the rows of the dense weight after a Flatten instead of transposing the
+    # image back; the dot product then adds the same products in another order. Where the sum is
+    # not exact in float32 (float data: here no quantizer at all) the result changes in the last
+    # bit: 0.71108085 became 0.7110808 for this input. The property test skips channels-last on
+    # graphs whose dense sums are not exact in float32 (`dense_sums_are_exact`) until this is fixed.
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,2,1,2] x) => (float[1,2] y)
+   <float[4,2] w = {0.1, 0.7, 0.3, -0.2, 1.3, 0.6, -0.9, 0.45}>
+{
+   p = MaxPool <kernel_shape: ints = [1, 1]> (x)
+   f = Flatten (p)
+   y = MatMul (f, w)
+}"""
+    model = load_onnx_text(text)
+    x = np.array([0.1257302165031433, -0.13210485875606537, 0.6404226422309875, 0.10490011423826218])
+    # Two samples: numpy's float32 matmul sums a single row in yet another order.
+    x = np.stack([x, -x]).reshape(2, 2, 1, 2).astype(np.float32)
+    before = Executor(model).run({"x": x})["y"]
+    PassManager.parse("channels-last").run(model)
+    after = Executor(model).run({"x": x.transpose(0, 2, 3, 1)})["y"]
+    np.testing.assert_array_equal(after.view(np.uint32), before.view(np.uint32))
+
+
+@pytest.mark.xfail(strict=True, reason="channels-last has no MultiThreshold rule (reported, not fixed)")
+def test_hls4ml_prepare_converts_a_cnn_whose_batchnorm_feeds_a_ternary_quantizer() -> None:
+    # fuse-bn turns BatchNormalization -> ternary Quant (2 bits, signed, narrow) into a QONNX
+    # MultiThreshold (data_layout "NCHW"; here where the bias Add erases the sign of a zero);
+    # channels-last, next in hls4ml-prepare, then refuses the whole CNN (here: its MaxPool):
+    # "MultiThreshold reads or writes an image and has no channels-last form" (the
+    # MultiThreshold could take data_layout "NHWC" instead). The property test accepts this refusal
+    # in the named pipelines on graphs marked "bn:before-step-quant".
+    text = """<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1]>
+g (float[1,2,2,2] x) => (float[1,2] y)
+   <float s = {0.25}, float z = {0}, float b4 = {4}, float b2 = {2}, float s1 = {1},
+    float[2] g = {1, -0.5}, float[2] beta = {0.25, 0}, float[2] mean = {0, 0.5}, float[2] var = {1, 4},
+    float[4,2] w = {1, 0, 0, 1, 1, 1, -1, 0}, float[2] c = {0.5, -0.5}>
+{
+   xq = qonnx.custom_op.general.Quant <signed: int = 1, narrow: int = 0, rounding_mode: string = "ROUND"> (x, s, z, b4)
+   n = BatchNormalization <epsilon: float = 0> (xq, g, beta, mean, var)
+   t = qonnx.custom_op.general.Quant <signed: int = 1, narrow: int = 1, rounding_mode: string = "ROUND"> (n, s1, z, b2)
+   p = MaxPool <kernel_shape: ints = [2, 1]> (t)
+   f = Flatten (p)
+   m = MatMul (f, w)
+   y = Add (m, c)
+}"""
+    model = load_onnx_text(text)
+    PassManager.parse("hls4ml-prepare", validate=16).run(model)
+    image_ops = ("BatchNormalization", "MaxPool")
+    assert not any(node.domain == "" and node.op_type in image_ops for node in model.graph)
