@@ -18,12 +18,10 @@ from hawqc.sim import Executor
 from hawqc.sim.inputs import draw_inputs
 
 
-@pytest.mark.xfail(strict=True, reason="precision.py requires 'signed' and 'narrow' (reported, not fixed)")
 def test_precision_takes_the_qonnx_defaults_of_signed_and_narrow() -> None:
     # The QONNX spec gives Quant's `signed` and `narrow` the defaults 1 and 0, and the semantic
     # executor applies them; precision inference raised "missing attribute 'signed'", so
-    # infer-precision and hardware mode refused the graph. (qonnx's own code requires both
-    # attributes; the generator leaves them out of integer-only graphs until this is fixed.)
+    # infer-precision and hardware mode refused the graph. (qonnx's own code requires both.)
     text = """<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1]>
 g (float[1,2] x) => (float[1,2] y)
    <float s = {0.25}, float z = {0}, float b = {4}>

@@ -250,8 +250,8 @@ def quant_params(node: ir.Node) -> QuantParams:
         scale=scale,
         zeropt=zeropt,
         bitwidth=int(bitwidth.reshape(())),
-        signed=bool(_attr(node, "signed")),
-        narrow=bool(_attr(node, "narrow")),
+        signed=bool(_attr(node, "signed", 1)),
+        narrow=bool(_attr(node, "narrow", 0)),
         rounding_mode=str(_attr(node, "rounding_mode", "ROUND")).upper(),
     )
 
