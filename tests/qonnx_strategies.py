@@ -330,9 +330,7 @@ class _GraphBuilder:
         if self.integer_only and after_batch_norm and bits == 2:
             narrow = 0  # not ternary: fuse-bn would make a MultiThreshold, which has no precision rule
         attrs: dict = {}
-        # (Not in integer-only graphs while precision inference requires both attributes:
-        # tests/test_property_regressions.py, test_precision_takes_the_qonnx_defaults_of_signed_and_narrow.)
-        if not self.integer_only and self.chance(10):
+        if self.chance(10):
             signed, narrow = 1, 0  # absent: the QONNX spec's defaults, which the executor applies
             self.features.add("signed/narrow-absent")
         else:

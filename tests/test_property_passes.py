@@ -83,29 +83,60 @@ class KnownBug:
     reproducer: str
 
 
-def dense_sums_are_exact(graph: GeneratedGraph, inputs: dict[str, np.ndarray]) -> bool:
-    """Whether every MatMul / Gemm that reads a flattened image, whose elements channels-last
-    reorders, sums exactly in float32, in any order, on `inputs`."""
+def operand_values(
+    graph: GeneratedGraph, inputs: dict[str, np.ndarray], chosen: Callable[[ir.Node], bool]
+) -> list[tuple[np.ndarray, np.ndarray, ir.Node]]:
+    """(input 0, input 1, node) of the nodes `chosen` in a fresh load of `graph`, run on `inputs`."""
     model = graph.load()
-    dense = [
-        node for node in model.graph
-        if node.op_type in ("MatMul", "Gemm") and node.domain in ("", "ai.onnx")
-        and reads_flattened_image(node)
-    ]  # fmt: skip
-    if not dense:
-        return True
-    for value in dict.fromkeys(v for node in dense for v in node.inputs[:2]):
+    nodes = [node for node in model.graph if chosen(node)]
+    if not nodes:
+        return []
+    for value in dict.fromkeys(v for node in nodes for v in node.inputs[:2]):
         if not value.is_graph_output():
             model.graph.outputs.append(value)
     values = Executor(model).run(inputs)
-    for node in dense:
-        a, b = (values[value.name] for value in node.inputs[:2])
+    return [(values[node.inputs[0].name], values[node.inputs[1].name], node) for node in nodes]
+
+
+def dense_sums_are_exact(graph: GeneratedGraph, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether every MatMul / Gemm that reads a flattened image, whose elements channels-last
+    reorders, sums exactly in float32, in any order, on `inputs`."""
+
+    def dense(node: ir.Node) -> bool:
+        standard = node.domain in ("", "ai.onnx")
+        return standard and node.op_type in ("MatMul", "Gemm") and reads_flattened_image(node)
+
+    for a, b, node in operand_values(graph, inputs, dense):
         if node.op_type == "Gemm":
             a = a.T if node.attributes.get_int("transA", 0) else a
             b = b.T if node.attributes.get_int("transB", 0) else b
         if not sums_exactly(a, b):
             return False
     return True
+
+
+def conv_sums_are_exact(graph: GeneratedGraph, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether every Conv sums exactly in float32, in any order, on `inputs`: a bound, with the
+    largest input times the largest sum of one output channel's weight magnitudes, on the grid of
+    the lowest bits of any input and any weight."""
+
+    def conv(node: ir.Node) -> bool:
+        return node.op_type == "Conv" and node.domain in ("", "ai.onnx")
+
+    for x, w, _ in operand_values(graph, inputs, conv):
+        e = lowest_bit(x) + lowest_bit(w)
+        channel_sums = np.abs(w.astype(np.float64)).reshape(len(w), -1).sum(axis=-1)
+        if np.abs(x.astype(np.float64)).max() * channel_sums.max() > np.ldexp(1.0, e + 24):
+            return False
+    return True
+
+
+def lowest_bit(values: np.ndarray) -> int:
+    """The exponent of the lowest set bit of any element (float32 or float64); 999 if all are 0."""
+    mantissa, exponent = np.frexp(np.abs(values.astype(np.float64)))
+    codes = (mantissa * 2.0**53).astype(np.int64)  # each value is codes * 2**(exponent - 53)
+    lowest = exponent - 53 + np.log2(np.maximum(codes & -codes, 1)).astype(np.int64)
+    return int(np.where(codes > 0, lowest, 999).min(initial=999))
 
 
 # Ops through which a flattened image reaches a dense layer in the generated graphs, elementwise.
@@ -136,9 +167,8 @@ def sums_exactly(a: np.ndarray, b: np.ndarray) -> bool:
     products = a.astype(np.float64)[..., :, :, np.newaxis] * b.astype(np.float64)  # exact: 24 x 24 bits
     mantissa, exponent = np.frexp(np.abs(products))
     codes = (mantissa * 2.0**53).astype(np.int64)  # the product is codes * 2**(exponent - 53)
-    lowest_bit = np.log2(np.maximum(codes & -codes, 1)).astype(np.int64)
-    lowest = np.where(codes > 0, exponent - 53 + lowest_bit, 999)  # (a zero product has no bits)
-    e = lowest.min(axis=-2)
+    lowest = exponent - 53 + np.log2(np.maximum(codes & -codes, 1)).astype(np.int64)
+    e = np.where(codes > 0, lowest, 999).min(axis=-2)  # (a zero product has no bits)
     magnitude = np.abs(products).sum(axis=-2)
     return bool(np.all(magnitude <= np.ldexp(1.0, e + 24)))
 
@@ -150,6 +180,14 @@ KNOWN_BUGS: dict[str, KnownBug] = {
         frozenset({"channels-last"}),
         lambda graph, inputs: "cnn" in graph.features and not dense_sums_are_exact(graph, inputs),
         "test_property_regressions.py::test_channels_last_keeps_a_dense_layers_float32_sum_after_a_flatten",
+    ),
+    # The semantic executor's float32 Conv depends on how its input is stored (numpy's matmul runs
+    # BLAS, with fused multiply-adds, on contiguous operands and its own loop on strided views), so
+    # the same Conv on data stored channels-last rounds differently unless its sums are exact.
+    "the executor's float32 Conv depends on the memory layout": KnownBug(
+        frozenset({"channels-last"}),
+        lambda graph, inputs: "cnn" in graph.features and not conv_sums_are_exact(graph, inputs),
+        "test_property_regressions.py::test_semantic_float_conv_does_not_depend_on_the_layout",
     ),
 }
 
