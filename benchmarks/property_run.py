@@ -1,6 +1,7 @@
 """Run the property tests on many random graphs, and say how it went.
 
-    .venv/bin/python benchmarks/property_run.py [--examples 2000] [--seed N] [--only passes|hardware] [--events]
+    .venv/bin/python benchmarks/property_run.py [--examples 2000] [--seed N] [--only passes|hardware]
+                                                [--independent] [--events]
 
 Runs, under pytest with HAWQC_PROPERTY_EXAMPLES set (CI runs the same tests with the
 "hawqc-property-ci" profile's 100 graphs each), the two properties of `tests/test_property_passes.py`:
@@ -9,8 +10,10 @@ Runs, under pytest with HAWQC_PROPERTY_EXAMPLES set (CI runs the same tests with
   results of each random graph (MLP-like and convolutional) bit for bit;
 - hardware: on integer-only graphs, hardware mode after `hls4ml-prepare` equals semantic mode.
 
-Prints, for each, the number of graphs hypothesis generated and checked, its time and the result,
-and the wall time. `--events` also prints hypothesis's statistics: what share of the graphs
+`--independent` draws each graph's structure uniformly from a seed (HAWQC_PROPERTY_INDEPENDENT=1):
+the graphs share nothing, where hypothesis's own examples repeat much of each other's structure,
+but a failing graph is not shrunk. Prints, for each property, the number of graphs hypothesis
+generated and checked, its time and the result, and the wall time. `--events` also prints hypothesis's statistics: what share of the graphs
 exercised each feature of the generator, which pipelines refused or skipped (known bugs) which
 graphs. Exits with pytest's status.
 """
@@ -47,6 +50,7 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=2000, help="graphs per property (default 2000)")
     parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
     parser.add_argument("--only", choices=sorted(TESTS), help="run one of the two properties")
+    parser.add_argument("--independent", action="store_true", help="independent graphs, no shrinking")
     parser.add_argument("--events", action="store_true", help="print the feature statistics too")
     args = parser.parse_args()
 
@@ -62,10 +66,13 @@ def main() -> int:
     if args.seed is not None:
         command.append(f"--hypothesis-seed={args.seed}")
     env = dict(os.environ, HAWQC_PROPERTY_EXAMPLES=str(args.examples))
+    if args.independent:
+        env["HAWQC_PROPERTY_INDEPENDENT"] = "1"
     env.setdefault("HAWQC_CACHE_DIR", str(ROOT / ".hawqc-cache"))
     print(f"python {platform.python_version()}, {os.cpu_count()} cores")
     print(f"{len(names)} passes and pipelines: {', '.join(names)}")
-    print(f"running: HAWQC_PROPERTY_EXAMPLES={args.examples} {' '.join(command[2:])}", flush=True)
+    independent = " HAWQC_PROPERTY_INDEPENDENT=1" if args.independent else ""
+    print(f"running: HAWQC_PROPERTY_EXAMPLES={args.examples}{independent} {' '.join(command[2:])}", flush=True)
     start = time.perf_counter()
     result = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -27,8 +27,9 @@ The passes also run under the pass manager's own translation validation
 comparison as the oracle, so that it does not rely only on the code under test.
 
 Example counts come from hypothesis profiles: "hawqc-property-ci" (the default: 100 graphs for
-each property; this file takes about 50 s on 2 cores) and "hawqc-property-thorough" (2,000).
+each property; this file takes about 30 s on 2 cores) and "hawqc-property-thorough" (2,000).
 Choose one with HAWQC_PROPERTY_PROFILE, or set the count with HAWQC_PROPERTY_EXAMPLES;
+HAWQC_PROPERTY_INDEPENDENT=1 makes every graph independent of the others (`graphs`);
 `benchmarks/property_run.py` does that. The profiles apply to this file only.
 """
 
@@ -43,9 +44,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 import pytest
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from qonnx_strategies import FEATURES, GeneratedGraph, qonnx_graphs
+from qonnx_strategies import (
+    FEATURES,
+    GeneratedGraph,
+    RandomChoices,
+    build_graph,
+    qonnx_graphs,
+    random_graphs,
+)
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.frontends.onnx import load_onnx_text
@@ -69,6 +77,17 @@ def property_settings() -> settings:
     profile = settings.get_profile(os.environ.get("HAWQC_PROPERTY_PROFILE", "hawqc-property-ci"))
     examples = os.environ.get("HAWQC_PROPERTY_EXAMPLES")
     return settings(profile, max_examples=int(examples)) if examples else profile
+
+
+def graphs(*, integer_only: bool = False) -> st.SearchStrategy[GeneratedGraph]:
+    """The graphs of the properties: structure drawn through hypothesis (a failure shrinks to a
+    small graph), or, with HAWQC_PROPERTY_INDEPENDENT=1, drawn uniformly from a seed hypothesis
+    draws: every graph independent of the others (hypothesis's examples repeat much of each other's
+    structure), but a failure does not shrink."""
+    if os.environ.get("HAWQC_PROPERTY_INDEPENDENT") == "1":
+        seeds = st.integers(0, 2**32 - 1)
+        return seeds.map(lambda seed: build_graph(RandomChoices(seed), integer_only=integer_only))
+    return qonnx_graphs(integer_only=integer_only)
 
 
 @dataclass(frozen=True)
@@ -329,7 +348,7 @@ def pipelines(draw) -> str:
 
 
 @property_settings()
-@given(graph=qonnx_graphs(), seed=st.integers(0, 2**16), sequence=pipelines())
+@given(graph=graphs(), seed=st.integers(0, 2**16), sequence=pipelines())
 def test_every_pass_keeps_the_meaning(graph: GeneratedGraph, seed: int, sequence: str) -> None:
     for feature in graph.features:
         event(feature)
@@ -344,7 +363,7 @@ def test_every_pass_keeps_the_meaning(graph: GeneratedGraph, seed: int, sequence
 
 
 @property_settings()
-@given(graph=qonnx_graphs(integer_only=True), seed=st.integers(0, 2**16))
+@given(graph=graphs(integer_only=True), seed=st.integers(0, 2**16))
 def test_hls4ml_prepare_then_hardware_mode_equals_semantic_mode(graph: GeneratedGraph, seed: int) -> None:
     """Integer-only graphs: `hls4ml-prepare` leaves a graph the lowering takes (channels-last, no
     Transpose, every type known and nothing declared inexact), and hardware mode on it computes the
@@ -379,11 +398,9 @@ def test_hls4ml_prepare_then_hardware_mode_equals_semantic_mode(graph: Generated
             )
 
 
-# Graphs the coverage test draws, as (runs, graphs per run): of the general strategy, and of the
-# integer-only one (whose few features of its own come quickly). Short runs of fixed seeds: the
-# examples of one run are correlated (hypothesis mutates earlier ones), so that 16 short runs cover
-# rare features far more reliably than one long run.
-COVERAGE_RUNS = {"general": (16, 60), "integer-only": (4, 25)}
+# Graphs the coverage test draws, of independent uniform choices (`random_graphs`): hypothesis's
+# examples share much of their structure, so that counting features over them says little.
+COVERAGE_GRAPHS = {"general": 1500, "integer-only": 150}
 
 
 def test_generated_graphs_load_run_and_cover_every_feature() -> None:
@@ -391,23 +408,19 @@ def test_generated_graphs_load_run_and_cover_every_feature() -> None:
     they exercise every feature it claims (else the property above could pass vacuously)."""
     seen: Counter[str] = Counter()
     nodes: Counter[str] = Counter()
-
-    def check(graph: GeneratedGraph) -> None:
+    drawn = [
+        *random_graphs(COVERAGE_GRAPHS["general"]),
+        *random_graphs(COVERAGE_GRAPHS["integer-only"], integer_only=True),
+    ]
+    for graph in drawn:
         model = graph.load()
         outputs = run_semantic(model, draw_inputs(model, 8, 0))
         assert outputs and all(np.isfinite(array).all() for array in outputs.values()), repr(graph)
         assert all(array.shape[0] == 8 for array in outputs.values() if array.ndim), repr(graph)
         seen.update(graph.features)
         nodes.update(node.op_type for node in graph.proto.graph.node)
-
-    for family, strategy in (("general", qonnx_graphs()), ("integer-only", qonnx_graphs(integer_only=True))):
-        runs, examples = COVERAGE_RUNS[family]
-        for run in range(runs):
-            run_settings = settings(max_examples=examples, database=None, **_COMMON)
-            run_settings(seed(run)(given(graph=strategy)(check)))()
     missing = sorted(FEATURES - set(seen))
-    graphs = sum(runs * examples for runs, examples in COVERAGE_RUNS.values())
-    assert not missing, f"never generated in {graphs} graphs: {missing}"
+    assert not missing, f"never generated in {len(drawn)} graphs: {missing}"
     unknown = sorted(set(seen) - FEATURES)
     assert not unknown, f"features not listed in FEATURES: {unknown}"
     assert set(nodes) >= {

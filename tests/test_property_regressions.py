@@ -114,7 +114,7 @@ g (float[1,2,2,2] x) => (float[1,2] y)
     assert not any(node.domain == "" and node.op_type in image_ops for node in model.graph)
 
 
-@pytest.mark.xfail(strict=True, reason="the executor's float Conv depends on the layout (reported, not fixed)")
+@pytest.mark.xfail(strict=True, reason="the executor's float Conv depends on the layout (reported)")
 def test_semantic_float_conv_does_not_depend_on_the_layout() -> None:
     # Found by the property test through channels-last: the same Conv on the same numbers gave
     # 1.0419592 on the NCHW graph and 1.041959 once stored channels-last. The executor's kernel
@@ -138,3 +138,25 @@ g (float[1,2,2] x) => (float[1,1,1] y)
     after = Executor(model).run({"x": x.transpose(0, 2, 1)})["y"].transpose(0, 2, 1)
     np.testing.assert_array_equal(after.view(np.uint32), before.view(np.uint32))
     np.testing.assert_array_equal(before.view(np.uint32), onnxruntime.view(np.uint32))
+
+
+@pytest.mark.xfail(strict=True, reason="shape inference keeps onnx's ceil_mode size (reported, not fixed)")
+def test_shape_inference_drops_a_ceil_mode_window_that_would_start_in_the_end_padding() -> None:
+    # Found while writing the generator (which keeps away from it), not by a pass: with ceil_mode a
+    # last window that would start at or past the input and its begin padding is dropped by
+    # onnxruntime, PyTorch and the semantic executor ([1, 1, 1] here), but onnx's shape inference,
+    # which hawqc.ir.shape_inference runs, keeps it ([1, 1, 2]). Everything that reads shapes (the
+    # verifier, channels-last's flatten order, precision's windows) then works with a wrong one.
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,1,1] x) => (float[1,2] y)
+   <float[1,2] w = {1, -1}>
+{
+   p = MaxPool <kernel_shape: ints = [2], strides: ints = [2], pads: ints = [1, 1], ceil_mode: int = 1> (x)
+   f = Flatten (p)
+   y = MatMul (f, w)
+}"""
+    model = load_onnx_text(text)
+    values = Executor(model).run({"x": np.full((1, 1, 1), 2.0, np.float32)}, keep_intermediates=True)
+    assert values["p"].shape == (1, 1, 1)
+    inferred = {value.name: list(value.shape) for node in model.graph for value in node.outputs}
+    assert inferred["p"] == [1, 1, 1]
