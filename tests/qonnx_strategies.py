@@ -183,6 +183,15 @@ class WindowAxis:
         span = size + self.begin + self.end - self.effective_kernel
         return (-(-span // self.stride) if ceil else span // self.stride) + 1
 
+    def every_window_reads(self, size: int) -> bool:
+        """Whether every window (ceil_mode's too) holds a position of the input, not only padding
+        (always so without dilation, the pads being smaller than the kernel)."""
+        for index in range(self.out(size, ceil=True)):
+            start = index * self.stride - self.begin
+            if not any(0 <= start + tap * self.dilation < size for tap in range(self.kernel)):
+                return False
+        return True
+
 
 class HypothesisChoices:
     """Structural choices drawn through hypothesis, so that a failing graph shrinks."""
@@ -1179,6 +1188,12 @@ class _GraphBuilder:
         # AveragePool has dilations from opset 19 on.
         dilate = not average or self.opset >= 19
         axes = [self.window_axis(size, kernels=kernels, pool=True, dilate=dilate) for size in spatial]
+        # A dilated window can fall on padding only: averaging it is NaN in the executor, 0 in
+        # onnxruntime (test_property_regressions.py, test_average_pool_of_a_window_on_padding_only).
+        axes = [
+            a if a.every_window_reads(size) else WindowAxis(a.kernel, a.stride, 1, a.begin, a.end)
+            for a, size in zip(axes, spatial)
+        ]
         ceil_mode = self.chance(35) and not (average and self.integer_only)
         if ceil_mode:
             axes = [_with_partial_last_window(a, size) for a, size in zip(axes, spatial)]
