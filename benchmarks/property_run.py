@@ -78,7 +78,7 @@ def main() -> int:
     seconds = time.perf_counter() - start
 
     if args.events or result.returncode != 0:
-        print(result.stdout[-60000:])
+        print(result.stdout if args.events else result.stdout[-60000:])
         print(result.stderr[-5000:], file=sys.stderr)
     sections = statistics_by_test(result.stdout)
     for name in selected:
