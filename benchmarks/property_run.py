@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/property_run.py [--examples 2000] [--seed N] [--only passes|hardware]
                                                 [--independent] [--events]
 
-Runs, under pytest with HAWQC_PROPERTY_EXAMPLES set (CI runs the same tests with the
-"hawqc-property-ci" profile's 100 graphs each), the two properties of `tests/test_property_passes.py`:
+Runs, under pytest with the "hawqc-property-thorough" profile and HAWQC_PROPERTY_EXAMPLES set (CI
+runs the same tests with the derandomized "hawqc-property-ci" profile's 100 graphs each), the two
+properties of `tests/test_property_passes.py`:
 
 - passes: every registered pass and named pipeline, and one random pipeline, keeps the semantic
   results of each random graph (MLP-like and convolutional) bit for bit;
@@ -13,9 +14,9 @@ Runs, under pytest with HAWQC_PROPERTY_EXAMPLES set (CI runs the same tests with
 `--independent` draws each graph's structure uniformly from a seed (HAWQC_PROPERTY_INDEPENDENT=1):
 the graphs share nothing, where hypothesis's own examples repeat much of each other's structure,
 but a failing graph is not shrunk. Prints, for each property, the number of graphs hypothesis
-generated and checked, its time and the result, and the wall time. `--events` also prints hypothesis's statistics: what share of the graphs
-exercised each feature of the generator, which pipelines refused or skipped (known bugs) which
-graphs. Exits with pytest's status.
+generated and checked, its time and the result, and the wall time. `--events` also prints
+hypothesis's statistics: what share of the graphs exercised each feature of the generator, which
+pipelines refused or skipped (known bugs) which graphs. Exits with pytest's status.
 """
 
 from __future__ import annotations
@@ -65,14 +66,17 @@ def main() -> int:
     ]  # fmt: skip
     if args.seed is not None:
         command.append(f"--hypothesis-seed={args.seed}")
-    env = dict(os.environ, HAWQC_PROPERTY_EXAMPLES=str(args.examples))
+    # The thorough profile explores (from hypothesis's seed); CI's is derandomized: always the same graphs.
+    env = dict(os.environ, HAWQC_PROPERTY_PROFILE="hawqc-property-thorough")
+    env["HAWQC_PROPERTY_EXAMPLES"] = str(args.examples)
     if args.independent:
         env["HAWQC_PROPERTY_INDEPENDENT"] = "1"
     env.setdefault("HAWQC_CACHE_DIR", str(ROOT / ".hawqc-cache"))
     print(f"python {platform.python_version()}, {os.cpu_count()} cores")
     print(f"{len(names)} passes and pipelines: {', '.join(names)}")
     independent = " HAWQC_PROPERTY_INDEPENDENT=1" if args.independent else ""
-    print(f"running: HAWQC_PROPERTY_EXAMPLES={args.examples}{independent} {' '.join(command[2:])}", flush=True)
+    variables = f"HAWQC_PROPERTY_PROFILE=hawqc-property-thorough HAWQC_PROPERTY_EXAMPLES={args.examples}"
+    print(f"running: {variables}{independent} {' '.join(command[2:])}", flush=True)
     start = time.perf_counter()
     result = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
