@@ -27,7 +27,8 @@ The passes also run under the pass manager's own translation validation
 comparison as the oracle, so that it does not rely only on the code under test.
 
 Example counts come from hypothesis profiles: "hawqc-property-ci" (the default: 100 graphs for
-each property; this file takes about 30 s on 2 cores) and "hawqc-property-thorough" (2,000).
+each property, derandomized; this file takes 30-45 s on 2 cores) and "hawqc-property-thorough"
+(2,000, exploring from hypothesis's seed).
 Choose one with HAWQC_PROPERTY_PROFILE, or set the count with HAWQC_PROPERTY_EXAMPLES;
 HAWQC_PROPERTY_INDEPENDENT=1 makes every graph independent of the others (`graphs`);
 `benchmarks/property_run.py` does that. The profiles apply to this file only.
