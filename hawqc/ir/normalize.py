@@ -15,6 +15,12 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveInitial
 
 from hawqc.ir.domains import QONNX_DOMAIN, is_qonnx_domain
 
+# Standard ONNX ops that an exporter wrote under its own QONNX domain: HAWQ's exporter registers
+# torch functions `Conv` (older branch: `Conv(x, W)` with the standard attributes) and `Round`
+# (torch.round: half to even, as ONNX Round) as `hawq2qonnx::Conv` / `hawq2qonnx::Round`. They are
+# the standard ops, inputs and attributes alike, and move to the default domain.
+STANDARD_OPS_UNDER_ALIASES = {"hawq2qonnx": frozenset({"Conv", "Round"})}
+
 
 @dataclass(frozen=True)
 class NormalizeReport:
@@ -44,7 +50,10 @@ def normalize(model: ir.Model) -> NormalizeReport:
 def _normalize_domains(model: ir.Model) -> int:
     renamed = 0
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain != QONNX_DOMAIN and is_qonnx_domain(node.domain):
+        if node.op_type in STANDARD_OPS_UNDER_ALIASES.get(node.domain, ()):
+            node.domain = ""
+            renamed += 1
+        elif node.domain != QONNX_DOMAIN and is_qonnx_domain(node.domain):
             node.domain = QONNX_DOMAIN
             renamed += 1
     # The version of an alias import carries meaning (Trunc v2 has an extra input): the merged import

@@ -25,6 +25,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "unique-names": "hawqc.passes.unique_names:UniqueNames",
     "gemm-to-matmul": "hawqc.passes.gemm_to_matmul:GemmToMatMul",
     "fold-quant": "hawqc.passes.fold_quant:FoldQuant",
+    "exact-requant": "hawqc.passes.exact_requant:ExactRequant",
     "infer-precision": "hawqc.passes.infer_precision:InferPrecision",
     "channels-last": "hawqc.passes.channels_last:ChannelsLast",
     "fuse-bn": "hawqc.passes.fuse_bn:FuseBatchNorm",
@@ -36,8 +37,9 @@ BUILTIN_PIPELINES: dict[str, str] = {
     "cleanup": "dce,remove-identity,remove-dropout,fold-constants,dce,topo-sort,unique-names",
     # What the hls4ml lowering needs in front of it: quantized constants folded, BatchNorm turned into
     # requantization, the whole graph channels-last, dense layers as MatMul+Add, all clean.
-    # fold-quant runs before fuse-bn so that fuse-bn sees annotated (quantized) weights.
-    "hls4ml-prepare": "cleanup,fold-quant,fuse-bn,channels-last,gemm-to-matmul,cleanup",
+    # fold-quant runs before fuse-bn so that fuse-bn sees annotated (quantized) weights; exact-requant
+    # before fold-quant, which would fold the weight Quants and power-of-two Divs it reads.
+    "hls4ml-prepare": "cleanup,exact-requant,fold-quant,fuse-bn,channels-last,gemm-to-matmul,cleanup",
     # What `hawqc` runs before lowering. Not infer-precision: the lowering infers the types itself, and
     # float models must still go through the passes (they get their types from options, issue 6).
     "default": "hls4ml-prepare",
