@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from hawqc.backends.base import get_backend
+from hawqc.backends.project import LoweredProject
 from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
 from hawqc.frontends.load import PyTorchOptions, load_model
@@ -53,6 +54,8 @@ class CompileResult:
     records: list[PassRecord]
     report: CompileReport
     verify: VerifyResult | None
+    # The written project: what `hawqc.backends.csim.compile_csim` builds the C simulation from.
+    project: LoweredProject | None = None
 
 
 def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOptions) -> CompileResult:
@@ -93,7 +96,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         if options.verify_samples:
             result = verify_project(model, project, options.verify_samples, options.seed, report)
         report.write(outdir / "hawqc_report.json")
-    return CompileResult(outdir, model, records, report, result)
+    return CompileResult(outdir, model, records, report, result, project)
 
 
 def verify_project(model: ir.Model, project, samples: int, seed: int, report: CompileReport) -> VerifyResult:
