@@ -168,13 +168,16 @@ def _differences(expected: np.ndarray, actual: np.ndarray) -> str:
 # channel 49, z = 1157, exact z * m / 2^e = 30.50000044 (HAWQ and hardware mode: 31), float32 sum
 # exactly 30.5 (semantic mode: 30, half to even); later layers amplify it to 148 output codes. The lead
 # is replacing the split with a double-precision requantization (hawq_contract.md): then semantic
-# mode equals HAWQ and the entry must go (the check below fails when a listed chain matches).
+# mode equals HAWQ and the entry must go (the check below fails when a listed chain matches, on the
+# platform the examples were trained on: see examples/jet_tagger/hawq_model.py's platform()).
 SEMANTIC_NEAR_TIES = {"jet_6446": 1}
 
 
 def _check_semantic_mode(name: str, expected: np.ndarray, semantic: np.ndarray) -> None:
     diff = _differences(expected, semantic)
     if name in SEMANTIC_NEAR_TIES:
+        if not diff and jet_tagger.platform() != jet_tagger.REFERENCE_PLATFORM:
+            return  # other CPU kernels train other numbers: the near-tie may not be there
         assert diff, f"{name}: semantic mode now equals HAWQ; remove it from SEMANTIC_NEAR_TIES"
         mismatched = int(np.sum(np.any(expected != np.asarray(semantic).reshape(expected.shape), axis=1)))
         assert mismatched <= SEMANTIC_NEAR_TIES[name], diff
@@ -276,7 +279,7 @@ def compiled(request, chains, lifted_files, tmp_path_factory) -> tuple[Chain, Co
     if not path.exists():
         hawqc.save(c.graph, path)
     outdir = tmp_path_factory.mktemp(f"{name}-{backend}")
-    options = CompileOptions(backend=backend, verify_samples=DRIVER_VERIFY_SAMPLES, force=True)
+    options = CompileOptions(backend=backend, verify_samples=DRIVER_VERIFY_SAMPLES)
     return c, compile_model(path, outdir, options)
 
 
