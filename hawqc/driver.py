@@ -113,7 +113,7 @@ def verify_project(model: ir.Model, project, samples: int, seed: int, report: Co
     semantic = Executor(model).run(inputs)[output]
     precision = infer_types(model)
     output_type = precision.types.get(output)
-    declared = sorted({*precision.float32_inexact, *getattr(precision, "inexact", {})})
+    declared = sorted({*precision.float_inexact, *getattr(precision, "inexact", {})})
     modes = compare_modes(
         semantic,
         expected,

@@ -77,7 +77,7 @@ def _perturb_hardware_mode(monkeypatch, declared_inexact: set[str]):
 
     def infer(model):
         result = real_infer(model)
-        result.float32_inexact.update(declared_inexact)
+        result.float_inexact.update(declared_inexact)
         return result
 
     monkeypatch.setattr(precision_module, "infer_types", infer)

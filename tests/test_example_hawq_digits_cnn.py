@@ -99,9 +99,11 @@ def test_committed_file_is_what_hawq_model_writes(trained, committed, tmp_path) 
 
 def test_committed_file_has_the_advertised_structure(committed) -> None:
     ops = Counter(node.op_type for node in committed.graph)
-    # Quants: input, 3 weights, 3 biases, 2 requantizations. Mul: the input's codes, hi + lo for
-    # act1 and for each residual branch. Add: the dyadic sums, the branches' sum, the linear bias.
-    assert ops == {"Quant": 9, "Mul": 7, "Add": 5, "Conv": 2, "Relu": 2, "MaxPool": 1, "Flatten": 1, "MatMul": 1}
+    # Quants: input, 3 weights, 3 biases, 2 requantizations. Cast (to double) and Mul: act1 and each
+    # residual branch; Mul also the input's codes. Add: the branches' sum, the linear bias.
+    assert ops == {
+        "Quant": 9, "Mul": 4, "Cast": 3, "Add": 2, "Conv": 2, "Relu": 2, "MaxPool": 1, "Flatten": 1, "MatMul": 1
+    }  # fmt: skip
     bits = _quant_bits(committed)
     assert [bits[f"{layer}_weight"] for layer in ("conv1", "conv2", "fc")] == [(8, 1), (6, 1), (6, 1)]
     assert [bits[f"{layer}_bias"] for layer in ("conv1", "conv2", "fc")] == [(32, 1)] * 3
@@ -112,10 +114,10 @@ def test_committed_file_has_the_advertised_structure(committed) -> None:
     # The residual requantization: the block input (the max pool) is its own branch with its own
     # dyadic factor; the block's convolution branch has one factor per output channel (per-channel
     # weights), and the two are added before the one rounding.
-    assert nodes["act_residual_identity_dyadic_hi_mul"].inputs[0] is nodes["pool_maxpool"].outputs[0]
-    hi = inits["act_residual_dyadic_hi"].const_value.numpy()
-    assert hi.size == hawq_model.CHANNELS and len(np.unique(hi)) > 1
-    assert inits["act_residual_identity_dyadic_hi"].const_value.numpy().size == 1
+    assert nodes["act_residual_identity_to_double"].inputs[0] is nodes["pool_maxpool"].outputs[0]
+    factor = inits["act_residual_dyadic"].const_value.numpy()
+    assert factor.size == hawq_model.CHANNELS and len(np.unique(factor)) > 1
+    assert inits["act_residual_identity_dyadic"].const_value.numpy().size == 1
     assert nodes["act_residual_quant"].inputs[0] is nodes["act_residual_residual_add0"].outputs[0]
     # The input scale is the power of two hardware mode needs.
     assert float(inits["quant_input_scale"].const_value.numpy()) == 2.0**hawq_model.INPUT_SCALE_EXPONENT

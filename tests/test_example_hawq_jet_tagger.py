@@ -77,18 +77,19 @@ def test_committed_file_is_what_hawq_model_writes(trained, committed, tmp_path) 
 
 def test_committed_file_has_the_mixed_precision_of_the_paper(committed) -> None:
     ops = Counter(node.op_type for node in committed.graph)
-    # 4 layers: weight and bias Quants; the input Quant; 3 requantizations of Mul(hi) + Mul(lo) + Add
+    # 4 layers: weight and bias Quants; the input Quant; 3 requantizations of Cast(double) -> Mul
     # -> Quant; the input's `Mul(1 / s)` to codes.
-    assert ops == {"Quant": 12, "MatMul": 4, "Add": 7, "Mul": 7, "Relu": 3}
+    assert ops == {"Quant": 12, "MatMul": 4, "Add": 4, "Mul": 4, "Relu": 3, "Cast": 3}
     bits = _quant_bits(committed)
     assert [bits[f"dense_{i}_weight"] for i in range(1, 5)] == [(8, 1), (5, 1), (5, 1), (5, 1)]
     assert [bits[f"dense_{i}_bias"] for i in range(1, 5)] == [(32, 1)] * 4
     assert bits["quant_input_quant"] == (8, 1)
     assert [bits[f"quant_act_{i}_quant"] for i in range(1, 4)] == [(8, 0)] * 3
-    # Per-channel weights: each output channel has its own requantization factor.
+    # Per-channel weights: each output channel has its own requantization factor, a double.
     for i in range(1, 4):
-        hi = committed.graph.initializers[f"quant_act_{i}_dyadic_hi"].const_value.numpy()
-        assert hi.size == hawq_model.LAYERS[i] and len(np.unique(hi)) > 1
+        factor = committed.graph.initializers[f"quant_act_{i}_dyadic"].const_value.numpy()
+        assert factor.dtype == np.float64
+        assert factor.size == hawq_model.LAYERS[i] and len(np.unique(factor)) > 1
     # The input scale is the power of two hardware mode needs.
     assert float(committed.graph.initializers["quant_input_scale"].const_value.numpy()) == 2.0**-4
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from conftest import JET_TAGGER, shared_model
@@ -132,6 +133,19 @@ def test_shape_inference_covers_quant_ops():
         node.outputs[0].shape = None
     infer_shapes(model)
     assert [list(node.outputs[0].shape) for node in model.graph] == [[1, 4]] * 3
+
+
+def test_a_quant_of_a_double_value_yields_float32_as_qonnx_computes_it():
+    model = parse_text(
+        quant_graph(
+            body=f"""[c] wide = Cast <to: int = 11> (x)
+   [q] y = {QONNX_DOMAIN}.Quant <{QUANT_ATTRS}> (wide, s, z, b)"""
+        )
+    )
+    for node in model.graph:
+        node.outputs[0].type = None
+    infer_shapes(model)
+    assert [node.outputs[0].dtype for node in model.graph] == [ir.DataType.DOUBLE, ir.DataType.FLOAT]
 
 
 @pytest.mark.parametrize(

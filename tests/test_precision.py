@@ -171,8 +171,8 @@ def test_accumulator_of_a_biased_dot_product_includes_the_bias() -> None:
 def test_wide_accumulators_are_flagged_as_inexact_in_float32() -> None:
     spec = MlpSpec(sizes=(16, 4), in_bits=16, w_bits=16, b_bits=24, w_exps=[-12], bias=[True], relu=[False], acts=[None])
     result = infer_types(to_ir(build_mlp(spec)))
-    assert "y" in result.float32_inexact
-    assert not infer_types(to_ir(build_mlp())).float32_inexact
+    assert "y" in result.float_inexact
+    assert not infer_types(to_ir(build_mlp())).float_inexact
 
 
 def _single_quant_model(**overrides) -> ir.Model:
@@ -251,3 +251,55 @@ def test_rounding_of_bounds_matches_qonnx_ties() -> None:
         assert ties.any(), f"no ties reach {name}"
         lo, hi = result.intervals[name]
         assert Fraction(float(env[name].min())) >= lo and Fraction(float(env[name].max())) <= hi
+
+
+def _double_requantization(out_bits: int) -> ir.Model:
+    """16-bit codes, cast to double, times a 31-bit dyadic factor (a 47-bit product), then a Quant
+    of `out_bits` (or, with 0, a Cast back to float32 instead)."""
+    factor = np.float64(1323283541 * 2.0**-40)
+    nodes = [
+        helper.make_node("Quant", ["x", "s", "z", "b"], ["xq"], domain=QONNX, signed=1, narrow=0, rounding_mode="ROUND"),
+        helper.make_node("Cast", ["xq"], ["wide"], to=TensorProto.DOUBLE),
+        helper.make_node("Mul", ["wide", "k"], ["product"]),
+    ]
+    if out_bits:
+        nodes.append(helper.make_node("Quant", ["product", "s1", "z", "ob"], ["y"], domain=QONNX, signed=1, narrow=0,
+                                      rounding_mode="ROUND"))  # fmt: skip
+    else:
+        nodes.append(helper.make_node("Cast", ["product"], ["y"], to=TensorProto.FLOAT))
+    inits = {"s": np.float32(1), "s1": np.float32(1), "z": np.float32(0), "b": np.float32(16), "ob": np.float32(out_bits or 8),
+             "k": factor}  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(QONNX, 1)]))
+    from hawqc.ir.shape_inference import infer_shapes
+
+    infer_shapes(model)
+    return model
+
+
+def test_double_values_are_exact_up_to_53_bits_and_a_cast_to_float32_is_checked() -> None:
+    requantized = infer_types(_double_requantization(out_bits=8))
+    assert requantized.types["product"].width == 47
+    assert not requantized.float_inexact and not requantized.inexact  # double holds 47 bits
+    cast_back = infer_types(_double_requantization(out_bits=0))
+    assert cast_back.types["y"] == cast_back.types["product"]
+    assert cast_back.float_inexact == {"y"}
+    assert "float32 rounds beyond 24" in cast_back.inexact["y"]
+
+
+def test_a_wide_quant_of_a_constant_is_not_inexact() -> None:
+    """qonnx's float32 clamp bounds of a 32-bit bias Quant only matter for data near 2**31; a
+    constant is folded by the executor in both modes, so its values are what hardware uses."""
+    nodes = [
+        helper.make_node("Quant", ["bias", "s", "z", "b"], ["bias_q"], domain=QONNX, signed=1, narrow=0, rounding_mode="ROUND"),
+        helper.make_node("Quant", ["x", "s", "z", "b"], ["xq"], domain=QONNX, signed=1, narrow=0, rounding_mode="ROUND"),
+        helper.make_node("Add", ["xq", "bias_q"], ["y"]),
+    ]
+    inits = {"bias": np.array([1000.0, -7.0], dtype=np.float32), "s": np.float32(1), "z": np.float32(0), "b": np.float32(32)}
+    result = infer_types(_graph(nodes, inits, 2, "y", 2))
+    assert "bias_q" not in result.inexact
+    assert "xq" in result.inexact  # on data, the rounded bounds can matter

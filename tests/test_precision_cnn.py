@@ -238,7 +238,7 @@ def test_mul_by_power_of_two_constants_is_exact():
     # LSB 1/2 * 1/4; channel 0 in [-1, 0.875], channel 1 in [-8, 7]: codes [-64, 56], 7 bits.
     assert result.intervals["y"] == (F(-8), F(7))
     assert result.types["y"] == FixedType(7, 4, True)
-    assert not result.inexact and not result.float32_inexact
+    assert not result.inexact and not result.float_inexact
 
 
 def test_mul_by_a_float_is_the_exact_dyadic_product_and_recorded_inexact():
@@ -250,7 +250,7 @@ def test_mul_by_a_float_is_the_exact_dyadic_product_and_recorded_inexact():
     assert result.types["y"].lsb_exponent == -25
     lo, hi = result.intervals["y"]
     assert (lo, hi) == (F(-3), F(2.625))  # [-4, 3.5] * 0.75: channel 0 dominates
-    assert "y" in result.float32_inexact
+    assert "y" in result.float_inexact
     assert "float32 rounds beyond 24" in result.inexact["y"]
 
 

@@ -30,7 +30,7 @@ from hawqc.frontends.onnx import load_onnx
 from hawqc.ir.io import parse_text
 from hawqc.ir.precision import infer_types
 from hawqc.ir.qtypes import ROUNDING_MODES, FixedType
-from hawqc.sim import Executor
+from hawqc.sim import Executor, hardware
 from hawqc.sim.hardware import cast, divide_truncating
 from hawqc.sim.inputs import draw_inputs
 from hawqc.sim.quant import int_quant, quant_bounds, rounding_function
@@ -164,17 +164,36 @@ def test_jet_tagger_hardware_equals_semantic_on_2000_inputs():
         np.testing.assert_array_equal(hardware[name], value.astype(np.float64))
 
 
-def test_hardware_mode_refuses_types_wider_than_float64_computes_exactly():
-    # 30-bit input codes times 24-bit weights (exact in float32): two products need 55 bits.
-    text = f"""{HEADER}
-g (float[1,2] x) => (float[1,1] y)
-   <float s = {{0.0000000009313225746154785}}, float z = {{0}}, float b = {{30}}, float[2,1] w = {{16777215, -16777215}}>
+def _wide_dot_product(input_bits: int):
+    """`input_bits`-bit input codes (LSB 2^-30) times two 24-bit weights (exact in float32). The input
+    is double, so that hardware mode sees codes with more significant bits than float32 holds."""
+    return parse_text(f"""{HEADER}
+g (double[1,2] x) => (float[1,1] y)
+   <float s = {{0.0000000009313225746154785}}, float z = {{0}}, float b = {{{input_bits}}}, float[2,1] w = {{16777215, -16777215}}>
 {{
    xq = {quant()} (x, s, z, b)
    y = MatMul (xq, w)
-}}"""
-    with pytest.raises(UnsupportedModelError, match=r"value 'y' has type fixed<55,.*float64 is exact only up to 53"):
-        Executor(parse_text(text), mode="hardware")
+}}""")
+
+
+@pytest.mark.skipif(hardware.LONGDOUBLE_EXACT_BITS < 55, reason="numpy's longdouble is float64 on this platform")
+def test_hardware_mode_computes_types_wider_than_float64_exactly_in_longdouble():
+    # 30-bit input codes: the dot product needs 55 bits. These codes make it odd and above 2**53,
+    # where float64 would round it.
+    a, b = 2**29 - 1, -(2**29 - 2)
+    executor = Executor(_wide_dot_product(30), mode="hardware")
+    assert executor.precision.types["y"].width == 55
+    y = executor.run(np.ldexp(np.array([[a, b]], dtype=np.float64), -30))["y"]
+    assert y.dtype == np.longdouble  # wider than float64 holds: the output stays longdouble
+    exact = a * 16777215 + b * -16777215
+    assert exact > 2**53 and exact % 2 == 1
+    assert int(np.ldexp(y[0, 0], 30)) == exact
+
+
+def test_hardware_mode_refuses_types_wider_than_it_computes_exactly():
+    bits = hardware.LONGDOUBLE_EXACT_BITS - 24  # the dot product then needs 2 bits more than exact
+    with pytest.raises(UnsupportedModelError, match=r"value 'y' has type fixed<.*exactly only up to"):
+        Executor(_wide_dot_product(bits), mode="hardware")
 
 
 def test_op_without_a_rule_is_refused_by_name():
@@ -264,7 +283,7 @@ def test_hardware_equals_semantic_on_integer_only_graphs(graph: IntegerGraph):
     precision inference declares nothing inexact."""
     model = graph.load()
     hardware = Executor(model, mode="hardware")
-    assert not hardware.precision.inexact and not hardware.precision.float32_inexact
+    assert not hardware.precision.inexact and not hardware.precision.float_inexact
     x = np.concatenate([graph.extreme_inputs(), _random_inputs(graph, 64, 1)])
     expected = Executor(model).run(x, keep_intermediates=True)
     got = hardware.run(x, keep_intermediates=True)

@@ -494,3 +494,37 @@ def test_unsorted_graph_is_ordered() -> None:
     proto = make_proto(nodes, {"x": [1, 3]}, {"y": [1, 3]})
     got = execute(ir.from_proto(proto), np.float32([[-1, 0, 1]]))["y"]
     np.testing.assert_array_equal(got, [[0, 0, 1]])
+
+
+def test_cast_to_double_and_back_rounds_like_onnxruntime() -> None:
+    """float32 -> double is exact, the double product keeps every bit, the cast back rounds to
+    nearest even: the same bits as onnxruntime (through qonnx's executor)."""
+    factor = np.array([0.6492890995260663, 3.5e-4], dtype=np.float64)  # 31-bit mantissas: not float32
+    nodes = [
+        oh.make_node("Cast", ["x"], ["wide"], to=TensorProto.DOUBLE, name="to_double"),
+        oh.make_node("Mul", ["wide", "k"], ["product"], name="mul"),
+        oh.make_node("Cast", ["product"], ["y"], to=TensorProto.FLOAT, name="to_float"),
+    ]
+    proto = make_proto(nodes, {"x": [1, 2]}, {"y": [1, 2]}, {"k": factor})
+    x = np.random.default_rng(0).integers(-2**20, 2**20, (300, 2)).astype(np.float32)
+    y = check_against_qonnx(proto, x)
+    assert np.any(y.astype(np.float64) != x.astype(np.float64) * factor)  # the final cast did round
+
+
+def test_quant_of_a_double_input_returns_float32_like_qonnx() -> None:
+    nodes = [
+        oh.make_node("Cast", ["x"], ["wide"], to=TensorProto.DOUBLE, name="to_double"),
+        oh.make_node("Mul", ["wide", "k"], ["product"], name="mul"),
+        oh.make_node("Quant", ["product", "s", "z", "b"], ["y"], name="q", domain=QONNX, signed=1, narrow=0,
+                     rounding_mode="ROUND"),
+    ]
+    inits = {"k": np.float64(0.6492890995260663), "s": np.float32(1), "z": np.float32(0), "b": np.float32(8)}
+    proto = make_proto(nodes, {"x": [1, 3]}, {"y": [1, 3]}, inits)
+    x = np.random.default_rng(1).integers(-200, 200, (500, 3)).astype(np.float32)
+    assert check_against_qonnx(proto, x).dtype == np.float32
+
+
+def test_cast_to_an_integer_type_is_refused_by_name() -> None:
+    proto = make_proto([oh.make_node("Cast", ["x"], ["y"], to=TensorProto.INT32, name="to_int")], {"x": [1, 2]}, {"y": [1, 2]})
+    with pytest.raises(UnsupportedModelError, match=r"'to_int'.*INT32 are not supported"):
+        Executor(ir.from_proto(proto))

@@ -18,6 +18,8 @@ BatchNormalization in `CHANNELS_LAST_DOMAIN`, weights as constants, requantizati
     MaxPool, AveragePool                  MaxPooling1D/2D, AveragePooling1D/2D
     GlobalMaxPool, GlobalAveragePool      GlobalMaxPooling1D/2D, GlobalAveragePooling1D/2D
     Flatten, Reshape, Squeeze, Unsqueeze  Reshape
+    Cast (float32 <-> double)             nothing: fixed point has no float types, the value keeps
+                                          its layer (lifted HAWQ graphs requantize in double)
 Anything else, and every configuration hls4ml's kernels compute differently from ONNX, raises
 UnsupportedModelError naming the node.
 
@@ -41,7 +43,7 @@ from hawqc.backends.hls4ml_target import Hls4mlTarget
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
-from hawqc.ir.op_arithmetic import batch_norm_coefficients
+from hawqc.ir.op_arithmetic import batch_norm_coefficients, cast_target
 from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 
@@ -154,6 +156,7 @@ class Planner:
             "Concat": self.concat,
             "Resize": self.resize,
             **{op: self.reshape for op in RESHAPES},
+            "Cast": self.cast,
         }
         channels_last: dict[str, Callable[[ir.Node], None]] = {
             "Conv": self.conv,
@@ -678,6 +681,16 @@ class Planner:
         fixed = self.kept_type(node, out, prev)
         planned = Planned(name, "Reshape", describe(node), layer, {"result": fixed}, removable=True)
         self.add_layer(planned, out, target)
+
+    def cast(self, node: ir.Node) -> None:
+        """A float Cast: the exact value is unchanged in fixed point (where semantic mode's float32
+        Cast could round, precision inference has said so), so its output stays on the input's layer."""
+        cast_target(node)
+        x, out = node.inputs[0], node.outputs[0]
+        prev = self.source(node, x)
+        if self.typed(out, node) != self.typed(x, node):
+            raise UnsupportedModelError(f"{describe(node)}: the cast changes the value's type")
+        self.plan.value_layer[out.name] = prev
 
     def pool(self, node: ir.Node) -> None:
         x = node.inputs[0]

@@ -10,6 +10,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx_ir as ir
+
+from hawqc.errors import UnsupportedModelError
+from hawqc.ir.diagnostics import describe
+
+# Cast: only the two float types graphs hawqc reads carry data in. Lifted HAWQ models requantize in
+# double (`hawqc.frontends.hawq.lift`), everything else is float32. float32 -> float64 is exact;
+# float64 -> float32 rounds to nearest even, overflowing to infinity, as onnxruntime's Cast and
+# numpy's astype do.
+CAST_TARGETS = {ir.DataType.FLOAT: np.dtype(np.float32), ir.DataType.DOUBLE: np.dtype(np.float64)}
+
+
+def cast_target(node: ir.Node) -> np.dtype:
+    """The numpy dtype a `Cast` converts to; UnsupportedModelError naming the node for another target."""
+    attr = node.attributes.get("to")
+    if attr is None:
+        raise UnsupportedModelError(f"{describe(node)}: missing attribute 'to'")
+    try:
+        target = ir.DataType(attr.as_int())
+    except ValueError:
+        raise UnsupportedModelError(f"{describe(node)}: unknown target type {attr.as_int()}") from None
+    if target not in CAST_TARGETS:
+        raise UnsupportedModelError(f"{describe(node)}: casts to {target.name} are not supported (only FLOAT and DOUBLE)")
+    return CAST_TARGETS[target]
 
 
 def window_count(

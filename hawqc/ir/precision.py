@@ -48,9 +48,10 @@ where `[tmin_ij, tmax_ij]` is the interval of product i. When every product inte
 
 Where float32 (QONNX semantics) and exact arithmetic can part: float32 holds an integer exactly up to
 2**24, so a value whose integer code exceeds that may be rounded by the reference but not by the
-hardware. Codes are counted per feature on the feature's own grid (a per-channel scale of 2**-7
+hardware. A value the graph declares DOUBLE (HAWQ's requantization, computed in double by a lifted
+graph) holds 2**53; `Cast` keeps the interval and checks the target type's limit. Codes are counted per feature on the feature's own grid (a per-channel scale of 2**-7
 does not make a channel with scale 2**-4 look wide), which is what `_Bounds.grid` keeps. Such values
-are in `float32_inexact`; `inexact` maps them, and every other value where the two can differ (an
+are in `float_inexact`; `inexact` maps them, and every other value where the two can differ (an
 average by a window size that is not a power of two), to the reason.
 """
 
@@ -68,13 +69,23 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
-from hawqc.ir.op_arithmetic import auto_pads, batch_norm_coefficients, window_count
+from hawqc.ir.op_arithmetic import auto_pads, batch_norm_coefficients, cast_target, window_count
 from hawqc.ir.qtypes import FixedType, power_of_two_exponent
 from hawqc.ir.quant_annotation import read_annotation
 
 # float32 holds every integer up to 2**24 exactly; QONNX semantics run in float32, so a value whose
 # integer code (in units of its LSB) exceeds this may be rounded by the reference but not by hardware.
+# A value declared DOUBLE holds integers up to 2**53.
 FLOAT32_EXACT_INT = 1 << 24
+FLOAT64_EXACT_INT = 1 << 53
+
+
+def _exact_int_limit(value: ir.Value) -> tuple[int, str]:
+    """The largest integer code the value's float type holds exactly, and the type's name (a value
+    of unknown type is float32, what QONNX computes in)."""
+    if value.dtype == ir.DataType.DOUBLE:
+        return FLOAT64_EXACT_INT, "double"
+    return FLOAT32_EXACT_INT, "float32"
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 # Standard ops whose meaning depends on where the channel axis is: hawqc takes them channels-last.
@@ -476,10 +487,11 @@ class PrecisionResult:
       (a bias), the type that holds every partial sum of its dot products; for an AveragePool, the
       type the window sums are accumulated and divided in;
     - `constants[name]`: the value of each quantized (or plain) constant operand, exact, float64;
-    - `float32_inexact`: values whose integer code exceeds 2**24, where float32 QONNX semantics may
-      round while the fixed-point hardware does not (the two then differ; a verifier reports it);
-    - `inexact[name]`: every value where float32 semantics may differ from the exact hardware
-      arithmetic (those of `float32_inexact` and others, e.g. an average whose divisor is not a power
+    - `float_inexact`: values whose integer code exceeds what their float type holds exactly (2**24
+      for float32, 2**53 for double), where QONNX semantics may round while the fixed-point
+      hardware does not (the two then differ; a verifier reports it);
+    - `inexact[name]`: every value where the float semantics may differ from the exact hardware
+      arithmetic (those of `float_inexact` and others, e.g. an average whose divisor is not a power
       of two), with the reason. Values computed from such a value are not listed again.
     """
 
@@ -487,7 +499,7 @@ class PrecisionResult:
     intervals: dict[str, tuple[Fraction, Fraction]] = field(default_factory=dict)
     accumulators: dict[str, FixedType] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
-    float32_inexact: set[str] = field(default_factory=set)
+    float_inexact: set[str] = field(default_factory=set)
     inexact: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> FixedType:
@@ -531,12 +543,15 @@ class _Analysis:
         self.record(value, _Bounds(lo, hi, fixed.lsb_exponent, grid), fixed)
 
     def may_round(self, value: ir.Value, bounds: _Bounds, what: str) -> None:
-        """Record `value` as float32-inexact if some code of it (on its feature's grid) needs > 24 bits."""
+        """Record `value` as float-inexact if some code of it (on its feature's grid) needs more bits
+        than its float type holds (24 for float32, 53 for double)."""
         code = bounds.max_grid_code()
-        if code > FLOAT32_EXACT_INT:
-            self.result.float32_inexact.add(value.name)
+        limit, float_type = _exact_int_limit(value)
+        if code > limit:
+            self.result.float_inexact.add(value.name)
             self.result.inexact.setdefault(
-                value.name, f"{what} needs {code.bit_length()} significant bits; float32 rounds beyond 24"
+                value.name,
+                f"{what} needs {code.bit_length()} significant bits; {float_type} rounds beyond {limit.bit_length() - 1}",
             )
 
     def note_accumulator(self, value: ir.Value, hull: _Bounds) -> None:
@@ -683,6 +698,7 @@ class _Analysis:
                 "Resize": self.resize,
                 "Pad": self.pad,
                 "Identity": self.identity,
+                "Cast": self.cast,
                 "Reshape": self.reshape,
                 "Flatten": self.reshape,
                 "Squeeze": self.reshape,
@@ -698,15 +714,16 @@ class _Analysis:
         params = quant_params(node)
         fixed = quant_type(node, params)
         out = node.outputs[0]
-        if params.bitwidth > 24:
-            # qonnx computes the clamp bounds 2**(b-1) in float32; above 24 bits they are rounded.
-            self.result.float32_inexact.add(out.name)
-            self.result.inexact[out.name] = f"{params.bitwidth}-bit Quant: qonnx's float32 clamp bounds are rounded"
         x = node.inputs[0]
         data = _constant(x) if x is not None and x.name not in self.bounds else None
         if data is not None:
+            # Both modes use the constant as semantic mode computes it (the executor folds it).
             self.record_constant(out, quantize_constant(data, params), fixed)
             return
+        if params.bitwidth > 24:
+            # qonnx computes the clamp bounds 2**(b-1) in float32; above 24 bits they are rounded.
+            self.result.float_inexact.add(out.name)
+            self.result.inexact[out.name] = f"{params.bitwidth}-bit Quant: qonnx's float32 clamp bounds are rounded"
         if params.scale.size != 1:
             raise UnsupportedModelError(f"{describe(node)}: per-channel scales on activations are not supported")
         scale_exp = fixed.lsb_exponent
@@ -1011,6 +1028,12 @@ class _Analysis:
     # ---- data movement -----------------------------------------------------------------------------
     def identity(self, node: ir.Node) -> None:
         self.record(node.outputs[0], self.operand(node, node.inputs[0]))
+
+    def cast(self, node: ir.Node) -> None:
+        """A float Cast keeps the exact value; casting to float32 may round what does not fit it."""
+        cast_target(node)
+        x = self.operand(node, node.inputs[0])
+        self.record_scaled(node.outputs[0], x, "the cast value")
 
     def transpose(self, node: ir.Node) -> None:
         self.record(node.outputs[0], self.operand(node, node.inputs[0]).collapsed())

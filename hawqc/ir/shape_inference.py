@@ -1,8 +1,10 @@
 """Shape and type inference that covers the QONNX ops.
 
 onnx's own inference leaves the outputs of custom ops unknown, and everything downstream of them.
-Every QONNX quantizer keeps the shape of its first input and yields float32, so in a copy of the
-graph each one is stood in for by an `Identity` of that input, onnx infers the rest (with data
+Every QONNX quantizer keeps the shape of its first input, so in a copy of the graph each one is
+stood in for by an `Identity` of that input (a `Cast` to float32 for `Quant` / `IntQuant`, whose
+result qonnx always casts to float32, whatever the input's type: a double input is HAWQ's
+requantization in a lifted graph), onnx infers the rest (with data
 propagation, so that `Shape -> Gather -> Reshape` flatten chains resolve), and the results are
 copied back by value name. The model itself is never replaced, only annotated.
 
@@ -32,7 +34,7 @@ def infer_shapes(model: ir.Model) -> int:
     proto = to_proto(model)
     for node in proto.graph.node:
         if is_qonnx_domain(node.domain) and node.op_type in SHAPE_PRESERVING_QONNX_OPS:
-            _stand_in_identity(node)
+            _stand_in_identity(node, float32=node.op_type in QUANT_OPS)
     # Exporters leave out the opset import of a custom domain (the channels-last ops); onnx then
     # refuses the whole graph instead of skipping the ops it does not know.
     imported = {opset.domain for opset in proto.opset_import}
@@ -58,12 +60,14 @@ def infer_shapes(model: ir.Model) -> int:
     return updated
 
 
-def _stand_in_identity(node: onnx.NodeProto) -> None:
+def _stand_in_identity(node: onnx.NodeProto, float32: bool) -> None:
     first_input = node.input[0]
     del node.input[:]
     node.input.append(first_input)
     del node.attribute[:]
-    node.op_type, node.domain = "Identity", ""
+    node.op_type, node.domain = ("Cast", "") if float32 else ("Identity", "")
+    if float32:
+        node.attribute.append(onnx.helper.make_attribute("to", onnx.TensorProto.FLOAT))
 
 
 def _onnx_infer(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -101,7 +101,8 @@ class Executor:
     """Runs one model on batches of inputs; see the module docstring for what planning does.
 
     `mode="semantic"`: the QONNX meaning, float32. `mode="hardware"`: exact fixed-point arithmetic
-    with the inferred types (`self.precision`), float64 results; UnsupportedModelError, naming the
+    with the inferred types (`self.precision`), float64 results (longdouble for an output wider than
+    53 bits, see `hawqc.sim.hardware`); UnsupportedModelError, naming the
     node, for an op without a precision or hardware rule.
     """
 
@@ -110,6 +111,7 @@ class Executor:
             raise UserInputError(f"unknown executor mode '{mode}' (known: {', '.join(MODES)})")
         self.mode = mode
         self.precision: PrecisionResult | None = None
+        self._work_dtype = np.dtype(np.float64)  # hardware mode's exact arithmetic type
         hardware = None
         if mode == "hardware":
             from hawqc.ir.precision import infer_types
@@ -168,14 +170,14 @@ class Executor:
 
         if hardware is not None:
             assert self.precision is not None
-            hardware.check_exact_in_float64(self.precision, {v.name for v, s in slots.items() if s not in constants})
+            self._work_dtype = hardware.work_dtype(self.precision, {v.name for v, s in slots.items() if s not in constants})
         self.input_names: tuple[str, ...] = tuple(d.name for d in self._data_inputs)
         self.output_names: tuple[str, ...] = tuple(v.name or "" for v in graph.outputs)
         self._output_slots = tuple(slots[v] for v in graph.outputs)
         self._slot_count = len(slots)
         self._slot_names = {s: v.name for v, s in slots.items() if v.name}
         self._sample_bytes = _largest_sample_bytes(
-            [v for v, s in slots.items() if s not in constants], 8 if mode == "hardware" else None
+            [v for v, s in slots.items() if s not in constants], self._work_dtype.itemsize if mode == "hardware" else None
         )
         self._constants = constants
         self._steps = self._with_releases(steps)
@@ -206,7 +208,7 @@ class Executor:
         Returns the graph outputs by name; with `keep_intermediates`, every value computed at run
         time (the inputs as converted, every node output) by name, for debugging and for tests that
         check each value against its type. Inputs are converted to the declared element type (in
-        hardware mode then to float64, exactly).
+        hardware mode then to float64 (or longdouble), exactly).
 
         A large batch of large samples runs in chunks, so that no intermediate tensor (e.g. a
         thousand 256x256 feature maps, and a convolution's patches of them) outgrows memory: chunks
@@ -237,7 +239,7 @@ class Executor:
             env[s] = array
         for data, array in checked:
             if self.mode == "hardware" and np.issubdtype(array.dtype, np.floating):
-                array = array.astype(np.float64)
+                array = array.astype(self._work_dtype)
             env[data.slot] = array
         # Division by a zero scale, overflow to inf, NaN inputs: IEEE results, as onnxruntime gives
         # them, without numpy's warnings.
@@ -256,7 +258,16 @@ class Executor:
                 if s not in self._constants and (array := env[s]) is not None
             }
             return values
-        return {name: env[s] for name, s in zip(self.output_names, self._output_slots)}
+        return {name: self._output_array(name, env[s]) for name, s in zip(self.output_names, self._output_slots)}
+
+    def _output_array(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Hardware mode's wide path returns float64 wherever that is exact (every output it can)."""
+        if array.dtype != np.longdouble or self.precision is None:
+            return array
+        from hawqc.sim.hardware import FLOAT64_EXACT_BITS
+
+        fixed = self.precision.types.get(name)
+        return array.astype(np.float64) if fixed is not None and fixed.width <= FLOAT64_EXACT_BITS else array
 
     def _check_inputs(
         self, inputs: Mapping[str, np.ndarray] | np.ndarray

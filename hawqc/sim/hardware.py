@@ -4,8 +4,10 @@ What the generated C++ computes, exactly (hawqc's contract, decision 6):
 - every value is a fixed-point number of its type in `hawqc.ir.precision.infer_types`. Those types
   are wide enough by construction (intervals from the actual weights), so sums, products and data
   movement are plain exact arithmetic; they are computed in float64, which is exact while every
-  type (and every accumulator) is at most 53 bits wide. A wider graph is refused
-  (`check_exact_in_float64`), never computed approximately;
+  type (and every accumulator) is at most 53 bits wide, and in numpy's `longdouble` when some type
+  is wider and the platform's long double holds it (x86-64: 64-bit significand; e.g. HAWQ's
+  double requantization of a 26-bit accumulator by a 31-bit factor needs 57 bits). A graph wider
+  than that is refused (`work_dtype`), never computed approximately;
 - a value produced by a QONNX `Quant` is cast into that Quant's `FixedType` the way ap_fixed /
   ac_fixed assignment does it: one rounding (`round_codes`, every ap_fixed quantization mode), then
   saturation (`saturate_codes`, every overflow mode). The graph input is converted by its Quant
@@ -16,7 +18,9 @@ What the generated C++ computes, exactly (hawqc's contract, decision 6):
   accumulator type, divided by the size with the quotient truncated toward zero at the
   accumulator's LSB (`nnet_pooling.h`, `avg`; see `hawqc.ir.precision`). With power-of-two sizes
   the accumulator's LSB makes that division exact.
-- fixed point has no negative zero: results are normalized to +0.0.
+- fixed point has no negative zero: results are normalized to +0.0;
+- `Cast` between float types means nothing in fixed point: the value passes unchanged (where a
+  float32 Cast rounds in semantic mode, precision inference says so in `float_inexact`).
 
 Constants (weights, quantized biases) are the same in both modes: the executor folds them with
 semantic mode's QONNX arithmetic, which is what precision inference evaluates too.
@@ -40,12 +44,16 @@ from hawqc.ir.domains import (
     QUANT_OPS,
     is_qonnx_domain,
 )
+from hawqc.ir.op_arithmetic import cast_target
 from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 from hawqc.sim import ops, ops_conv
 
-# float64 holds every integer up to 2**53 exactly.
+# float64 holds every integer up to 2**53 exactly; numpy's longdouble up to 2**(nmant + 1), which
+# is 2**64 on x86-64 (80-bit extended), 2**113 on aarch64 Linux (quad) and 2**53 where long double
+# is double (then nothing wider than float64 runs).
 FLOAT64_EXACT_BITS = 53
+LONGDOUBLE_EXACT_BITS = np.finfo(np.longdouble).nmant + 1
 
 HardwareBuilder = Callable[[ops.NodeSpec, PrecisionResult], ops.Kernel]
 
@@ -59,8 +67,9 @@ def round_codes(codes: np.ndarray, mode: str) -> np.ndarray:
     """Round real codes (value / LSB, exact float64) to integers the way ap_fixed's quantization
     mode `mode` does (ac_fixed's modes of the same names agree).
 
-    `x + 0.5` is exact in float64 while |x| < 2**52; beyond, every float64 is an integer already
-    and is kept as it is (only an unquantized input far outside any type's range gets there).
+    `x + 0.5` is exact in float64 while |x| < 2**52 (longdouble: 2**63 on x86-64); beyond, every
+    such float is an integer already and is kept as it is (only an unquantized input far outside
+    any type's range gets there).
     """
     if mode == "TRN":  # toward -inf
         return np.floor(codes)
@@ -79,12 +88,13 @@ def round_codes(codes: np.ndarray, mode: str) -> np.ndarray:
         rounded = np.copysign(np.ceil(magnitude - 0.5), codes)
     else:
         raise ValueError(f"unknown rounding mode {mode!r}")
-    return np.where(magnitude < 2.0**52, rounded, codes)
+    return np.where(magnitude < 2.0 ** np.finfo(codes.dtype).nmant, rounded, codes)
 
 
 def saturate_codes(codes: np.ndarray, fixed: FixedType) -> np.ndarray:
     """Bring integer codes into the type's range the way its overflow mode does."""
-    low, high = float(fixed.min_int), float(fixed.max_int)
+    # Through the array's own float type: float() would round a bound wider than 53 bits.
+    low, high = codes.dtype.type(fixed.min_int), codes.dtype.type(fixed.max_int)
     if fixed.saturation in ("SAT", "SAT_SYM"):  # FixedType.min_int gives up -2**(w-1) for SAT_SYM
         return np.clip(codes, low, high)
     if fixed.saturation == "SAT_ZERO":
@@ -95,23 +105,38 @@ def saturate_codes(codes: np.ndarray, fixed: FixedType) -> np.ndarray:
     raise ValueError(f"unknown saturation mode {fixed.saturation!r}")
 
 
+def _exact_float(x: np.ndarray) -> np.ndarray:
+    """`x` as float64, or as it is if it is already longdouble (the wide path)."""
+    x = np.asarray(x)
+    return x if x.dtype == np.longdouble else x.astype(np.float64)
+
+
 def cast(x: np.ndarray, fixed: FixedType) -> np.ndarray:
-    """Assign `x` (float64, any values) to a variable of type `fixed`: round, then saturate."""
-    codes = np.ldexp(np.asarray(x, dtype=np.float64), -fixed.lsb_exponent)
+    """Assign `x` (float64 or longdouble, any values) to a variable of type `fixed`: round, then
+    saturate."""
+    codes = np.ldexp(_exact_float(x), -fixed.lsb_exponent)
     codes = saturate_codes(round_codes(codes, fixed.rounding), fixed)
     return np.ldexp(codes, fixed.lsb_exponent) + 0.0
 
 
-def check_exact_in_float64(precision: PrecisionResult, names: set[str]) -> None:
-    """Refuse a graph whose values `names` need types wider than float64 computes exactly."""
+def work_dtype(precision: PrecisionResult, names: set[str]) -> np.dtype:
+    """The float type that computes the values `names` exactly: float64 while every type and
+    accumulator is at most 53 bits wide, else longdouble if it is wide enough here, else a refusal
+    naming the widest value."""
+    widest, where = 0, ""
     for kind, table in (("type", precision.types), ("accumulator", precision.accumulators)):
         for name in sorted(names & table.keys()):
             fixed = table[name]
-            if fixed.width > FLOAT64_EXACT_BITS:
-                raise UnsupportedModelError(
-                    f"hardware mode: value '{name}' has {kind} {fixed} ({fixed.width} bits); "
-                    f"float64 is exact only up to {FLOAT64_EXACT_BITS} bits"
-                )
+            if fixed.width > widest:
+                widest, where = fixed.width, f"value '{name}' has {kind} {fixed} ({fixed.width} bits)"
+    if widest <= FLOAT64_EXACT_BITS:
+        return np.dtype(np.float64)
+    if widest <= LONGDOUBLE_EXACT_BITS:
+        return np.dtype(np.longdouble)
+    raise UnsupportedModelError(
+        f"hardware mode: {where}; this platform computes exactly only up to "
+        f"{max(FLOAT64_EXACT_BITS, LONGDOUBLE_EXACT_BITS)} bits (numpy's longdouble)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -236,7 +261,7 @@ def divide_truncating(sums: np.ndarray, counts: np.ndarray, lsb_exponent: int) -
     codes = np.ldexp(sums, -lsb_exponent).astype(np.int64)
     sizes = np.broadcast_to(counts, codes.shape).astype(np.int64)
     quotient = np.sign(codes) * (np.abs(codes) // sizes)
-    return np.ldexp(quotient.astype(np.float64), lsb_exponent) + 0.0
+    return np.ldexp(quotient.astype(_exact_float(sums).dtype), lsb_exponent) + 0.0
 
 
 def build_average_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
@@ -329,6 +354,16 @@ def build_concat(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
     return concat
 
 
+def build_cast(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    """A float Cast: the exact value passes unchanged (see the module docstring)."""
+    cast_target(spec.node)  # the same refusal of non-float targets as semantic mode
+
+    def cast_unchanged(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        return (args[0],)
+
+    return cast_unchanged
+
+
 def _semantic(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
     """Pure data movement (and Resize / Pad): semantic mode's kernels are dtype-generic."""
     return ops.builder_for(spec.node)(spec)
@@ -350,6 +385,7 @@ HARDWARE_TABLE: dict[tuple[str, str], HardwareBuilder] = {
     ("", "LeakyRelu"): build_leaky_relu,
     ("", "Clip"): build_clip,
     ("", "Concat"): build_concat,
+    ("", "Cast"): build_cast,
     **{("", op): _semantic for op in DATA_MOVEMENT_OPS},
     (CHANNELS_LAST_DOMAIN, "Conv"): build_conv,
     (CHANNELS_LAST_DOMAIN, "MaxPool"): build_max_pool,

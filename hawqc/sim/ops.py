@@ -405,6 +405,7 @@ OP_TABLE: dict[tuple[str, str], Builder] = {
     (STANDARD_DOMAIN, "Squeeze"): ops_tensor.build_squeeze,
     (STANDARD_DOMAIN, "Unsqueeze"): ops_tensor.build_unsqueeze,
     (STANDARD_DOMAIN, "Dropout"): ops_tensor.build_dropout,
+    (STANDARD_DOMAIN, "Cast"): ops_tensor.build_cast,
     (STANDARD_DOMAIN, "LeakyRelu"): ops_activation.build_leaky_relu,
     (STANDARD_DOMAIN, "Clip"): ops_activation.build_clip,
     (STANDARD_DOMAIN, "Sigmoid"): ops_activation.build_sigmoid,

@@ -1,4 +1,5 @@
-"""Data movement ops: Concat, Resize (nearest), Pad, Transpose, Squeeze, Unsqueeze, Dropout.
+"""Data movement ops: Concat, Resize (nearest), Pad, Transpose, Squeeze, Unsqueeze, Dropout, and Cast
+between float32 and float64.
 
 The first half holds pure, dtype-generic functions (`resize_nearest`, `resize_output_shape`,
 `pad`), shared with hardware mode; the second half the builders of semantic mode (see
@@ -21,6 +22,7 @@ import onnx_ir as ir
 
 from hawqc.errors import UserInputError
 from hawqc.ir.diagnostics import describe
+from hawqc.ir.op_arithmetic import cast_target
 from hawqc.sim.node_reading import (
     check_input_count,
     present_inputs,
@@ -455,3 +457,19 @@ def build_dropout(spec: NodeSpec) -> Kernel:
         return (x, fill(x.shape, dtype=mask_dtype if mask_dtype is not None else x.dtype))
 
     return dropout
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cast
+# ---------------------------------------------------------------------------------------------------
+# Which targets, and how they round: `hawqc.ir.op_arithmetic.cast_target`.
+
+
+def build_cast(spec: NodeSpec) -> Kernel:
+    check_input_count(spec.node, 1, 1)
+    target = cast_target(spec.node)
+
+    def cast(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        return (np.asarray(args[0]).astype(target),)
+
+    return cast

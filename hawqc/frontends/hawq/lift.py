@@ -22,13 +22,16 @@ multiply:
   weight_bit, signed=1))` or `Conv(x_int, Quant(W_int, ...), Quant(b_int, ...))`, then (Linear)
   `Add(Quant(b_int, 1, 0, bias_bit, signed=1))`. The accumulator is the exact integer `z_int` as
   long as every partial sum stays below 2^24 in magnitude (float32's integer range): `lift` checks
-  that bound from the weights and the input codes' bit width and refuses a model that breaks it.
+  that bound from the weights and the input codes' bit width and names a layer that can break it
+  (a warning, and the model's `hawqc.hawq.float32_inexact_layers` metadata).
   The per-channel weight scale `s_w` is not multiplied in: it is part of the next requantization.
 - requantizing `QuantAct` (dyadic): `m, e = frexp-dyadic((s_prev * s_w) / s_a_new)` per channel as
-  HAWQ computes them; `m * 2^-e` is written as `hi + lo`, both exact float32 constants (`hi` holds
-  the top 24 bits of `m`, `lo` the remaining <= 8): `Mul(z, hi) [+ Mul(z, lo)] -> Quant(., 1, 0,
-  bits, signed, ROUND)`. With a residual (`identity`) the second branch gets its own factor and the
-  integer terms are added before the one rounding.
+  HAWQ computes them. HAWQ multiplies in double (`z_int.double() * m / 2^e`), and so does the graph:
+  `Cast(z, DOUBLE) -> Mul(., m * 2^-e as a float64 constant) -> Quant(., 1, 0, bits, signed,
+  ROUND)`. (float32 cannot hold `m * 2^-e`: m has up to 31 significant bits.) The Quant's result
+  is float32, as qonnx's Quant always returns, so the rest of the graph stays float32. With a
+  residual (`identity`) the second branch gets its own Cast and factor, and the two double terms
+  are added before the one rounding.
 - `QuantMaxPool2d` -> `MaxPool`; `QuantAveragePool2d` -> `AveragePool -> Add(0.01) ->
   Quant(., 1, 0, bits, signed, DOWN)` (HAWQ's `trunc(avg + 0.01)`, DOWN is truncation toward zero).
   HAWQ averages in float64, the graph in float32: `S/n + 0.01` is at least `1/(100 n)` away from
@@ -44,22 +47,15 @@ Exactness argument:
 - Integer codes are exact in float32 below 2^24; Quant with scale 1 and zero point 0 is
   `round(clamp(x))`, i.e. HAWQ's `clamp(round(.))`; MatMul / Conv / Add / MaxPool / Relu of such
   integers are exact (bounded sums). So every value up to a requantization is HAWQ's integer.
-- The requantization in hardware mode (exact arithmetic on the dyadic constants hi, lo):
-  `z*hi + z*lo == z*m/2^e` exactly, then one ROUND (half to even, as `torch.round`) and the clamp:
-  identical to HAWQ's double computation `round(z_int * m / 2^e)` (exact in double: < 2^53).
-- In semantic mode (float32 QONNX) `z*hi` rounds to 24 bits when `z * m_hi` needs more: the rounded
-  float can land on the wrong side of a .5 boundary. So semantic mode equals HAWQ exactly when
-  every `m` fits 24 bits and `|z| * m < 2^24` (e.g. power-of-two scale ratios), and otherwise
-  differs from HAWQ on rare near-tie samples (by one LSB at that requantization; later layers
-  may amplify it). Measured on the 16-64-32-32-5 jet tagger with calibrated (non-power-of-two)
-  scales: 1 to 4 samples in 20,000 differ. Exact float32 QONNX is impossible in general for 31-bit
-  `m` with one multiply: no float32 constant holds `m * 2^-e`, and `z * m` needs up to 57 bits.
-  (An exact float32 emulation would need error-free product splitting and sign tests, tens of
-  nodes per requantization, which no backend could lower.) hawqc's pipeline sees these values as
-  float32-inexact and `--verify` reports the semantic difference; hardware mode and the C
-  simulation are the exact ones.
-- Hardware mode computes in float64 and refuses values wider than 53 bits: `z * m / 2^e` of a
-  16-bit input through 8-bit weights (26-bit accumulator, 31-bit m) needs 57.
+- The requantization: `z * (m * 2^-e)` in float64 is exactly `z * m / 2^e` while `|z| * m < 2^53`
+  (e.g. a 22-bit accumulator and a 31-bit m), and scaling by a power of two never rounds, so even
+  beyond that the graph computes what HAWQ's double arithmetic computes. hawqc's HAWQ modules
+  (`quant_functions.round_dyadic_sum`) and hardware mode compute the exact value, so the four
+  agree (HAWQ == semantic == hardware == C simulation) while every product (and, for a residual,
+  the sum of the two terms on their common grid) fits 53 bits. Beyond, precision inference names
+  the value as float-inexact and `--verify` reports semantic-vs-hardware differences: e.g. `z * m`
+  of a 16-bit input through 8-bit weights (a 26-bit accumulator, 31-bit m) needs 57 bits, which
+  hardware mode computes exactly in extended precision and double rounds.
 """
 
 from __future__ import annotations
@@ -78,6 +74,7 @@ import torch
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.frontends.hawq.lift_dyadic import dyadic
+from hawqc.ir.shape_inference import infer_shapes
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
 
@@ -138,9 +135,9 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _per_channel(scale: np.ndarray, rank: int) -> np.ndarray:
+def _per_channel(scale: np.ndarray, rank: int, dtype: type = np.float32) -> np.ndarray:
     """A per-tensor or per-channel constant shaped to broadcast along axis 1 of a rank-`rank` tensor."""
-    scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+    scale = np.asarray(scale, dtype=dtype).reshape(-1)
     if scale.size == 1:
         return scale.reshape(())
     return scale.reshape((scale.size,) + (1,) * (rank - 2))
@@ -163,8 +160,8 @@ class _GraphBuilder:
         self._names.add(candidate)
         return candidate
 
-    def constant(self, array: np.ndarray, name: str) -> ir.Value:
-        value = make_initializer(np.asarray(array, dtype=np.float32), self.unique(name))
+    def constant(self, array: np.ndarray, name: str, dtype: type = np.float32) -> ir.Value:
+        value = make_initializer(np.asarray(array, dtype=dtype), self.unique(name))
         self.initializers.append(value)
         return value
 
@@ -344,16 +341,12 @@ class _Lifter(torch.fx.Interpreter):
         return self.builder.quant(scaled, bits, signed, f"{path}_quant")
 
     def dyadic_multiply(self, name: str, z: ir.Value, z_scale: np.ndarray, out_scale: np.ndarray, rank: int):
-        """`z * m / 2^e` with HAWQ's (m, e) for the ratio z_scale / out_scale, as exact float32 pieces."""
+        """`z * m / 2^e` with HAWQ's (m, e) for the ratio z_scale / out_scale, in double as HAWQ does."""
         ratio = z_scale / out_scale.astype(np.float32).astype(np.float64)
-        hi, lo = dyadic(ratio).split()
-        product = self.builder.node("Mul", [z, self.builder.constant(_per_channel(hi, rank), f"{name}_dyadic_hi")],
-                                    f"{name}_dyadic_hi_mul")  # fmt: skip
-        if np.any(lo != 0):
-            low = self.builder.node("Mul", [z, self.builder.constant(_per_channel(lo, rank), f"{name}_dyadic_lo")],
-                                    f"{name}_dyadic_lo_mul")  # fmt: skip
-            product = self.builder.node("Add", [product, low], f"{name}_dyadic_sum")
-        return product
+        factor = dyadic(ratio).as_float64()
+        wide = self.builder.node("Cast", [z], f"{name}_to_double", to=int(ir.DataType.DOUBLE))
+        constant = self.builder.constant(_per_channel(factor, rank, np.float64), f"{name}_dyadic", np.float64)
+        return self.builder.node("Mul", [wide, constant], f"{name}_dyadic_mul")
 
     def dequantize(self, path: str, x: Any) -> ir.Value:
         codes = self.codes_of(path, x)
@@ -597,6 +590,9 @@ def lift(model: torch.nn.Module, example_input: torch.Tensor, *, dequantize_outp
     graph = ir.Graph([lifter.graph_input], [value], nodes=builder.nodes, initializers=builder.initializers,
                      opset_imports={"": OPSET, QONNX_DOMAIN: 1}, name="hawq_lifted")  # fmt: skip
     lifted = ir.Model(graph, ir_version=8, producer_name="hawqc.frontends.hawq")
+    # Every value typed and shaped, the output too: a file without the output's type makes qonnx's
+    # own shape inference add a second ValueInfo for it, and its executor then refuses the file.
+    infer_shapes(lifted)
     if lifter.inexact_layers:
         lifted.metadata_props[INEXACT_LAYERS_KEY] = json.dumps(lifter.inexact_layers)
     if not dequantize_output:

@@ -1,9 +1,8 @@
-"""HAWQ's dyadic rescaling factors `m / 2^e`, and their exact float32 pieces.
+"""HAWQ's dyadic rescaling factors `m / 2^e`, and the float64 constant that holds one exactly.
 
-HAWQ requantizes with `round(z_int * m / 2^e)` where `m` has up to 31 significant bits. float32
-holds 24, so `m * 2^-e` is split into `hi + lo`, each an exact float32 (`hi` keeps the top 24 bits
-of `m`, `lo` the rest, at most 7 bits). `z * hi + z * lo` is then exactly `z * m / 2^e` in exact
-(hardware-mode) arithmetic.
+HAWQ requantizes with `round(z_int * m / 2^e)` where `m` has up to 31 significant bits, computed in
+double. float32 cannot hold `m * 2^-e` (24 significant bits), float64 can (53), so the lifted graph
+multiplies in double (`hawqc.frontends.hawq.lift`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 MANTISSA_BITS = 31  # HAWQ's batch_frexp scales the frexp mantissa by 2^31
-FLOAT32_SIGNIFICAND_BITS = 24
 
 
 def _round_half_up(x: float) -> int:
@@ -22,32 +20,19 @@ def _round_half_up(x: float) -> int:
 
 @dataclass(frozen=True)
 class Dyadic:
-    """Per-channel `m / 2^e` (or one scalar pair), as Python integers in object arrays."""
+    """Per-channel `m / 2^e` (or one scalar pair), as integer arrays."""
 
     mantissa: np.ndarray  # m, integer-valued int64
     exponent: np.ndarray  # e, int64
 
-    def split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(hi, lo): float32 arrays with hi + lo == m * 2^-e exactly and each exactly representable."""
-        hi = np.empty(self.mantissa.shape, dtype=np.float32)
-        lo = np.empty(self.mantissa.shape, dtype=np.float32)
-        for index, (m, e) in enumerate(zip(self.mantissa.flat, self.exponent.flat)):
-            m, e = int(m), int(e)
-            drop = max(0, m.bit_length() - FLOAT32_SIGNIFICAND_BITS)
-            m_hi = (m >> drop) << drop
-            hi.flat[index] = np.float32(np.ldexp(float(m_hi), -e))
-            lo.flat[index] = np.float32(np.ldexp(float(m - m_hi), -e))
-            assert float(hi.flat[index]) == np.ldexp(float(m_hi), -e), "hi part must be exact"
-            assert float(lo.flat[index]) == np.ldexp(float(m - m_hi), -e), "lo part must be exact"
-        return hi, lo
-
-    def exact_in_float32(self) -> bool:
-        """True if every m fits float32's significand, so a single Mul constant holds m * 2^-e."""
-        return all(
-            int(m).bit_length() - ((int(m) & -int(m)).bit_length() - 1) <= FLOAT32_SIGNIFICAND_BITS
-            for m in self.mantissa.flat
-            if int(m) != 0
-        )
+    def as_float64(self) -> np.ndarray:
+        """`m * 2^-e` as float64, exactly: m < 2^32 fits the 53-bit significand, and the exponents
+        HAWQ's ratios give stay far from float64's subnormal range (checked)."""
+        factors = np.ldexp(self.mantissa.astype(np.float64), -self.exponent)
+        for m, e, f in zip(self.mantissa.flat, self.exponent.flat, factors.flat):
+            if int(m) != 0 and float(f) * 2.0 ** int(e) != float(m):
+                raise ValueError(f"dyadic factor {int(m)} / 2^{int(e)} is not exact in float64")
+        return factors
 
 
 def dyadic(ratio: np.ndarray) -> Dyadic:
