@@ -162,26 +162,11 @@ def _differences(expected: np.ndarray, actual: np.ndarray) -> str:
     )
 
 
-# Chains whose semantic mode differs from HAWQ today on a near-tie, and on how many samples at most.
-# lift.py writes the dyadic factor m / 2^e as float32 `z*hi + z*lo`; on a near-tie that float32 sum
-# rounds onto .5 and the requantization rounds the other way. jet_6446, sample 963: quant_act_1,
-# channel 49, z = 1157, exact z * m / 2^e = 30.50000044 (HAWQ and hardware mode: 31), float32 sum
-# exactly 30.5 (semantic mode: 30, half to even); later layers amplify it to 148 output codes. The lead
-# is replacing the split with a double-precision requantization (hawq_contract.md): then semantic
-# mode equals HAWQ and the entry must go (the check below fails when a listed chain matches, on the
-# platform the examples were trained on: see examples/jet_tagger/hawq_model.py's platform()).
-SEMANTIC_NEAR_TIES = {"jet_6446": 1}
-
-
 def _check_semantic_mode(name: str, expected: np.ndarray, semantic: np.ndarray) -> None:
+    """Exact. (jet_6446, sample 963 was the witness of the earlier float32 `z*hi + z*lo` form of the
+    requantization: quant_act_1, channel 49, z = 1157, exact z * m / 2^e = 30.50000044, the float32
+    sum exactly 30.5, rounded to 30 instead of 31; the double requantization gets it right.)"""
     diff = _differences(expected, semantic)
-    if name in SEMANTIC_NEAR_TIES:
-        if not diff and jet_tagger.platform() != jet_tagger.REFERENCE_PLATFORM:
-            return  # other CPU kernels train other numbers: the near-tie may not be there
-        assert diff, f"{name}: semantic mode now equals HAWQ; remove it from SEMANTIC_NEAR_TIES"
-        mismatched = int(np.sum(np.any(expected != np.asarray(semantic).reshape(expected.shape), axis=1)))
-        assert mismatched <= SEMANTIC_NEAR_TIES[name], diff
-        pytest.xfail(f"known float32 near-tie in semantic mode (lead's fix in flight): {diff}")
     assert not diff, diff
 
 
