@@ -11,7 +11,10 @@ The chains:
   QuantBnConv2d folded and trained unfolded; QuantMaxPool2d; QuantAveragePool2d on signed codes;
   QuantDropout. Calibrated scales (not powers of two), so HAWQ's dyadic mantissas use all 31 bits;
 - the jet tagger example (examples/jet_tagger/hawq_model.py) trained at weights 8/5/5/5 (the paper's)
-  and at 6/4/4/6;
+  and at 6/4/4/6, and at 8/5/5/5 with the paper's 16-bit input (`jet_paper16`): its first
+  requantization's products need 56 bits, beyond float64, so hardware mode runs in longdouble and
+  precision inference declares that value inexact in the double semantics (compared here anyway:
+  on these inputs it is exact); C simulation on one backend;
 - the digits CNN example (examples/digits_cnn/hawq_model.py).
 
 "Integer outputs": HAWQ's float32 output divided by the output scale the lifter records
@@ -51,11 +54,15 @@ from hawqc.passes.manager import PassManager
 from hawqc.sim.executor import Executor
 
 BACKENDS = ("vitis", "vivado", "catapult")
-JET_TAGGER_BITS = {"jet_8553": (8, 5, 5, 5), "jet_6446": (6, 4, 4, 6)}
+JET_TAGGER_BITS = {"jet_8553": (8, 5, 5, 5), "jet_6446": (6, 4, 4, 6), "jet_paper16": (8, 5, 5, 5)}
+JET_TAGGER_INPUT_BITS = {"jet_paper16": 16}  # others: the example's 8
 CHAINS = ("mlp", "cnn", *JET_TAGGER_BITS, "digits")
+# (chain, backend) pairs compiled to a C simulation: every backend, except that the 16-bit-input
+# jet tagger (the same lowering as jet_8553 with wider types) compiles on one.
+COMPILED = [(n, b) for n in CHAINS for b in BACKENDS if n != "jet_paper16"] + [("jet_paper16", "catapult")]
 # Inputs per chain: the C simulation of the small models is fast once compiled; the digits CNN's
 # inputs are its test split (449 images) plus random images.
-SAMPLES = {"mlp": 2000, "cnn": 1000, "jet_8553": 2000, "jet_6446": 2000, "digits": 200}
+SAMPLES = {"mlp": 2000, "cnn": 1000, "jet_8553": 2000, "jet_6446": 2000, "jet_paper16": 2000, "digits": 200}
 # Drawn by the driver's own `--verify` (hardware mode vs C simulation vs semantic mode).
 DRIVER_VERIFY_SAMPLES = 64
 
@@ -125,7 +132,7 @@ def build_chain(name: str) -> Chain:
             model = hawq_chain_models.build(name, seed=3)
             x = hawq_chain_models.random_inputs(model, SAMPLES[name], seed=5).numpy()
         elif name in JET_TAGGER_BITS:
-            model = jet_tagger.train(JET_TAGGER_BITS[name]).model
+            model = jet_tagger.train(JET_TAGGER_BITS[name], input_bits=JET_TAGGER_INPUT_BITS.get(name, 8)).model
             x = _jet_inputs(SAMPLES[name])
         else:
             trained = digits_cnn.train()
@@ -244,6 +251,16 @@ def test_jet_tagger_chains_have_their_per_layer_bits(chains, name) -> None:
         if node.op_type == "Quant"
     }
     assert tuple(bits[f"dense_{i}_weight"] for i in range(1, 5)) == JET_TAGGER_BITS[name]
+    assert bits["quant_input_quant"] == JET_TAGGER_INPUT_BITS.get(name, 8)
+
+
+def test_the_16_bit_input_chain_is_wider_than_float64(chains) -> None:
+    """What jet_paper16 is there for: hardware mode's exact path beyond 53 bits."""
+    graph = ir.from_proto(ir.to_proto(chain(chains, "jet_paper16").graph))
+    PassManager.parse(DEFAULT_PIPELINE).run(graph)
+    hardware = Executor(graph, mode="hardware")
+    assert max(t.width for t in hardware.precision.types.values()) > 53
+    assert "quant_act_1_dyadic_mul_out" in hardware.precision.float_inexact
 
 
 # ---- ... == the C simulation on every backend (compiles: slow) -------------------------------
@@ -254,7 +271,7 @@ def lifted_files(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lifted")
 
 
-@pytest.fixture(scope="module", params=[(n, b) for n in CHAINS for b in BACKENDS], ids=lambda p: "-".join(p))
+@pytest.fixture(scope="module", params=COMPILED, ids=lambda p: "-".join(p))
 def compiled(request, chains, lifted_files, tmp_path_factory) -> tuple[Chain, CompileResult]:
     """The lifted graph written to a file and compiled by the driver, as `hawqc FILE -o OUT
     --backend B --verify N` does (its own verify on drawn inputs included)."""

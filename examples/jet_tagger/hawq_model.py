@@ -55,8 +55,10 @@ INPUT_BITS, MAX_ACT_BITS, BIAS_BITS = 8, 8, 32
 # the lifted graph quantizes its real-valued input with `Div(x, s) -> Quant`, and hardware mode
 # (the exact arithmetic the backends' fixed-point types compute) can only represent that division
 # for a power-of-two s (see hawqc/frontends/hawq/lift.py). Features are standardized, so 8 signed
-# bits at 2^-4 cover [-8, 7.94], the same input quantizer as make_model.py's.
+# bits at 2^-4 cover [-8, 7.94], the same input quantizer as make_model.py's. With `--input-bits B`
+# (the paper's sweeps used 16) the range stays [-8, 8) and the scale is 2^(4 - B).
 INPUT_SCALE_EXPONENT = -4
+INPUT_RANGE_EXPONENT = INPUT_BITS + INPUT_SCALE_EXPONENT  # 2^3 = 8
 TRAIN_SAMPLES, TEST_SAMPLES = 4000, 2000
 QAT_EPOCHS, BATCH, LEARNING_RATE = 30, 256, 1e-3
 
@@ -70,12 +72,17 @@ def activation_bits(weight_bits: tuple[int, ...]) -> tuple[int, ...]:
 class QThreeLayer(nn.Module):
     """HAWQ's jet tagger: `QuantAct -> (QuantLinear -> ReLU -> QuantAct) x 3 -> QuantLinear`."""
 
-    def __init__(self, weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS, float_net: nn.Sequential | None = None):
+    def __init__(
+        self,
+        weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS,
+        float_net: nn.Sequential | None = None,
+        input_bits: int = INPUT_BITS,
+    ):
         super().__init__()
         if len(weight_bits) != len(LAYERS) - 1:
             raise ValueError(f"need {len(LAYERS) - 1} weight bit widths, got {weight_bits}")
-        self.quant_input = QuantAct(INPUT_BITS)
-        top = (2 ** (INPUT_BITS - 1) - 1) * 2.0**INPUT_SCALE_EXPONENT
+        self.quant_input = QuantAct(input_bits)
+        top = (2 ** (input_bits - 1) - 1) * 2.0 ** (INPUT_RANGE_EXPONENT - input_bits)
         self.quant_input.x_min.fill_(-top)
         self.quant_input.x_max.fill_(top)
         self.quant_input.fix()  # stays fixed through training (freeze_model fixes the others)
@@ -128,13 +135,15 @@ def _accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
     return float((logits.argmax(1).numpy() == labels).mean())
 
 
-def train(weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS, seed: int = 0, epochs: int = QAT_EPOCHS) -> Trained:
+def train(
+    weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS, seed: int = 0, epochs: int = QAT_EPOCHS, input_bits: int = INPUT_BITS
+) -> Trained:
     start = time.perf_counter()
     data = dataset(seed)
     float_net = make_model.train(data.train_x, data.train_y, seed)  # seeds torch, one thread
     with torch.no_grad():
         float_accuracy = _accuracy(float_net(torch.from_numpy(data.test_x)), data.test_y)
-    model = QThreeLayer(tuple(weight_bits), float_net)
+    model = QThreeLayer(tuple(weight_bits), float_net, input_bits)
     x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     generator = torch.Generator().manual_seed(seed)
@@ -180,14 +189,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--weight-bits", type=_bits, default=DEFAULT_WEIGHT_BITS, help="per layer, e.g. 8,5,5,5")
+    parser.add_argument("--input-bits", type=int, default=INPUT_BITS, choices=range(2, 17), metavar="{2..16}",
+                        help="bits of the input QuantAct (the paper's sweeps used 16)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=QAT_EPOCHS, help="quantization-aware epochs")
     args = parser.parse_args()
-    trained = train(args.weight_bits, args.seed, args.epochs)
+    trained = train(args.weight_bits, args.seed, args.epochs, args.input_bits)
     write_model(trained.graph, args.output)
     print(f"wrote {args.output} ({args.output.stat().st_size} bytes), trained in {trained.seconds:.1f} s on {platform()}")
     print(f"weight bits {','.join(map(str, args.weight_bits))}, activation bits "
-          f"{INPUT_BITS} (input), {','.join(map(str, activation_bits(args.weight_bits)))}")  # fmt: skip
+          f"{args.input_bits} (input), {','.join(map(str, activation_bits(args.weight_bits)))}")  # fmt: skip
     print(f"test split, {TEST_SAMPLES} jets: float accuracy {trained.float_accuracy:.4f}, "
           f"quantized (HAWQ integer-only) accuracy {trained.quantized_accuracy:.4f}")  # fmt: skip
 
