@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from conftest import JET_TAGGER, shared_model
+from conftest import JET_TAGGER, REPO, shared_model
 from hawqc.errors import UserInputError, VerificationError
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.ir.domains import QONNX_DOMAIN
@@ -195,3 +195,33 @@ def test_per_channel_quant_parameters_verify():
     text = quant_graph().replace("float s = {0.5}", "float[1,4] s = {0.5, 0.25, 1, 2}")
     verify(parse_text(text))
     assert np.asarray(parse_text(text).graph.initializers["s"].const_value.numpy()).shape == (1, 4)
+
+
+def test_onnx_text_reads_back_every_float_bit_for_bit():
+    """onnx's printer writes 6 significant digits; hawqc's text must read back as the same model:
+    float32 and double initializers (HAWQ's 31-bit requantization factors) and float attributes."""
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,2] x) => (float[1,2] y)
+   <float[2] c = {0.5, 1}, float lo = {-1}, float hi = {1}>
+{
+   [lr] a = LeakyRelu <alpha: float = 0.1> (x)
+   [clip] y = Clip (a, lo, hi)
+}"""
+    model = parse_text(text)
+    model.graph.initializers["c"].const_value = ir.tensor(np.array([0.123456789, -1e-7], dtype=np.float32))
+    model.graph.initializers["lo"].const_value = ir.tensor(np.float32(-1 / 3))
+    factor = ir.Value(name="factor", const_value=ir.tensor(np.array([1323283541 * 2.0**-40], dtype=np.float64)))
+    model.graph.register_initializer(factor)
+    model.graph.node("lr").attributes["alpha"] = ir.AttrFloat32("alpha", 0.0123456789)
+    back = parse_text(to_text(model))
+    for name in ("c", "lo", "hi", "factor"):
+        assert back.graph.initializers[name].const_value.numpy().tobytes() == model.graph.initializers[name].const_value.numpy().tobytes(), name
+    assert back.graph.node("lr").attributes["alpha"].as_float() == np.float32(0.0123456789)
+    assert "hi =  {1}" in to_text(model)  # a value the printer spells right keeps its spelling
+
+
+def test_the_lifted_jet_tagger_survives_onnx_text():
+    model = read_model(REPO / "examples" / "jet_tagger" / "jet_tagger_hawq.onnx")
+    back = parse_text(to_text(model))
+    for name, value in model.graph.initializers.items():
+        assert back.graph.initializers[name].const_value.numpy().tobytes() == value.const_value.numpy().tobytes(), name

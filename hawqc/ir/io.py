@@ -6,8 +6,10 @@ Reading is strict about what it accepts and says which file is wrong; it does no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -62,8 +64,74 @@ def parse_text(text: str, *, source: str = "<text>") -> ir.Model:
 
 
 def to_text(model: ir.Model) -> str:
+    """ONNX text that reads back as the same model, float values bit for bit (see `_exact_floats`)."""
     with mirrored_in_model_metadata(model):
-        return ir.to_onnx_text(model)
+        proto = ir.to_proto(model)
+    return _exact_floats(onnx.printer.to_text(proto), proto.graph)
+
+
+# onnx's printer writes float and double values with 6 significant digits (C++ stream defaults), so
+# its text of a scale like 0.0137 or of HAWQ's 31-bit requantization factors reads back as another
+# model. Every float32 / float64 initializer and float attribute of the main graph is written again
+# with the shortest literal that parses back to the same bits (onnx's parser reads float literals
+# with std::stof / std::stod: correctly rounded). Subnormal float32 values stay as the printer wrote
+# them: std::stof refuses them. A value the printer's `%g` already gets right keeps that spelling.
+def _float32_literal(value: float) -> str:
+    short = "%g" % value
+    return short if np.float32(short).tobytes() == np.float32(value).tobytes() else str(np.float32(value))
+
+
+def _float64_literal(value: float) -> str:
+    short = "%g" % value
+    return short if np.float64(short).tobytes() == np.float64(value).tobytes() else repr(float(value))
+
+
+_INITIALIZER_PRINTERS = {onnx.TensorProto.FLOAT: _float32_literal, onnx.TensorProto.DOUBLE: _float64_literal}
+
+
+def _exact_floats(text: str, graph: onnx.GraphProto) -> str:
+    for tensor in graph.initializer:
+        printer = _INITIALIZER_PRINTERS.get(tensor.data_type)
+        if printer is None:
+            continue
+        values = onnx.numpy_helper.to_array(tensor).reshape(-1)
+        if tensor.data_type == onnx.TensorProto.FLOAT and np.any(_subnormal(values)):
+            continue
+        literal = ",".join(printer(v) for v in values)
+        pattern = re.compile(rf"(?<![\w.]){re.escape(tensor.name)} =\s*\{{[^}}]*\}}")
+        text = pattern.sub(lambda match: match.group(0)[: match.group(0).index("{") + 1] + literal + "}", text, count=1)
+    return _exact_float_attributes(text, graph)
+
+
+def _subnormal(values: np.ndarray) -> np.ndarray:
+    magnitude = np.abs(values.astype(np.float32))
+    return (magnitude > 0) & (magnitude < np.finfo(np.float32).tiny)
+
+
+def _exact_float_attributes(text: str, graph: onnx.GraphProto) -> str:
+    """Float attributes, node by node: the printer writes one line per node of a graph without
+    subgraphs, in graph order, between the graph's `{` and `}` lines; anything else is left alone."""
+    lines = text.split("\n")
+    try:
+        start = lines.index("{")
+        end = len(lines) - 1 - lines[::-1].index("}")
+    except ValueError:
+        return text
+    body = range(start + 1, end)
+    if len(body) != len(graph.node):
+        return text
+    for index, node in zip(body, graph.node):
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.FLOAT and not _subnormal(np.array([attribute.f])).any():
+                exact = f"{attribute.name}: float = {_float32_literal(attribute.f)}"
+                lines[index] = re.sub(rf"(?<![\w.]){re.escape(attribute.name)}: float = [^,>]*", exact, lines[index], count=1)
+            elif attribute.type == onnx.AttributeProto.FLOATS and not _subnormal(np.array(attribute.floats)).any():
+                exact = ", ".join(_float32_literal(v) for v in attribute.floats)
+                lines[index] = re.sub(
+                    rf"(?<![\w.]){re.escape(attribute.name)}: floats = \[[^\]]*\]",
+                    f"{attribute.name}: floats = [{exact}]", lines[index], count=1,
+                )  # fmt: skip
+    return "\n".join(lines)
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
