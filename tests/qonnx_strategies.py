@@ -68,6 +68,7 @@ import onnx_ir as ir
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from hawqc.ir.io import to_text
 from hawqc.ir.normalize import normalize
 from hawqc.ir.shape_inference import infer_shapes
 from hawqc.ir.verifier import verify
@@ -155,7 +156,7 @@ class GeneratedGraph:
 
     def __repr__(self) -> str:
         return (
-            f"GeneratedGraph(features={sorted(self.features)}, text=\n{onnx.printer.to_text(self.proto)}\n)"
+            f"GeneratedGraph(features={sorted(self.features)}, text=\n{to_text(ir.from_proto(self.proto))}\n)"
         )
 
     def _repr_pretty_(self, printer, cycle) -> None:  # what hypothesis prints for a failing example

@@ -58,6 +58,7 @@ from qonnx_strategies import (
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.frontends.onnx import load_onnx_text
+from hawqc.ir.io import to_text
 from hawqc.ir.layout import CHANNELS_LAST_OPS, invert, layout_permutations
 from hawqc.passes.manager import FixpointGroup, PassManager
 from hawqc.passes.registry import default_registry
@@ -312,20 +313,20 @@ def check_pipeline(
         if not refusal_is_expected(graph, pipeline, err):
             raise AssertionError(
                 f"'{pipeline}' refused the graph, which it must not: {err}\n"
-                f"graph as loaded:\n{ir.to_onnx_text(graph.load())}"
+                f"graph as loaded:\n{to_text(graph.load())}"
             ) from err
         event(f"refused by {pipeline}: {_refusal_kind(str(err))}")
         return
     except Exception as err:
         raise AssertionError(
             f"'{pipeline}' raised {type(err).__name__}: {err}\n"
-            f"graph as loaded:\n{ir.to_onnx_text(graph.load())}"
+            f"graph as loaded:\n{to_text(graph.load())}"
         ) from err
     difference = first_difference(before, run_in_original_layout(model, Executor(model), inputs))
     if difference is not None:
         pytest.fail(
             f"'{pipeline}' changed the meaning: {difference}\n"
-            f"graph as loaded:\n{ir.to_onnx_text(graph.load())}\nafter the pass:\n{ir.to_onnx_text(model)}"
+            f"graph as loaded:\n{to_text(graph.load())}\nafter the pass:\n{to_text(model)}"
         )
 
 
@@ -376,7 +377,7 @@ def test_hls4ml_prepare_then_hardware_mode_equals_semantic_mode(graph: Generated
     model = graph.load()
     inputs = draw_inputs(model, SAMPLES, seed)
     before = run_semantic(model, inputs)
-    original = ir.to_onnx_text(model)
+    original = to_text(model)
     # (channels-last leaves a graph without Conv, pools and BatchNorm as it is, Transposes included.)
     has_image_ops = any(node.op_type in CHANNELS_LAST_OPS for node in model.graph)
     try:
@@ -384,7 +385,7 @@ def test_hls4ml_prepare_then_hardware_mode_equals_semantic_mode(graph: Generated
         hardware = Executor(model, mode="hardware")
     except Exception as err:
         raise AssertionError(f"{type(err).__name__}: {err}\ngraph:\n{original}") from err
-    prepared = ir.to_onnx_text(model)
+    prepared = to_text(model)
     context = f"graph:\n{original}\nafter hls4ml-prepare:\n{prepared}"
     if has_image_ops:
         assert not any(node.op_type == "Transpose" for node in model.graph), context
