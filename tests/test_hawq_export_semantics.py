@@ -47,16 +47,25 @@ def exports(tmp_path_factory) -> dict[str, dict]:
         path = folder / f"{name}.onnx"
         onnx.save(to_hawq_export(net, shape), path)
         out[name] = {"net": net, "path": path}
+    # An input scale as HAWQ calibrates it too (not a power of two): read as the lifter's Div -> Quant(1).
+    net, shape = export_mlp(round_trip_scales=False)
+    net.quant_input.x_min.fill_(-3.3)
+    net.quant_input.x_max.fill_(3.3)
+    with torch.no_grad():
+        net(torch.zeros(shape))  # recomputes the scales and integer biases downstream of the input
+    path = folder / "mlp-input-scale.onnx"
+    onnx.save(to_hawq_export(net, shape), path)
+    out["mlp-input-scale"] = {"net": net, "path": path}
     old = folder / "mlp-old-branch.onnx"
     onnx.save(to_hawq_export(out["mlp"]["net"], (1, 16), activation_quants=False), old)
     out["mlp-old-branch"] = {"path": old}
     return out
 
 
-def _inputs(model, seed: int = 3) -> np.ndarray:
-    """Inputs inside the input quantizer's range (on the grid, on ties, between), and a quarter at 4x
-    its range (saturating it)."""
-    x = next(iter(draw_inputs(model, SAMPLES, seed=seed).values())).copy()
+def _inputs(path, seed: int = 3) -> np.ndarray:
+    """Inputs inside the file's input quantizer's range (on the grid, on ties, between), and a
+    quarter at 4x its range (saturating it)."""
+    x = next(iter(draw_inputs(hawqc.load(path), SAMPLES, seed=seed).values())).copy()
     x[: SAMPLES // 4] *= 4
     return x
 
@@ -96,7 +105,7 @@ def _last_accumulator_scale(net: torch.nn.Module) -> np.float32:
 @pytest.fixture(scope="module")
 def readings(exports) -> dict[str, tuple]:
     out = {}
-    for name in ("mlp", "cnn"):
+    for name in ("mlp", "cnn", "mlp-input-scale"):
         model = hawqc.load(exports[name]["path"])
         reading = read_as_hawq(model, source=name, samples=SAMPLES)
         out[name] = (model, reading)
@@ -137,10 +146,10 @@ def test_factors_are_hawqs_batch_frexp_of_its_ratio(exports, readings, name):
     assert len(expected) == {"mlp": 2, "cnn": 1}[name]
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "mlp-input-scale"])
 def test_normalized_graph_in_semantic_mode_is_hawq(exports, readings, name):
     model, reading = readings[name]
-    x = _inputs(model)
+    x = _inputs(exports[name]["path"])
     codes, accumulator, output = _hawq_integers(exports[name]["net"], x)
     values = Executor(model).run(x, keep_intermediates=True)
     hidden = [n for n, m in exports[name]["net"].named_modules() if type(m).__name__ == "QuantAct"][1:]
@@ -152,8 +161,10 @@ def test_normalized_graph_in_semantic_mode_is_hawq(exports, readings, name):
     # The output scale recorded as the lifter does: HAWQ's float output is fl32(code * scale).
     scale = np.float32(json.loads(model.metadata_props[OUTPUT_SCALE_KEY])[0])
     assert np.array_equal((graph_output * scale).view(np.uint32), output.view(np.uint32))
-    # Integer-only: no Div; each requantization multiplies in double by exactly HAWQ's m * 2^-e.
-    assert not [node for node in model.graph if node.op_type == "Div"]
+    # Integer-only: no Div but a non-power-of-two input scale's; each requantization multiplies in
+    # double by exactly HAWQ's m * 2^-e.
+    divs = [node for node in model.graph if node.op_type == "Div"]
+    assert [div.inputs[0] for div in divs] == ([model.graph.inputs[0]] if name == "mlp-input-scale" else [])
     factors = [
         node.inputs[1].const_value.numpy()
         for node in model.graph
@@ -161,6 +172,10 @@ def test_normalized_graph_in_semantic_mode_is_hawq(exports, readings, name):
     ]
     assert [f.dtype for f in factors] == [np.float64] * len(reading.requantizations)
     assert [float(f) for f in factors] == [math.ldexp(r.mantissa, -r.exponent) for r in reading.requantizations]
+    # The input: HAWQ's clamp(round(x / s_in)) as the lifter writes it.
+    first = model.graph.inputs[0].uses()[0][0]
+    assert first.op_type == ("Div" if name == "mlp-input-scale" else "Quant")
+    assert (reading.input_scale == 2.0**-5) == (name != "mlp-input-scale")
 
 
 def test_the_files_float32_arithmetic_differs_and_is_counted(exports, readings):
@@ -202,7 +217,7 @@ def test_c_simulation_is_hawq(exports, tmp_path, name, backend):
     # Nothing is left for exact-requant: every requantization is HAWQ's dyadic one already.
     exact_requant = [r.statistics for r in result.records if r.name == "exact-requant"]
     assert exact_requant and not any(any(statistics.values()) for statistics in exact_requant)
-    x = _inputs(hawqc.load(exports[name]["path"]), seed=4)
+    x = _inputs(exports[name]["path"], seed=4)
     _, accumulator, _ = _hawq_integers(exports[name]["net"], x)
     permutations = layout_permutations(result.model)  # the CNN's input is channels-last in the project
     input_perm = permutations.get(result.model.graph.inputs[0].name)
