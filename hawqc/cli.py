@@ -62,6 +62,12 @@ def _add_pytorch_options(parser: argparse.ArgumentParser) -> None:
                        help="read a pickled whole module (torch.load weights_only=False): this executes code from the file")  # fmt: skip
 
 
+def _add_hawq_export_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hawq-export-semantics", choices=("file", "hawq"), default="file",
+                        help="a HAWQ export (hawq2qonnx): 'file' computes its float32 rescales as written (default); "
+                             "'hawq' reads them as HAWQ's integer requantization m / 2^e (hawqc.frontends.hawq_export)")  # fmt: skip
+
+
 def _pytorch_options(args: argparse.Namespace):
     from hawqc.frontends.load import PyTorchOptions, parse_input_shape
 
@@ -166,6 +172,7 @@ def compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE, help="pass pipeline to run first")
     parser.add_argument("--io-type", default="io_parallel", help="io_parallel (default) or io_stream")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    _add_hawq_export_option(parser)
     _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
@@ -188,9 +195,12 @@ def _compile(args: argparse.Namespace) -> int:
         io_type=args.io_type,
         pytorch=_pytorch_options(args),
         configure_passes=lambda manager: _configure(manager, args),
+        hawq_export_semantics=args.hawq_export_semantics,
     )
     result = compile_model(args.model, args.output, options)
     _report(result.records, args)
+    if result.hawq_export is not None:
+        print(f"hawqc: {result.hawq_export.summary()}")
     print(f"hawqc: wrote {result.report.backend} project to {result.outdir}")
     for name, change in result.report.layouts.items():
         print(f"hawqc: layout of '{name}' is {change.split('->')[-1]} (was {change.split('->')[0]}) in the project")
@@ -218,6 +228,7 @@ def opt_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="treat each '# -----' separated chunk of the text input as its own model",
     )
+    _add_hawq_export_option(parser)
     _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
@@ -286,6 +297,10 @@ def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
         model = load_onnx_text(sys.stdin.read(), source="<stdin>", verify_ir=verify_ir)
     else:
         model = load_model(source, pytorch, verify_ir=verify_ir)
+    if args.hawq_export_semantics == "hawq":
+        from hawqc.frontends.hawq_export import read_as_hawq
+
+        print(f"hawqc-opt: {read_as_hawq(model, source=source).summary()}", file=sys.stderr)
     return model, (manager.run(model) if manager else [])
 
 

@@ -20,6 +20,7 @@ from hawqc.backends.base import get_backend
 from hawqc.backends.project import LoweredProject
 from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
+from hawqc.frontends.hawq_export import HawqExportReading, check_semantics, read_as_hawq
 from hawqc.frontends.load import PyTorchOptions, load_model
 from hawqc.ir.layout import describe_layouts
 from hawqc.passes.manager import PassManager, PassRecord
@@ -45,6 +46,8 @@ class CompileOptions:
     pytorch: PyTorchOptions | None = None
     # Called with the parsed PassManager before it runs: instrumentation, validation, reproducers.
     configure_passes: Callable[[PassManager], None] | None = None
+    # "hawq": read a HAWQ export's requantizations as HAWQ's integer ones (hawqc.frontends.hawq_export).
+    hawq_export_semantics: str = "file"
 
 
 @dataclass
@@ -56,6 +59,8 @@ class CompileResult:
     verify: VerifyResult | None
     # The written project: what `hawqc.backends.csim.compile_csim` builds the C simulation from.
     project: LoweredProject | None = None
+    # With hawq_export_semantics="hawq": what was reread, and how the file's float32 arithmetic differs.
+    hawq_export: HawqExportReading | None = None
 
 
 def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOptions) -> CompileResult:
@@ -66,6 +71,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         raise UserInputError(f"--verify must be a non-negative count, got {options.verify_samples}")
     if options.io_type not in ("io_parallel", "io_stream"):
         raise UserInputError(f"--io-type must be io_parallel or io_stream, got {options.io_type!r}")
+    check_semantics(options.hawq_export_semantics)
     if outdir.exists() and not outdir.is_dir():
         raise UserInputError(f"{outdir}: exists and is not a directory")
     if outdir.exists() and any(outdir.iterdir()) and not options.force:
@@ -75,6 +81,9 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         options.configure_passes(manager)
 
     model = load_model(model_path, options.pytorch)
+    hawq_export = None
+    if options.hawq_export_semantics == "hawq":
+        hawq_export = read_as_hawq(model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed)
     records = manager.run(model)
 
     with _ReplacedOnFailure(outdir):
@@ -92,11 +101,12 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             layouts=describe_layouts(model),
         )
         report.bops = bops_summary(model)
+        report.hawq_export = None if hawq_export is None else hawq_export.as_dict()
         result = None
         if options.verify_samples:
             result = verify_project(model, project, options.verify_samples, options.seed, report)
         report.write(outdir / "hawqc_report.json")
-    return CompileResult(outdir, model, records, report, result, project)
+    return CompileResult(outdir, model, records, report, result, project, hawq_export=hawq_export)
 
 
 def verify_project(model: ir.Model, project, samples: int, seed: int, report: CompileReport) -> VerifyResult:

@@ -24,6 +24,9 @@ class CompileReport:
     layouts: dict[str, str] = field(default_factory=dict)
     # Bit operations per MatMul/Gemm/Conv layer and in total (hawqc.bops).
     bops: dict[str, Any] | None = None
+    # `--hawq-export-semantics hawq`: the requantizations read as HAWQ's, and the measured difference
+    # of the file's own float32 arithmetic (hawqc.frontends.hawq_export).
+    hawq_export: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None
     hawqc_version: str = __version__

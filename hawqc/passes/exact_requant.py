@@ -60,15 +60,17 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS
 from hawqc.passes.base import Pass, PassResult, option
-from hawqc.sim import quant
+from hawqc.passes.hawq_export_layers import (
+    FLOAT32_EXACT_INT,
+    Layer,
+    constant,
+    is_power_of_two,
+    is_selection,
+    match_layer,
+    quant_params,
+)
 
-# Ops that carry each element of their first input to the output unchanged, or pick one of several
-# (MaxPool): they commute with any monotone element-wise map such as x -> x / s.
-SELECTION_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "GlobalMaxPool"})
-FLOAT32_EXACT_INT = 1 << 24
-ROUND_HALF_EVEN = ("ROUND", "HALF_EVEN")
 MAX_DENOMINATOR_BITS = 64
 
 COUNTERS = (
@@ -89,213 +91,14 @@ class Refusal(Exception):
         self.counter = counter
 
 
-@dataclass(frozen=True)
-class QuantParams:
-    scale: np.ndarray
-    zeropt: np.ndarray
-    bounds: quant.QuantBounds
-    node: ir.Node
-
-    @property
-    def code_range(self) -> tuple[int, int]:
-        return int(self.bounds.min_int), int(self.bounds.max_int)
-
-    def apply(self, x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-        return quant.int_quant(x, self.scale if scale is None else scale, self.zeropt, self.bounds, np.round)
-
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    """A float32 constant: an initializer (not an overridable input), or a Quant of constants."""
-    if value is None or value.is_graph_input():
-        return None
-    if value.const_value is not None:
-        array = value.const_value.numpy()
-        return array if array.dtype == np.float32 else None
-    node = value.producer()
-    params = _quant_params(node) if node is not None else None
-    if params is None:
-        return None
-    x = _constant(node.inputs[0])
-    return None if x is None else params.apply(x)
-
-
-def _quant_params(node: ir.Node) -> QuantParams | None:
-    """Per-tensor, zero point 0, round half to even Quant with constant parameters, else None."""
-    if node.op_type not in QUANT_OPS or node.domain != QONNX_DOMAIN or len(node.inputs) != 4:
-        return None
-    scale, zeropt = _constant(node.inputs[1]), _constant(node.inputs[2])
-    bitwidth = node.inputs[3]
-    if scale is None or zeropt is None or bitwidth is None or bitwidth.const_value is None:
-        return None
-    bits = bitwidth.const_value.numpy()
-    if scale.size != 1 or zeropt.size != 1 or bits.size != 1 or float(bits.reshape(-1)[0]) != round(float(bits.reshape(-1)[0])):
-        return None
-    if not (np.isfinite(scale).all() and float(scale.reshape(-1)[0]) > 0 and float(zeropt.reshape(-1)[0]) == 0):
-        return None
-    if node.attributes.get_string("rounding_mode", "ROUND").upper() not in ROUND_HALF_EVEN:
-        return None
-    bounds = quant.quant_bounds(bits, node.attributes.get_int("signed", 1), node.attributes.get_int("narrow", 0))
-    return None if bounds.bipolar else QuantParams(scale, zeropt, bounds, node)
-
-
-def _is_power_of_two(x: float) -> bool:
-    return x > 0 and math.frexp(x)[0] == 0.5
-
-
-def _single_use(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return uses[0][0]
-
-
-def _is_selection(node: ir.Node) -> bool:
-    return node.op_type in SELECTION_OPS and node.domain in ("", CHANNELS_LAST_DOMAIN)
-
-
-def _selection_source(value: ir.Value) -> ir.Value:
-    """The value `value` selects from, through selection ops (their first input)."""
-    node = value.producer()
-    while node is not None and _is_selection(node) and len(node.outputs) >= 1 and node.outputs[0] is value:
-        value = node.inputs[0]
-        node = value.producer()
-    return value
-
-
-def _scalar_operand(node: ir.Node) -> tuple[ir.Value, np.ndarray] | None:
-    """(other input, constant) of a binary op with one one-element float32 constant operand."""
-    if len(node.inputs) != 2:
-        return None
-    for data, const in ((0, 1), (1, 0)):
-        array = _constant(node.inputs[const])
-        if array is not None and array.size == 1 and _constant(node.inputs[data]) is None:
-            return node.inputs[data], array
-    return None
-
-
-@dataclass
-class Layer:
-    """The matched pieces of one requantized layer."""
-
-    core: ir.Node  # MatMul or Conv
-    codes: tuple[int, int]  # range of the integer codes entering it
-    perturbation: float  # largest |c' - c| of the values entering it (float32 Div round trips)
-    weight: np.ndarray
-    biases: list[np.ndarray]
-    mul: ir.Node
-    k: np.ndarray
-    relu: bool
-    quant: QuantParams
-    readers: list[ir.Node]  # the Divs that turn the Quant's output back into codes
-    divisor: np.ndarray
-
-
-def _incoming_codes(value: ir.Value, limit: int) -> tuple[int, int, float] | None:
-    """(lo, hi, delta): `value` holds integer codes in [lo, hi], each off by at most delta.
-
-    delta > 0 when `value` is `Div(Quant(.., s_q) output, s)` and `(q * s_q) / s` does not give every
-    code q back exactly in float32 (the usual case for arbitrary scales: about 15% of 8-bit codes
-    come back one float32 ulp away)."""
-    source = _selection_source(value)
-    node = source.producer()
-    if node is None:
-        return None
-    params = _quant_params(node)
-    if params is not None:
-        return (*params.code_range, 0.0) if float(params.scale.reshape(-1)[0]) == 1.0 else None
-    if node.op_type != "Div" or node.domain != "" or _constant(node.inputs[1]) is None:
-        return None
-    divisor = _constant(node.inputs[1])
-    upstream = _selection_source(node.inputs[0]).producer()
-    params = _quant_params(upstream) if upstream is not None else None
-    if divisor.size != 1 or params is None:
-        return None
-    lo, hi = params.code_range
-    if hi - lo + 1 > limit:
-        return None
-    codes = np.arange(lo, hi + 1, dtype=np.float32)
-    # The Quant's own tail `(q - zeropt) * scale`, then the Div: every code must come back.
-    values = np.asarray((codes - params.zeropt.reshape(())) * params.scale.reshape(()), dtype=np.float32)
-    back = np.divide(values, divisor.reshape(()))
-    if not np.all(np.isfinite(back)):
-        return None
-    delta = float(np.max(np.abs(back.astype(np.float64) - codes)))
-    return (lo, hi, delta) if delta < 0.25 else None
 
 
 def _match(node: ir.Node, limit: int) -> Layer | None:
-    params = _quant_params(node)
-    if params is None or _is_power_of_two(float(params.scale.reshape(-1)[0])):
+    """A layer with a non-power-of-two activation scale: a power-of-two one is fold-quant's."""
+    params = quant_params(node)
+    if params is None or is_power_of_two(float(params.scale.reshape(-1)[0])):
         return None
-    producer = node.inputs[0].producer()
-    relu = producer is not None and producer.op_type == "Relu" and producer.domain == ""
-    if relu:
-        if _single_use(producer.outputs[0]) is not node:
-            return None
-        producer = producer.inputs[0].producer()
-    if producer is None or producer.op_type != "Mul" or producer.domain != "":
-        return None
-    mul = producer
-    if _single_use(mul.outputs[0]) is not (node if not relu else node.inputs[0].producer()):
-        return None
-    operands = _scalar_operand(mul)
-    if operands is None or not (np.isfinite(operands[1]).all() and float(operands[1].reshape(-1)[0]) > 0):
-        return None
-    acc, k = operands
-    core = acc.producer()
-    biases = []
-    if core is not None and core.op_type == "Add" and core.domain == "" and _single_use(acc) is mul:
-        for data, const in ((0, 1), (1, 0)):
-            bias = _constant(core.inputs[const])
-            if bias is not None and _constant(core.inputs[data]) is None:
-                biases.append(bias)
-                acc = core.inputs[data]
-                core = acc.producer()
-                break
-        else:
-            return None
-    if core is None or core.domain != "" or core.op_type not in ("MatMul", "Conv") or _single_use(acc) is None:
-        return None
-    weight = _constant(core.inputs[1])
-    if weight is None or _constant(core.inputs[0]) is not None:
-        return None
-    if core.op_type == "MatMul" and weight.ndim != 2:
-        return None
-    if core.op_type == "Conv" and len(core.inputs) > 2 and core.inputs[2] is not None:
-        conv_bias = _constant(core.inputs[2])
-        if conv_bias is None:
-            return None
-        biases.append(conv_bias)
-    codes = _incoming_codes(core.inputs[0], limit)
-    readers = _reading_divs(node.outputs[0])
-    if codes is None or not readers:
-        return None
-    return Layer(core, codes[:2], codes[2], weight, biases, mul, k, relu, params, readers, _constant(readers[0].inputs[1]))
-
-
-def _reading_divs(value: ir.Value) -> list[ir.Node] | None:
-    """The Divs by one scalar that read `value` through selection ops, if nothing else reads it."""
-    divs: list[ir.Node] = []
-    pending = [value]
-    while pending:
-        current = pending.pop()
-        if current.is_graph_output():
-            return None
-        for user, index in current.uses():
-            if _is_selection(user) and index == 0:
-                if any(out.uses() or out.is_graph_output() for out in user.outputs[1:]):
-                    return None
-                pending.append(user.outputs[0])
-            elif user.op_type == "Div" and user.domain == "" and index == 0:
-                divisor = _constant(user.inputs[1])
-                if divisor is None or divisor.size != 1:
-                    return None
-                if divs and divisor.reshape(-1).view(np.uint32)[0] != _constant(divs[0].inputs[1]).reshape(-1).view(np.uint32)[0]:
-                    return None
-                divs.append(user)
-            else:
-                return None
-    return divs
+    return match_layer(node, limit)
 
 
 def _accumulator_range(layer: Layer) -> tuple[int, int, float]:
@@ -447,7 +250,7 @@ def _feeds_proven_core(div: ir.Node, cores: dict[ir.Node, ir.Node]) -> bool:
         if value.is_graph_output():
             return False
         for user, index in value.uses():
-            if _is_selection(user) and index == 0:
+            if is_selection(user) and index == 0:
                 pending.append(user.outputs[0])
             elif not (user in cores and index == 0):
                 return False
@@ -463,7 +266,7 @@ def _rewrite(graph: ir.Graph, layer: Layer, m: int, e: int) -> None:
         value.name = _fresh(graph, value.name)
         value.const_value.name = value.name
         graph.register_initializer(value)
-    k_index = 1 if _constant(layer.mul.inputs[1]) is not None else 0
+    k_index = 1 if constant(layer.mul.inputs[1]) is not None else 0
     layer.mul.replace_input_with(k_index, d)
     node.replace_input_with(1, one)
     for div in layer.readers:
