@@ -33,7 +33,7 @@ from hawqc.frontends.hawq import (
     freeze_model,
 )
 from hawqc.frontends.hawq.lift import INEXACT_LAYERS_KEY, OUTPUT_SCALE_KEY, lift
-from hawqc.frontends.hawq.lift_dyadic import dyadic
+from hawqc.ir.dyadic import dyadic
 from hawqc.frontends.hawq.quant_functions import batch_frexp
 from hawqc.ir.io import to_text
 from hawqc.ir.shape_inference import infer_shapes

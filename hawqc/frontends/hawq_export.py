@@ -49,6 +49,7 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
+from hawqc.ir.dyadic import dyadic
 from hawqc.ir.shape_inference import infer_shapes
 from hawqc.ir.verifier import verify
 from hawqc.passes.hawq_export_layers import (
@@ -223,9 +224,6 @@ def _output_layer(graph: ir.Graph, source: str) -> _OutputLayer:
 
 def hawq_dyadic(accumulator_scale: np.float32, activation_scale: np.float32) -> tuple[int, int, float]:
     """(m, e, m * 2^-e as float64): HAWQ's `batch_frexp` of its ratio `float64(k) / float64(s_a)`."""
-    # Imported here: the HAWQ package imports torch (seconds), which only this option needs.
-    from hawqc.frontends.hawq.lift_dyadic import dyadic
-
     ratio = np.float64(np.float32(accumulator_scale)) / np.float64(np.float32(activation_scale))
     factor = dyadic(np.asarray(ratio))
     return int(factor.mantissa), int(factor.exponent), float(factor.as_float64())

@@ -1,4 +1,5 @@
-"""HAWQ's dyadic rescaling factors `m / 2^e`, and the float64 constant that holds one exactly.
+"""HAWQ's dyadic rescaling factors `m / 2^e`, and the float64 constant that holds one exactly (numpy only: the
+HAWQ lifter and the HAWQ-export reading both use it, the latter without importing torch).
 
 HAWQ requantizes with `round(z_int * m / 2^e)` where `m` has up to 31 significant bits, computed in
 double. float32 cannot hold `m * 2^-e` (24 significant bits), float64 can (53), so the lifted graph

@@ -73,7 +73,7 @@ import onnx_ir as ir
 import torch
 
 from hawqc.errors import UnsupportedModelError
-from hawqc.frontends.hawq.lift_dyadic import dyadic
+from hawqc.ir.dyadic import dyadic
 from hawqc.ir.shape_inference import infer_shapes
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
