@@ -166,16 +166,21 @@ def compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE, help="pass pipeline to run first")
     parser.add_argument("--io-type", default="io_parallel", help="io_parallel (default) or io_stream")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    parser.add_argument("--inputs", type=Path, metavar="X.npy",
+                        help="verify on these inputs (one sample per row, the model file's layout); also written to tb_data/")  # fmt: skip
+    parser.add_argument("--outputs", type=Path, metavar="Y.npy",
+                        help="expected outputs of --inputs: exit 1 if the C simulation differs; also written to tb_data/")  # fmt: skip
     _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return _guarded(_compile, compile_parser(), argv)
+    command = ("hawqc", *(sys.argv[1:] if argv is None else argv))
+    return _guarded(lambda args: _compile(args, command), compile_parser(), argv)
 
 
-def _compile(args: argparse.Namespace) -> int:
+def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) -> int:
     from hawqc.driver import CompileOptions, compile_model
 
     load_pass_plugins(args.load_pass_plugin)
@@ -188,6 +193,9 @@ def _compile(args: argparse.Namespace) -> int:
         io_type=args.io_type,
         pytorch=_pytorch_options(args),
         configure_passes=lambda manager: _configure(manager, args),
+        inputs=args.inputs,
+        outputs=args.outputs,
+        command=command,
     )
     result = compile_model(args.model, args.output, options)
     _report(result.records, args)
