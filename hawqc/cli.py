@@ -150,7 +150,8 @@ def compile_parser() -> argparse.ArgumentParser:
 
     parser = _OneLineParser(
         prog="hawqc",
-        description="Compile a quantized model (QONNX / ONNX) to an hls4ml project, bit-exact.",
+        description="Compile a quantized model (QONNX / ONNX) to an hls4ml project, bit-exact. "
+        "`hawqc report OUTDIR [--plot FILE.png]` shows a compiled project's layer table.",
     )
     parser.add_argument("model", type=Path, help="the model: .onnx, .onnxtxt, or .pt / .pth (see --model-factory)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="project directory to write")
@@ -177,6 +178,8 @@ def compile_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     command = ("hawqc", *(sys.argv[1:] if argv is None else argv))
+    if command[1:2] == ("report",):
+        return _guarded(_show_report, report_parser(), list(command[2:]))
     return _guarded(lambda args: _compile(args, command), compile_parser(), argv)
 
 
@@ -200,6 +203,10 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
     result = compile_model(args.model, args.output, options)
     _report(result.records, args)
     print(f"hawqc: wrote {result.report.backend} project to {result.outdir}")
+    if result.report.layer_table is not None:
+        from hawqc.report_view import render_table
+
+        render_table(result.report.layer_table)
     for name, change in result.report.layouts.items():
         print(f"hawqc: layout of '{name}' is {change.split('->')[-1]} (was {change.split('->')[0]}) in the project")
     if result.verify is None:
@@ -207,6 +214,30 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
     for line in result.verify.summary().splitlines():
         print(f"hawqc: {line}")
     return 0 if result.verify.passed else 1
+
+
+# --- hawqc report ------------------------------------------------------------------------------
+
+
+def report_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="hawqc report", description="Print a compiled project's layer table (from its hawqc_report.json)."
+    )
+    parser.add_argument("outdir", type=Path, help="a project directory hawqc wrote")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also write per-layer bit widths and BOPs as a PNG")
+    return parser
+
+
+def _show_report(args: argparse.Namespace) -> int:
+    from hawqc.report_view import load_report, plot, render_table
+
+    report = load_report(args.outdir)
+    if args.plot is not None:
+        plot(report["layer_table"], args.plot, title=f"{Path(report.get('model', '')).name} ({report.get('backend', '')})")
+    render_table(report["layer_table"])
+    if args.plot is not None:
+        print(f"hawqc: wrote {args.plot}")
+    return 0
 
 
 # --- hawqc-opt ---------------------------------------------------------------------------------

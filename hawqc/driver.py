@@ -23,6 +23,7 @@ from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
 from hawqc.frontends.load import PyTorchOptions, load_model
 from hawqc.ir.layout import describe_layouts
+from hawqc.layer_table import build_table
 from hawqc.mismatch_trace import trace_mismatch
 from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.progress import in_steps, spinner
@@ -105,6 +106,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             layouts=describe_layouts(model),
         )
         report.bops = bops_summary(model)
+        report.layer_table = build_table(model, project)
         result = None
         if options.verify_samples or user is not None:
             command = options.command or _compile_command(model_path, options)

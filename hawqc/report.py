@@ -24,6 +24,9 @@ class CompileReport:
     layouts: dict[str, str] = field(default_factory=dict)
     # Bit operations per MatMul/Gemm/Conv layer and in total (hawqc.bops).
     bops: dict[str, Any] | None = None
+    # One row per layer (op, shapes, types, multiplications, BOPs, reuse factor, estimated cycles)
+    # and totals (hawqc.layer_table): what `hawqc` and `hawqc report` print.
+    layer_table: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None
     hawqc_version: str = __version__
