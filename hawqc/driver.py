@@ -159,7 +159,7 @@ def verify_project(
         csim = compile_csim(project)
     simulated = in_steps(csim.predict, inputs[name], "C simulation")
     result = compare(expected, simulated, against="hardware", modes=modes)
-    if not result.bit_exact:
+    if not result.bit_exact and project.trace_points:  # a plugin backend's project may not be traceable
         with spinner("tracing the first differing sample layer by layer"):
             trace = trace_mismatch(model, project, inputs[name], result.first_mismatch, command)
         result = dataclasses.replace(result, trace=trace)

@@ -130,7 +130,8 @@ def build_table(model: ir.Model, project: LoweredProject) -> dict[str, Any]:
                 "latency_cycles": latency_cycles(op, dot.n if dot else None, reuse, _pool_window(layer_dict)),
             }
         )
-    estimable = project.io_type == "io_parallel" and all(r["strategy"].lower() == "latency" for r in rows)
+    # The model is of hls4ml's kernels: a project another backend wrote (a plugin's) gets no estimate.
+    estimable = plan is not None and project.io_type == "io_parallel" and all(r["strategy"].lower() == "latency" for r in rows)
     if not estimable:
         for row in rows:
             row["latency_cycles"] = None
