@@ -97,3 +97,20 @@ def test_the_mismatching_input_and_layer_values_are_saved(planted):
     assert result.report.verify["trace"]["first_layer"] == second_dense
     # The user's project itself is left untraced (the trace ran on a copy).
     assert "save_layer_output" not in (result.outdir / "firmware" / "myproject.cpp").read_text()
+
+
+def test_traced_values_equal_hardware_mode_on_catapult_io_stream(tmp_path):
+    """The trace reads the right buffers on the other writer and stream interfaces too: on a correct
+    project every compared layer equals hardware mode's value for it."""
+    from hawqc.backends.csim_trace import trace_layers
+    from hawqc.sim import Executor
+    from hawqc.sim.inputs import draw_inputs
+
+    result = compile_model(JET_TAGGER, tmp_path / "proj", CompileOptions(backend="catapult", io_type="io_stream"))
+    x = draw_inputs(result.model, 5, 1)[result.project.input_name]
+    values = Executor(result.model, mode="hardware").run({result.project.input_name: x}, keep_intermediates=True)
+    traced = trace_layers(result.project, x)
+    compared = layer_values(result.project)
+    assert len(compared) >= 4
+    for layer, value in compared.items():
+        np.testing.assert_array_equal(traced[layer], np.asarray(values[value], np.float64).reshape(5, -1), err_msg=layer)
