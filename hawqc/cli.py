@@ -156,7 +156,8 @@ def compile_parser() -> argparse.ArgumentParser:
 
     parser = _OneLineParser(
         prog="hawqc",
-        description="Compile a quantized model (QONNX / ONNX) to an hls4ml project, bit-exact.",
+        description="Compile a quantized model (QONNX / ONNX) to an hls4ml project, bit-exact. "
+        "`hawqc report OUTDIR [--plot FILE.png]` shows a compiled project's layer table.",
     )
     parser.add_argument("model", type=Path, help="the model: .onnx, .onnxtxt, or .pt / .pth (see --model-factory)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="project directory to write")
@@ -173,16 +174,23 @@ def compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--io-type", default="io_parallel", help="io_parallel (default) or io_stream")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
     _add_hawq_export_option(parser)
+    parser.add_argument("--inputs", type=Path, metavar="X.npy",
+                        help="verify on these inputs (one sample per row, the model file's layout); also written to tb_data/")  # fmt: skip
+    parser.add_argument("--outputs", type=Path, metavar="Y.npy",
+                        help="expected outputs of --inputs: exit 1 if the C simulation differs; also written to tb_data/")  # fmt: skip
     _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return _guarded(_compile, compile_parser(), argv)
+    command = ("hawqc", *(sys.argv[1:] if argv is None else argv))
+    if command[1:2] == ("report",):
+        return _guarded(_show_report, report_parser(), list(command[2:]))
+    return _guarded(lambda args: _compile(args, command), compile_parser(), argv)
 
 
-def _compile(args: argparse.Namespace) -> int:
+def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) -> int:
     from hawqc.driver import CompileOptions, compile_model
 
     load_pass_plugins(args.load_pass_plugin)
@@ -196,12 +204,19 @@ def _compile(args: argparse.Namespace) -> int:
         pytorch=_pytorch_options(args),
         configure_passes=lambda manager: _configure(manager, args),
         hawq_export_semantics=args.hawq_export_semantics,
+        inputs=args.inputs,
+        outputs=args.outputs,
+        command=command,
     )
     result = compile_model(args.model, args.output, options)
     _report(result.records, args)
     if result.hawq_export is not None:
         print(f"hawqc: {result.hawq_export.summary()}")
     print(f"hawqc: wrote {result.report.backend} project to {result.outdir}")
+    if result.report.layer_table is not None:
+        from hawqc.report_view import render_table
+
+        render_table(result.report.layer_table)
     for name, change in result.report.layouts.items():
         print(f"hawqc: layout of '{name}' is {change.split('->')[-1]} (was {change.split('->')[0]}) in the project")
     if result.verify is None:
@@ -209,6 +224,30 @@ def _compile(args: argparse.Namespace) -> int:
     for line in result.verify.summary().splitlines():
         print(f"hawqc: {line}")
     return 0 if result.verify.passed else 1
+
+
+# --- hawqc report ------------------------------------------------------------------------------
+
+
+def report_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="hawqc report", description="Print a compiled project's layer table (from its hawqc_report.json)."
+    )
+    parser.add_argument("outdir", type=Path, help="a project directory hawqc wrote")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also write per-layer bit widths and BOPs as a PNG")
+    return parser
+
+
+def _show_report(args: argparse.Namespace) -> int:
+    from hawqc.report_view import load_report, plot, render_table
+
+    report = load_report(args.outdir)
+    if args.plot is not None:
+        plot(report["layer_table"], args.plot, title=f"{Path(report.get('model', '')).name} ({report.get('backend', '')})")
+    render_table(report["layer_table"])
+    if args.plot is not None:
+        print(f"hawqc: wrote {args.plot}")
+    return 0
 
 
 # --- hawqc-opt ---------------------------------------------------------------------------------

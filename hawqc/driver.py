@@ -8,6 +8,7 @@ restored if the compile fails).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -23,9 +24,13 @@ from hawqc.errors import UserInputError
 from hawqc.frontends.hawq_export import HawqExportReading, check_semantics, read_as_hawq
 from hawqc.frontends.load import PyTorchOptions, load_model
 from hawqc.ir.layout import describe_layouts
+from hawqc.layer_table import build_table
+from hawqc.mismatch_trace import trace_mismatch
 from hawqc.passes.manager import PassManager, PassRecord
+from hawqc.progress import in_steps, spinner
 from hawqc.report import CompileReport
 from hawqc.sim.inputs import draw_inputs
+from hawqc.user_data import UserData, check_files, compare_expected, load_user_data, write_test_bench
 from hawqc.verify import VerifyResult, compare, compare_modes
 
 # The named pipeline every backend needs in front of it: a clean graph whose dense layers are
@@ -48,6 +53,11 @@ class CompileOptions:
     configure_passes: Callable[[PassManager], None] | None = None
     # "hawq": read a HAWQ export's requantizations as HAWQ's integer ones (hawqc.frontends.hawq_export).
     hawq_export_semantics: str = "file"
+    # The user's verification data (hawqc.user_data): `--inputs X.npy` [`--outputs Y.npy`].
+    inputs: Path | None = None
+    outputs: Path | None = None
+    # The command line that asked for this compile (argv, program first): a mismatch's reproducer repeats it.
+    command: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -76,6 +86,9 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         raise UserInputError(f"{outdir}: exists and is not a directory")
     if outdir.exists() and any(outdir.iterdir()) and not options.force:
         raise UserInputError(f"{outdir}: directory is not empty (use --force to replace it)")
+    check_files(options.inputs, options.outputs)
+    if options.inputs is not None and options.verify_samples:
+        raise UserInputError("--inputs verifies every sample of its file; leave out --verify N")
     manager = PassManager.parse(options.pipeline)
     if options.configure_passes is not None:
         options.configure_passes(manager)
@@ -85,6 +98,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     if options.hawq_export_semantics == "hawq":
         hawq_export = read_as_hawq(model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed)
     records = manager.run(model)
+    user = None if options.inputs is None else load_user_data(model, options.inputs, options.outputs)
 
     with _ReplacedOnFailure(outdir):
         lowering_start = time.perf_counter()
@@ -102,25 +116,46 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         )
         report.bops = bops_summary(model)
         report.hawq_export = None if hawq_export is None else hawq_export.as_dict()
+        report.layer_table = build_table(model, project)
         result = None
-        if options.verify_samples:
-            result = verify_project(model, project, options.verify_samples, options.seed, report)
+        if options.verify_samples or user is not None:
+            command = options.command or _compile_command(model_path, options)
+            result = verify_project(
+                model, project, options.verify_samples, options.seed, report, user=user, command=command
+            )
         report.write(outdir / "hawqc_report.json")
     return CompileResult(outdir, model, records, report, result, project, hawq_export=hawq_export)
 
 
-def verify_project(model: ir.Model, project, samples: int, seed: int, report: CompileReport) -> VerifyResult:
-    """Run `samples` inputs through the C simulation and hardware mode, which must agree bit for bit,
-    and compare hardware mode with semantic mode (the QONNX meaning); record both in the report."""
+def _compile_command(model_path: Path, options: CompileOptions) -> tuple[str, ...]:
+    """The `hawqc` command line of a compile started from Python (for a mismatch's reproducer)."""
+    return ("hawqc", str(model_path), "--backend", options.backend, "--io-type", options.io_type, "-p", options.pipeline)
+
+
+def verify_project(
+    model: ir.Model,
+    project,
+    samples: int,
+    seed: int,
+    report: CompileReport,
+    *,
+    user: UserData | None = None,
+    command: tuple[str, ...] | None = None,
+) -> VerifyResult:
+    """Run `samples` inputs (or the user's) through the C simulation and hardware mode, which must
+    agree bit for bit, and compare hardware mode with semantic mode (the QONNX meaning); on a
+    difference, trace the first differing sample layer by layer (hawqc.mismatch_trace); with the
+    user's expected outputs, compare the C simulation with them; write the test bench from the
+    user's data; record everything in the report."""
     from hawqc.backends.csim import compile_csim
     from hawqc.ir.precision import infer_types
     from hawqc.sim import Executor
 
-    inputs = draw_inputs(model, samples, seed)
     hardware = Executor(model, mode="hardware")
-    output = hardware.output_names[0]
-    expected = hardware.run(inputs)[output]
-    semantic = Executor(model).run(inputs)[output]
+    name, output = hardware.input_names[0], hardware.output_names[0]
+    inputs = draw_inputs(model, samples, seed) if user is None else {name: user.inputs}
+    expected = in_steps(lambda x: hardware.run({name: x})[output], inputs[name], "hardware mode")
+    semantic = in_steps(lambda x: Executor(model).run({name: x})[output], inputs[name], "semantic mode")
     precision = infer_types(model)
     output_type = precision.types.get(output)
     declared = sorted({*precision.float_inexact, *getattr(precision, "inexact", {})})
@@ -130,9 +165,18 @@ def verify_project(model: ir.Model, project, samples: int, seed: int, report: Co
         None if output_type is None else 2.0**output_type.lsb_exponent,
         tuple(declared),
     )
-    csim = compile_csim(project)
-    simulated = csim.predict(inputs[hardware.input_names[0]])
+    with spinner("compiling the C simulation (g++)"):
+        csim = compile_csim(project)
+    simulated = in_steps(csim.predict, inputs[name], "C simulation")
     result = compare(expected, simulated, against="hardware", modes=modes)
+    if not result.bit_exact and project.trace_points:  # a plugin backend's project may not be traceable
+        with spinner("tracing the first differing sample layer by layer"):
+            trace = trace_mismatch(model, project, inputs[name], result.first_mismatch, command)
+        result = dataclasses.replace(result, trace=trace)
+    if user is not None:
+        if user.outputs is not None:
+            result = dataclasses.replace(result, expected=compare_expected(user.outputs, simulated, user.output_file))
+        write_test_bench(project.outdir, user.inputs, simulated if user.outputs is None else user.outputs)
     report.verify = result.as_dict()
     report.csim = csim.stats()
     return result

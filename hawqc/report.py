@@ -27,6 +27,9 @@ class CompileReport:
     # `--hawq-export-semantics hawq`: the requantizations read as HAWQ's, and the measured difference
     # of the file's own float32 arithmetic (hawqc.frontends.hawq_export).
     hawq_export: dict[str, Any] | None = None
+    # One row per layer (op, shapes, types, multiplications, BOPs, reuse factor, estimated cycles)
+    # and totals (hawqc.layer_table): what `hawqc` and `hawqc report` print.
+    layer_table: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None
     hawqc_version: str = __version__

@@ -7,6 +7,7 @@ its grid, half-LSB ties and both ends included.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,10 @@ class VerifyResult:
     # mode applies.
     reference: str = "hardware"
     modes: ModeComparison | None = None
+    # On a mismatch: where the C simulation and hardware mode part (hawqc.mismatch_trace.MismatchTrace).
+    trace: Any = None
+    # With `--outputs`: the C simulation against the user's expected outputs (hawqc.user_data).
+    expected: Any = None
 
     @property
     def bit_exact(self) -> bool:
@@ -100,7 +105,11 @@ class VerifyResult:
     def passed(self) -> bool:
         """C simulation equals the reference, and hardware mode differs from semantic mode only where
         the graph has declared float parts."""
-        return self.bit_exact and (self.modes is None or self.modes.acceptable)
+        return (
+            self.bit_exact
+            and (self.modes is None or self.modes.acceptable)
+            and (self.expected is None or self.expected.equal)
+        )
 
     def as_dict(self) -> dict:
         return {
@@ -111,6 +120,8 @@ class VerifyResult:
             "mismatched_samples": self.mismatched_samples,
             "max_abs_diff": self.max_abs_diff,
             "first_mismatch": self.first_mismatch,
+            "trace": None if self.trace is None else self.trace.as_dict(),
+            "expected_outputs": None if self.expected is None else self.expected.as_dict(),
         }
 
     def summary(self) -> str:
@@ -125,6 +136,9 @@ class VerifyResult:
             )
         if self.modes is not None:
             line += f"\nverify: {self.modes.summary()}"
+        for extra in (self.trace, self.expected):
+            if extra is not None:
+                line += "".join(f"\nverify: {part}" for part in extra.summary().splitlines())
         return line
 
 

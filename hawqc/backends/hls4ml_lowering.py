@@ -24,7 +24,7 @@ from hawqc.backends.hls4ml_checks import check_graph, check_written_types, read_
 from hawqc.backends.hls4ml_plan import Plan
 from hawqc.backends.hls4ml_planner import plan_layers
 from hawqc.backends.hls4ml_target import Hls4mlTarget
-from hawqc.backends.project import LoweredProject
+from hawqc.backends.project import LoweredProject, TracePoint
 from hawqc.errors import BackendError, UnsupportedModelError
 from hawqc.ir.precision import infer_types
 
@@ -121,6 +121,18 @@ def lower_with_hls4ml(
         input_name=model.graph.inputs[0].name,
         output_name=model.graph.outputs[0].name,
         csim=target.csim(project_name),
+        plan=plan,
+        trace_points=_trace_points(model_graph),
+    )
+
+
+def _trace_points(model_graph) -> tuple[TracePoint, ...]:
+    """What hls4ml's writer would save with `Trace: True` on every layer (see its write_project_cpp)."""
+    return tuple(
+        TracePoint(layer.name, var.type.name, var.name, str(var.size_cpp()), int(var.size()))
+        for layer in model_graph.get_layers()
+        if layer.get_attr("function_cpp", None)
+        for var in layer.get_variables()
     )
 
 

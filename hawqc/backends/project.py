@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hawqc.backends.hls4ml_plan import Plan
+
 # Not in hls4ml's build_lib.sh. GCC 12's -Wfree-nonheap-object analysis is superlinear in function
 # size and the static initializer of hls4ml's unrolled weight arrays is one huge function: on the
 # 16-64-32-32-5 MLP it took 14 of 18 s of compiling firmware/myproject.cpp. A warning flag, it leaves
@@ -26,6 +28,19 @@ class LayerReport:
     op: str
     precision: str
     types: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TracePoint:
+    """One output variable of one layer of the written `firmware/<project>.cpp`, as hls4ml's writer
+    names it for its own tracing (`nnet::save_layer_output<type>(var, "layer", size)`): what
+    `hawqc.backends.csim_trace` instruments a copy of the project with when verify finds a mismatch."""
+
+    layer: str
+    type_name: str
+    variable: str
+    size: str  # a C++ expression (hls4ml's `size_cpp()`)
+    elements: int
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,10 @@ class LoweredProject:
     input_name: str
     output_name: str
     csim: CSimRecipe
+    # The layers hawqc planned (graph value -> layer, shapes, every type), for the report's table and
+    # the per-layer trace on a verify mismatch, and the layers' output variables for that trace.
+    plan: Plan | None = None
+    trace_points: tuple[TracePoint, ...] = ()
 
     @property
     def input_size(self) -> int:
