@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hawqc.cli_hardware import add_hardware_options, hardware_settings
 from hawqc.errors import HawqcError, UserInputError
 
 # `--split-input-file`: chunks of one ONNX text file, separated by a line of this form.
@@ -166,6 +167,7 @@ def compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE, help="pass pipeline to run first")
     parser.add_argument("--io-type", default="io_parallel", help="io_parallel (default) or io_stream")
     parser.add_argument("--seed", type=int, default=0, help="seed of the verification inputs")
+    add_hardware_options(parser)
     _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
@@ -186,6 +188,8 @@ def _compile(args: argparse.Namespace) -> int:
         force=args.force,
         seed=args.seed,
         io_type=args.io_type,
+        project_name=args.project_name,
+        settings=hardware_settings(args),
         pytorch=_pytorch_options(args),
         configure_passes=lambda manager: _configure(manager, args),
     )

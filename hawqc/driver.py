@@ -8,6 +8,8 @@ restored if the compile fails).
 
 from __future__ import annotations
 
+import inspect
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from hawqc.backends.base import get_backend
+from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
@@ -41,6 +44,8 @@ class CompileOptions:
     seed: int = 0
     io_type: str = "io_parallel"
     project_name: str = "myproject"
+    # Strategy, reuse factors, part, clock (hawqc.backends.hls_settings); None: hls4ml's defaults.
+    settings: HlsSettings | None = None
     # A .pt / .pth model: the factory that builds it, the example input's shape, the pickle opt-in.
     pytorch: PyTorchOptions | None = None
     # Called with the parsed PassManager before it runs: instrumentation, validation, reproducers.
@@ -70,6 +75,8 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         raise UserInputError(f"{outdir}: exists and is not a directory")
     if outdir.exists() and any(outdir.iterdir()) and not options.force:
         raise UserInputError(f"{outdir}: directory is not empty (use --force to replace it)")
+    if not re.fullmatch(r"[A-Za-z_]\w*", options.project_name):
+        raise UserInputError(f"--project-name {options.project_name!r} is not a C identifier")
     manager = PassManager.parse(options.pipeline)
     if options.configure_passes is not None:
         options.configure_passes(manager)
@@ -80,7 +87,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     with _ReplacedOnFailure(outdir):
         lowering_start = time.perf_counter()
         project = backend.lower(
-            model, outdir, project_name=options.project_name, io_type=options.io_type
+            model, outdir, project_name=options.project_name, io_type=options.io_type, **_settings_argument(backend, options)
         )
         report = CompileReport.new(
             model=str(model_path),
@@ -92,11 +99,21 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             layouts=describe_layouts(model),
         )
         report.bops = bops_summary(model)
+        report.hardware = project.hardware or None
         result = None
         if options.verify_samples:
             result = verify_project(model, project, options.verify_samples, options.seed, report)
         report.write(outdir / "hawqc_report.json")
     return CompileResult(outdir, model, records, report, result, project)
+
+
+def _settings_argument(backend, options: CompileOptions) -> dict:
+    """Backends from plugins may predate the settings; they get them only when any was given."""
+    if options.settings is None or options.settings == HlsSettings():
+        return {}
+    if "settings" not in inspect.signature(backend.lower).parameters:
+        raise UserInputError(f"backend {backend.name!r} takes no strategy, reuse factor, part or clock settings")
+    return {"settings": options.settings}
 
 
 def verify_project(model: ir.Model, project, samples: int, seed: int, report: CompileReport) -> VerifyResult:

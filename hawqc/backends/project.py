@@ -65,6 +65,8 @@ class LoweredProject:
     input_name: str
     output_name: str
     csim: CSimRecipe
+    # Part, clock, strategy and reuse factors the project is written for (hls4ml_reuse.hardware_summary).
+    hardware: dict = field(default_factory=dict)
 
     @property
     def input_size(self) -> int:
