@@ -174,7 +174,34 @@ def compile_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["build"]:  # a model file called "build" is ./build
+        return _guarded(_build, build_parser(), argv[1:])
     return _guarded(_compile, compile_parser(), argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="hawqc build",
+        description="Run the vendor HLS tool (C synthesis) on a project hawqc wrote; add its results to hawqc_report.json.",
+    )
+    parser.add_argument("outdir", type=Path, help="the project directory (hawqc MODEL -o OUTDIR)")
+    parser.add_argument("--cosim", action="store_true", help="also run C/RTL co-simulation")
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    from hawqc.backends.vendor_build import LOG_NAME, build_project
+
+    synthesis = build_project(args.outdir, cosim=args.cosim)
+    latency, interval = synthesis["latency_cycles"], synthesis["interval_cycles"]
+    print(f"hawqc: {synthesis['tool']} finished in {synthesis['seconds']:.1f} s (log: {args.outdir / LOG_NAME})")
+    print(f"hawqc: latency {latency['best']}..{latency['worst']} cycles, interval {interval['min']}..{interval['max']} cycles")
+    if "resources" in synthesis:
+        print("hawqc: resources " + ", ".join(f"{name} {count}" for name, count in synthesis["resources"].items()))
+    if "cosim" in synthesis:
+        print(f"hawqc: co-simulation {synthesis['cosim']['status']}")
+    return 0
 
 
 def _compile(args: argparse.Namespace) -> int:
