@@ -140,3 +140,17 @@ def test_settings_are_in_the_report(tmp_path: Path, capsys) -> None:
     hardware = json.loads((out / "hawqc_report.json").read_text())["hardware"]
     assert hardware["strategy"] == "resource" and hardware["reuse_factor"] == 4 and hardware["part"] == PART
     assert hardware["layers"]["dense_1_matmul_1"] == {"reuse_factor": 4, "strategy": "resource"}
+
+
+def test_the_readmes_settings_file_is_accepted(tmp_path: Path, capsys) -> None:
+    import re
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    config = tmp_path / "settings.yml"
+    config.write_text(block)
+    out = tmp_path / "prj"
+    code, _, err = _run(capsys, JET_TAGGER, "-o", out, "--config", config)
+    assert code == 0, err
+    layers = json.loads((out / "hawqc_report.json").read_text())["hardware"]["layers"]
+    assert layers["dense_1_matmul_1"] == {"reuse_factor": 32, "strategy": "resource"}
+    assert layers["dense_4_matmul"] == {"reuse_factor": 4, "strategy": "latency"}
