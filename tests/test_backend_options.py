@@ -154,3 +154,37 @@ def test_the_readmes_settings_file_is_accepted(tmp_path: Path, capsys) -> None:
     layers = json.loads((out / "hawqc_report.json").read_text())["hardware"]["layers"]
     assert layers["dense_1_matmul_1"] == {"reuse_factor": 32, "strategy": "resource"}
     assert layers["dense_4_matmul"] == {"reuse_factor": 4, "strategy": "latency"}
+
+
+DIGITS_CNN = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"
+
+
+@pytest.mark.parametrize(
+    "backend, io_type, refused",
+    [("vivado", "io_parallel", True), ("vitis", "io_parallel", True), ("vivado", "io_stream", False), ("catapult", "io_parallel", False)],
+)
+def test_a_resource_convolution_reuse_factor_above_its_inputs(backend, io_type, refused, tmp_path: Path, capsys) -> None:
+    """hls4ml lists 18 as valid for conv1's 9x8 product, but Vivado/Vitis's io_parallel
+    conv_2d_resource_cl asserts reuse_factor <= 9 at run time: the C simulation would abort."""
+    config = tmp_path / "s.yml"
+    config.write_text("strategy: resource\nreuse_factor: 1\nlayers:\n  conv1: {reuse_factor: 18}\n")
+    out = tmp_path / "prj"
+    code, _, err = _run(capsys, DIGITS_CNN, "-o", out, "--backend", backend, "--io-type", io_type, "--config", config)
+    if refused:
+        assert code == 2 and "\n" not in err, err
+        assert f"layer 'conv1' (Conv2D): hls4ml's {backend.capitalize()} io_parallel Resource convolution works only for reuse factors up to 9" in err  # fmt: skip
+        assert not out.exists()
+    else:
+        assert code == 0, err
+
+
+def test_resource_depthwise_convolutions_are_refused(tmp_path: Path) -> None:
+    from cnn_models import depthwise_residual
+
+    from hawqc.backends.base import get_backend
+    from hawqc.backends.hls_settings import HlsSettings
+    from hawqc.errors import UserInputError
+
+    for backend, io_type in (("vivado", "io_stream"), ("catapult", "io_stream")):
+        with pytest.raises(UserInputError, match=r"\(DepthwiseConv2D\): hawqc supports only the latency strategy"):
+            get_backend(backend).lower(depthwise_residual(), tmp_path / backend, io_type=io_type, settings=HlsSettings(strategy="resource"))  # fmt: skip

@@ -44,11 +44,35 @@ def check_settings_honoured(model_graph: object, plan: Plan, settings: HlsSettin
                 f"layer {layer.name!r} ({layer.class_name}): hls4ml's {backend.name} backend would use the "
                 f"{layer.get_attr('strategy')} strategy, not {wanted_strategy}"
             )
+        _check_kernel_limits(backend, model_graph.config.get_config_value("IOType"), layer, wanted_rf, wanted_strategy)
         own = settings.layers.get(layer.name)
         if own is not None and own.strategy is not None and not has_strategy:
             raise UserInputError(
                 f"{settings.source}: layers.{layer.name}.strategy: layer {layer.name!r} ({layer.class_name}) "
                 f"has no strategy in hls4ml (only {', '.join(_STRATEGY_CLASSES)} kernels have one)"
+            )
+
+
+def _check_kernel_limits(backend: object, io_type: str, layer: object, rf: int, strategy: str) -> None:
+    """Settings hls4ml's flows accept but its C++ kernels do not: they end in a failed `assert` (an
+    aborted C simulation) or in a kernel that computes something else. Read from hls4ml 1.3.0's
+    templates; refused here, before anything is compiled."""
+    if strategy != "resource":
+        return
+    name, cls = layer.name, layer.class_name  # type: ignore[attr-defined]
+    if "Depthwise" in cls:
+        # Vivado/Vitis io_parallel (nnet_sepconv1d.h / nnet_sepconv2d.h) and Catapult io_stream
+        # (nnet_sepconv_stream.h) assert "Resource strategy for DepthwiseConv is not supported";
+        # the other combinations are not checked bit-exact by hawqc's tests.
+        raise UserInputError(f"layer {name!r} ({cls}): hawqc supports only the latency strategy for depthwise convolutions (set its strategy in --config)")
+    if backend.name in ("Vivado", "Vitis") and io_type == "io_parallel" and "Conv" in cls:  # type: ignore[attr-defined]
+        # conv_1d_resource_cl / conv_2d_resource_cl assert reuse_factor <= filter size x channels,
+        # although hls4ml's list of valid reuse factors goes up to n_in x n_out.
+        n_in, _ = backend.get_layer_mult_size(layer)  # type: ignore[attr-defined]
+        if rf > n_in:
+            raise UserInputError(
+                f"layer {name!r} ({cls}): hls4ml's {backend.name} io_parallel Resource convolution works only for "
+                f"reuse factors up to {n_in} (filter size x channels), got {rf}"
             )
 
 
