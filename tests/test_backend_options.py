@@ -94,10 +94,10 @@ def test_a_latency_reuse_factor_is_kept(tmp_path: Path, capsys) -> None:
 BAD_FILES = {
     "unknown-key": ("s.yml", "reuse: 4\n", "s.yml: unknown key 'reuse'; known: layers, reuse_factor, strategy"),
     "unknown-layer-key": ("s.yml", "layers:\n  dense_2_matmul: {rf: 2}\n", "s.yml: layers.dense_2_matmul: unknown key 'rf'"),
-    "unknown-layer": ("s.json", '{"layers": {"dense_9": {"reuse_factor": 2}}}', "s.json: layers.dense_9: no such layer; layers: x, dense_1_matmul_1"),  # fmt: skip
+    "unknown-layer": ("s.json", '{"layers": {"dense_9": {"reuse_factor": 2}}}', "s.json: layers.dense_9: no such layer; layers: x, dense_1_matmul_1"),
     "bad-reuse": ("s.yml", "reuse_factor: 0\n", "s.yml: reuse_factor: reuse factor must be a positive integer, got 0"),
-    "bad-strategy": ("s.yml", "layers:\n  dense_2_matmul: {strategy: fast}\n", "s.yml: layers.dense_2_matmul.strategy: strategy must be one of latency, resource"),  # fmt: skip
-    "no-strategy-there": ("s.yml", "layers:\n  relu_relu: {strategy: resource}\n", "s.yml: layers.relu_relu.strategy: layer 'relu_relu' (Activation) has no strategy in hls4ml"),  # fmt: skip
+    "bad-strategy": ("s.yml", "layers:\n  dense_2_matmul: {strategy: fast}\n", "s.yml: layers.dense_2_matmul.strategy: strategy must be one of latency, resource"),
+    "no-strategy-there": ("s.yml", "layers:\n  relu_relu: {strategy: resource}\n", "s.yml: layers.relu_relu.strategy: layer 'relu_relu' (Activation) has no strategy in hls4ml"),
     "bad-json": ("s.json", "{layers: 1}", "s.json: not valid JSON"),
     "bad-yaml": ("s.yml", "layers: [\n", "s.yml: not valid YAML"),
     "not-a-mapping": ("s.yml", "- 1\n", "s.yml: expected a mapping"),
@@ -145,7 +145,7 @@ def test_settings_are_in_the_report(tmp_path: Path, capsys) -> None:
 def test_the_readmes_settings_file_is_accepted(tmp_path: Path, capsys) -> None:
     import re
 
-    (block,) = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    (block,) = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
     config = tmp_path / "settings.yml"
     config.write_text(block)
     out = tmp_path / "prj"

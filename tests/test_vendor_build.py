@@ -80,8 +80,8 @@ def _expected_args(backend: str, cosim: bool) -> list[str]:
     if backend == "vitis":
         return ["--tcl", "build_prj.tcl", "--mode", "hls"]
     return ["-product", "ultra", "-shell", "-f", "build_prj.tcl", "-eval",
-            f'set ::argv "reset=False csim=False synth=True cosim={c} validation=False export=False vsynth=False '
-            f'fifo_opt=False bitfile=False ran_frame=5 sw_opt=False power=False da=False vhdl=False verilog=True bup=False"']  # fmt: skip
+            (f'set ::argv "reset=False csim=False synth=True cosim={c} validation=False export=False vsynth=False '
+             f'fifo_opt=False bitfile=False ran_frame=5 sw_opt=False power=False da=False vhdl=False verilog=True bup=False"')]  # fmt: skip
 
 
 @pytest.mark.parametrize("project", list(TOOLS), indirect=True)

@@ -81,7 +81,7 @@ def _reuse_factor_refusal(backend: object, layer: object, wanted: int, got: obje
     try:
         n_in, n_out = backend.get_layer_mult_size(layer)  # type: ignore[attr-defined]
         valid = backend.get_valid_reuse_factors(n_in, n_out)  # type: ignore[attr-defined]
-    except Exception:  # a layer class hls4ml has no multiplication size for
+    except Exception:  # noqa: BLE001 -- hls4ml raises a bare Exception for a layer without a product size
         valid = None
     accepted = "" if valid is None else f"; valid reuse factors for its {n_in}x{n_out} product: {_ranges(valid)}"
     return (

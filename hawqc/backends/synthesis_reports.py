@@ -90,8 +90,8 @@ def read_vivado_cosim(report: Path) -> dict[str, Any]:
     raise BackendError(f"{report}: no Verilog or VHDL result row in the co-simulation report")
 
 
-_DESIGN_TOTAL = re.compile(r"^\s*Design Total:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", re.M)
-_AREA_SCORE = re.compile(r"^\s*Total Area Score:\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", re.M)
+_DESIGN_TOTAL = re.compile(r"^\s*Design Total:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", re.MULTILINE)
+_AREA_SCORE = re.compile(r"^\s*Total Area Score:\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", re.MULTILINE)
 
 
 def read_catapult_solution(solution: Path) -> dict[str, Any]:

@@ -24,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hawqc.backends.synthesis_reports import read_catapult_solution, read_vivado_cosim, read_vivado_csynth
+from hawqc.backends.synthesis_reports import (
+    read_catapult_solution,
+    read_vivado_cosim,
+    read_vivado_csynth,
+)
 from hawqc.errors import BackendError, UserInputError
 
 LOG_NAME = "hawqc_build.log"
@@ -120,7 +124,9 @@ def build_project(outdir: Path, cosim: bool = False) -> dict[str, Any]:
     log = outdir / LOG_NAME
     start = time.perf_counter()
     with log.open("w") as out:
-        completed = subprocess.run(command.argv, cwd=outdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        completed = subprocess.run(
+            command.argv, cwd=outdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+        )
     seconds = time.perf_counter() - start
     if completed.returncode != 0:
         raise BackendError(f"{command.tool} failed (exit code {completed.returncode}); its output is in {log}")
