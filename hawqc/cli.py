@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hawqc.cli_hardware import add_hardware_options, hardware_settings
 from hawqc.errors import HawqcError, UserInputError
 
 # `--split-input-file`: chunks of one ONNX text file, separated by a line of this form.
@@ -178,6 +179,7 @@ def compile_parser() -> argparse.ArgumentParser:
                         help="verify on these inputs (one sample per row, the model file's layout); also written to tb_data/")  # fmt: skip
     parser.add_argument("--outputs", type=Path, metavar="Y.npy",
                         help="expected outputs of --inputs: exit 1 if the C simulation differs; also written to tb_data/")  # fmt: skip
+    add_hardware_options(parser)
     _add_pytorch_options(parser)
     _add_pass_options(parser)
     return parser
@@ -187,7 +189,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = ("hawqc", *(sys.argv[1:] if argv is None else argv))
     if command[1:2] == ("report",):
         return _guarded(_show_report, report_parser(), list(command[2:]))
+    if command[1:2] == ("build",):  # a model file called "build" is ./build
+        return _guarded(_build, build_parser(), list(command[2:]))
     return _guarded(lambda args: _compile(args, command), compile_parser(), argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="hawqc build",
+        description="Run the vendor HLS tool (C synthesis) on a project hawqc wrote; add its results to hawqc_report.json.",
+    )
+    parser.add_argument("outdir", type=Path, help="the project directory (hawqc MODEL -o OUTDIR)")
+    parser.add_argument("--cosim", action="store_true", help="also run C/RTL co-simulation")
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    from hawqc.backends.vendor_build import LOG_NAME, build_project
+
+    synthesis = build_project(args.outdir, cosim=args.cosim)
+    latency, interval = synthesis["latency_cycles"], synthesis["interval_cycles"]
+    print(f"hawqc: {synthesis['tool']} finished in {synthesis['seconds']:.1f} s (log: {args.outdir / LOG_NAME})")
+    print(f"hawqc: latency {latency['best']}..{latency['worst']} cycles, interval {interval['min']}..{interval['max']} cycles")
+    if "resources" in synthesis:
+        print("hawqc: resources " + ", ".join(f"{name} {count}" for name, count in synthesis["resources"].items()))
+    if "cosim" in synthesis:
+        print(f"hawqc: co-simulation {synthesis['cosim']['status']}")
+    return 0
 
 
 def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) -> int:
@@ -201,6 +229,8 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
         force=args.force,
         seed=args.seed,
         io_type=args.io_type,
+        project_name=args.project_name,
+        settings=hardware_settings(args),
         pytorch=_pytorch_options(args),
         configure_passes=lambda manager: _configure(manager, args),
         hawq_export_semantics=args.hawq_export_semantics,

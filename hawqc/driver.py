@@ -9,6 +9,8 @@ restored if the compile fails).
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from hawqc.backends.base import get_backend
+from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
@@ -47,6 +50,8 @@ class CompileOptions:
     seed: int = 0
     io_type: str = "io_parallel"
     project_name: str = "myproject"
+    # Strategy, reuse factors, part, clock (hawqc.backends.hls_settings); None: hls4ml's defaults.
+    settings: HlsSettings | None = None
     # A .pt / .pth model: the factory that builds it, the example input's shape, the pickle opt-in.
     pytorch: PyTorchOptions | None = None
     # Called with the parsed PassManager before it runs: instrumentation, validation, reproducers.
@@ -89,6 +94,8 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     check_files(options.inputs, options.outputs)
     if options.inputs is not None and options.verify_samples:
         raise UserInputError("--inputs verifies every sample of its file; leave out --verify N")
+    if not re.fullmatch(r"[A-Za-z_]\w*", options.project_name):
+        raise UserInputError(f"--project-name {options.project_name!r} is not a C identifier")
     manager = PassManager.parse(options.pipeline)
     if options.configure_passes is not None:
         options.configure_passes(manager)
@@ -103,7 +110,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     with _ReplacedOnFailure(outdir):
         lowering_start = time.perf_counter()
         project = backend.lower(
-            model, outdir, project_name=options.project_name, io_type=options.io_type
+            model, outdir, project_name=options.project_name, io_type=options.io_type, **_settings_argument(backend, options)
         )
         report = CompileReport.new(
             model=str(model_path),
@@ -117,6 +124,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         report.bops = bops_summary(model)
         report.hawq_export = None if hawq_export is None else hawq_export.as_dict()
         report.layer_table = build_table(model, project)
+        report.hardware = project.hardware or None
         result = None
         if options.verify_samples or user is not None:
             command = options.command or _compile_command(model_path, options)
@@ -125,6 +133,15 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             )
         report.write(outdir / "hawqc_report.json")
     return CompileResult(outdir, model, records, report, result, project, hawq_export=hawq_export)
+
+
+def _settings_argument(backend, options: CompileOptions) -> dict:
+    """Backends from plugins may predate the settings; they get them only when any was given."""
+    if options.settings is None or options.settings == HlsSettings():
+        return {}
+    if "settings" not in inspect.signature(backend.lower).parameters:
+        raise UserInputError(f"backend {backend.name!r} takes no strategy, reuse factor, part or clock settings")
+    return {"settings": options.settings}
 
 
 def _compile_command(model_path: Path, options: CompileOptions) -> tuple[str, ...]:

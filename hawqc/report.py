@@ -32,6 +32,8 @@ class CompileReport:
     layer_table: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None
+    # Part, clock, strategy and reuse factor per layer the project is written for.
+    hardware: dict[str, Any] | None = None
     hawqc_version: str = __version__
 
     @classmethod

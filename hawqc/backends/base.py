@@ -35,7 +35,10 @@ class Backend(Protocol):
     def lower(
         self, model: ir.Model, outdir: Path, *, project_name: str = "myproject", io_type: str = "io_parallel"
     ) -> LoweredProject:
-        """Write a project for `model` into `outdir` and describe it."""
+        """Write a project for `model` into `outdir` and describe it.
+
+        A backend that also takes `settings: hawqc.backends.hls_settings.HlsSettings` (strategy,
+        reuse factors, part, clock) gets them when the user gives any; one without is refused then."""
         ...
 
 

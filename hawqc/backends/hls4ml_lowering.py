@@ -23,7 +23,14 @@ import onnx_ir as ir
 from hawqc.backends.hls4ml_checks import check_graph, check_written_types, read_typedefs
 from hawqc.backends.hls4ml_plan import Plan
 from hawqc.backends.hls4ml_planner import plan_layers
+from hawqc.backends.hls4ml_reuse import (
+    check_settings_honoured,
+    hardware_summary,
+    hls4ml_layer_settings,
+    hls4ml_model_settings,
+)
 from hawqc.backends.hls4ml_target import Hls4mlTarget
+from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject, TracePoint
 from hawqc.errors import BackendError, UnsupportedModelError
 from hawqc.ir.precision import infer_types
@@ -37,19 +44,24 @@ IO_TYPES = ("io_parallel", "io_stream")
 FALLBACK_PRECISION = "fixed<1,1>"
 
 
-def _hls_config(plan: Plan) -> dict:
+def _hls_config(plan: Plan, settings: HlsSettings) -> dict:
     layer_names = {
         planned.name: {
             "Precision": {role: fixed.hls4ml_string() for role, fixed in planned.config_types().items()},
-            "ReuseFactor": 1,
-            "Strategy": "Latency",
+            **hls4ml_layer_settings(planned.name, settings),
         }
         for planned in plan.layers
     }
     return {
-        "Model": {"Precision": {"default": FALLBACK_PRECISION}, "ReuseFactor": 1, "Strategy": "Latency"},
+        "Model": {"Precision": {"default": FALLBACK_PRECISION}, **hls4ml_model_settings(settings)},
         "LayerName": layer_names,
     }
+
+
+def _clock_period(settings: HlsSettings) -> float | int | None:
+    """hls4ml writes the number as Python prints it: keep a whole number of ns an int (5, not 5.0)."""
+    period = settings.clock_period
+    return int(period) if period is not None and float(period).is_integer() else period
 
 
 def _graph_output_shape(model: ir.Model, hls4ml_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -72,14 +84,17 @@ def lower_with_hls4ml(
     *,
     project_name: str = "myproject",
     io_type: str = "io_parallel",
+    settings: HlsSettings | None = None,
 ) -> LoweredProject:
     """Plan the layers, build the ModelGraph, check it, write the project, check it again."""
+    settings = settings or HlsSettings()
     if io_type not in IO_TYPES:
         raise UnsupportedModelError(f"io_type {io_type!r}; known: {', '.join(IO_TYPES)}")
     if not re.fullmatch(r"[A-Za-z_]\w*", project_name):
         raise BackendError(f"project name {project_name!r} is not a C identifier")
     precision = infer_types(model)
     plan = plan_layers(model, precision, target, io_type)
+    settings.check_layer_names([planned.name for planned in plan.layers])
 
     from hls4ml.model.graph import ModelGraph
     from hls4ml.utils.config import create_config
@@ -91,8 +106,14 @@ def lower_with_hls4ml(
         backend=target.hls4ml_backend,
         io_type=io_type,
         **target.options,
+        # None keeps the hls4ml backend's default part / clock.
+        **{key: value for key, value in (("part", settings.part), ("clock_period", _clock_period(settings))) if value is not None},
     )
-    config["HLSConfig"] = _hls_config(plan)
+    config["HLSConfig"] = _hls_config(plan, settings)
+    if target.hls4ml_backend == "Catapult":
+        # hls4ml's own Catapult report reader (`parse_catapult_report`) reads `ProjectDir` from
+        # hls4ml_config.yml and fails without it; the value is the one hls4ml uses by default.
+        config["ProjectDir"] = f"{project_name}_prj"
     output_layer = plan.value_layer[model.graph.outputs[0].name]
     tarball = outdir.with_name(outdir.name + ".tar.gz")
     tarball_existed = tarball.exists()
@@ -104,6 +125,7 @@ def lower_with_hls4ml(
         layer_list = [{**p.layer, "inputs": list(p.layer["inputs"])} for p in plan.layers]
         model_graph = ModelGraph.from_layer_list(config, layer_list, inputs=[plan.input_name], outputs=[output_layer])
         match = check_graph(model_graph, plan, output_layer)
+        check_settings_honoured(model_graph, plan, settings)
         model_graph.write()
     if target.writes_tarball and not tarball_existed and tarball.exists():
         tarball.unlink()
@@ -121,6 +143,7 @@ def lower_with_hls4ml(
         input_name=model.graph.inputs[0].name,
         output_name=model.graph.outputs[0].name,
         csim=target.csim(project_name),
+        hardware=hardware_summary(config, plan, settings),
         plan=plan,
         trace_points=_trace_points(model_graph),
     )
@@ -147,6 +170,14 @@ class Hls4mlBackend:
         return self.target.name
 
     def lower(
-        self, model: ir.Model, outdir: Path, *, project_name: str = "myproject", io_type: str = "io_parallel"
+        self,
+        model: ir.Model,
+        outdir: Path,
+        *,
+        project_name: str = "myproject",
+        io_type: str = "io_parallel",
+        settings: HlsSettings | None = None,
     ) -> LoweredProject:
-        return lower_with_hls4ml(model, outdir, self.target, project_name=project_name, io_type=io_type)
+        return lower_with_hls4ml(
+            model, outdir, self.target, project_name=project_name, io_type=io_type, settings=settings
+        )

@@ -84,6 +84,8 @@ class LoweredProject:
     # the per-layer trace on a verify mismatch, and the layers' output variables for that trace.
     plan: Plan | None = None
     trace_points: tuple[TracePoint, ...] = ()
+    # Part, clock, strategy and reuse factors the project is written for (hls4ml_reuse.hardware_summary).
+    hardware: dict = field(default_factory=dict)
 
     @property
     def input_size(self) -> int:
