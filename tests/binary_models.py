@@ -123,6 +123,27 @@ def conv_bnn(seed: int = 2) -> onnx.ModelProto:
     return b.model([1, 1, 6, 6], out)
 
 
+# Per-channel thresholds for 5-bit inputs on the grid of 1/4 (range [-4, 3.75]): on grid points,
+# between them (hls4ml's own floor of a threshold would be wrong there), infinite, beyond the range
+# on both sides (the input must be widened to store them), equal, unsorted.
+TERNARY_EDGES = [[-0.25, 0.25], [-0.3, 0.1], [-np.inf, 0.5], [1.0, np.inf], [-10.0, 10.0], [0.5, 0.5], [-0.125, -0.125], [3.75, -4.0]]
+BINARY_EDGES = [[0.0], [-0.3], [0.1], [-np.inf], [np.inf], [-10.0], [3.75], [4.0]]
+
+
+def threshold_edges(kind: str) -> onnx.ModelProto:
+    """5-bit input -> MultiThreshold ('ternary': levels -1, 0, 1; 'binary': -1, +1) with the edge
+    thresholds above -> a dense layer with ternary / binary weights and an integer bias."""
+    b = _Builder(3)
+    x = b.quant("x", 5, 0.25)
+    edges = np.asarray(TERNARY_EDGES if kind == "ternary" else BINARY_EDGES, dtype=np.float32)
+    scale, bias = (1.0, -1.0) if kind == "ternary" else (2.0, -1.0)
+    x = b.node("MultiThreshold", [x, b.const(edges, "thresholds")], domain=QONNX, out_scale=scale, out_bias=bias, data_layout="NC")
+    w = b.weight((8, 4), kind)
+    x = b.node("MatMul", [x, w])
+    out = b.node("Add", [x, b.quant(b.const(np.array([3, -2, 0, 5])), 4, 1.0)])
+    return b.model([1, 8], out)
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
