@@ -10,6 +10,11 @@ power of two, so no rounding ever enters the analysis. The rules, one per op:
   it is evaluated (QONNX semantics, float32) and keeps the Quant's type. A constant that `fold-quant`
   left annotated (`hawqc.ir.quant_annotation`) takes the type of the quantizer the annotation
   describes; any other constant the narrowest type that holds its exact (dyadic) values.
+- `BipolarQuant(x, s)` and qonnx's 1-bit signed `Quant` (its "bipolar" case) give `+s` where x >= 0
+  (-0.0 included), else `-s`: codes -1/+1 at LSB s, only for one power-of-two s (any other scale is
+  refused: the next layer's float32 products of it round). `MultiThreshold` gives
+  `out_scale * count + out_bias`, the count per channel between the number of thresholds at or below
+  the input's lower and upper bound (exact comparisons; the channel must be the last axis).
 - `MatMul(x, W)` with constant `W`: output column j lies in `sum_i [min, max](W_ij*lo_i, W_ij*hi_i)`,
   computed with the actual integer weights, at LSB = LSB(x) * LSB(W).
 - channels-last `Conv(x, W[M, k..., C/group], b?)`: output channel m sums, over its group's input

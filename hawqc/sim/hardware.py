@@ -18,6 +18,9 @@ What the generated C++ computes, exactly (hawqc's contract, decision 6):
   accumulator type, divided by the size with the quotient truncated toward zero at the
   accumulator's LSB (`nnet_pooling.h`, `avg`; see `hawqc.ir.precision`). With power-of-two sizes
   the accumulator's LSB makes that division exact.
+- a binary quantizer (`BipolarQuant`, 1-bit signed `Quant`) compares with 0 (`x >= 0 ? +s : -s`);
+  a `MultiThreshold` counts the float32 thresholds the exact value reaches, then applies its
+  (exact, dyadic) `out_scale` and `out_bias`, which is what hls4ml's threshold layers compute;
 - fixed point has no negative zero: results are normalized to +0.0;
 - `Cast` between float types means nothing in fixed point: the value passes unchanged (where a
   float32 Cast rounds in semantic mode, precision inference says so in `float_inexact`).
