@@ -52,6 +52,7 @@ CASES = [
     ("gemm_binary", "catapult", "io_parallel"),
     ("conv_bnn", "vitis", "io_stream"),
     ("mlp_binary", "vivado", "io_stream"),
+    ("mlp_ternary", "catapult", "io_stream"),
 ]
 # The product hls4ml must pick for the binary/ternary dense layers of a model (nnet_mult.h).
 PRODUCTS = {
@@ -237,3 +238,9 @@ def test_thresholds_to_levels_hls4ml_has_no_layer_for_are_refused(tmp_path: Path
     with pytest.raises(UnsupportedModelError, match=r"MultiThreshold.*levels \[0\.0, 1\.0\]"):
         get_backend("vitis").lower(model, tmp_path / "p")
     assert not (tmp_path / "p" / "firmware").exists()
+
+
+def test_catapult_streams_thresholds_of_features_only(tmp_path: Path) -> None:
+    model = prepared("conv_bnn", tmp_path)
+    with pytest.raises(UnsupportedModelError, match=r"MultiThreshold.*io_stream on catapult"):
+        get_backend("catapult").lower(model, tmp_path / "p", io_type="io_stream")

@@ -33,6 +33,7 @@ meaning is mapped onto it exactly:
   data with `ap_uint<1>` weights, which only the Xnor types spell here.
 - Catapult's convolution kernels compare every weight with a double literal, which does not compile
   for `ac_int`: its convolutions keep +-1 / {-1, 0, 1} weights in fixed point (`mult`, exact).
+- Catapult's streaming threshold kernels only compile for [features] inputs (refused on images).
 - Convolutions never read the 1-bit type: hls4ml's convolution kernels pad with code 0, which
   would mean -1, and their `cast` doubles with the window size as `n_in`. They read `ap_int<2>`
   codes (padding 0 is the number 0).
@@ -188,6 +189,13 @@ class BinaryLowering:
         if thresholds.shape[0] not in (1, channels):
             raise UnsupportedModelError(f"{describe(node)}: thresholds {list(thresholds.shape)} for {channels} channels")
         thresholds = np.broadcast_to(thresholds, (channels, thresholds.shape[1]))
+        if p.io_type == "io_stream" and p.target.hls4ml_backend.lower() == "catapult" and math.prod(shape) != channels:
+            # Its streaming normalize_*_tanh declare the output stream as arrays of n_in (not of the
+            # channels) and index thresholds per element: they do not compile for an image.
+            raise UnsupportedModelError(
+                f"{describe(node)}: thresholds on an image in io_stream on catapult; hls4ml's streaming "
+                "threshold kernels for Catapult take only [features] inputs"
+            )
         data_type = p.plan.by_name[prev].types["result"]
         lsb = Fraction(2) ** data_type.lsb_exponent
         low, high = data_type.min_value, data_type.max_value
