@@ -20,3 +20,5 @@ config.substitutions.append(
 config.substitutions.append(("%filecheck", f"{python} -m filecheck"))
 config.substitutions.append(("%python", python))
 config.environment["PYTHONHASHSEED"] = "0"
+# Import hawqc from the tree these tests belong to (a git worktree), not whichever one is installed.
+config.environment["PYTHONPATH"] = os.path.dirname(config.test_source_root)

@@ -190,7 +190,8 @@ def _single_quant_model(**overrides) -> ir.Model:
         ({"mode": "CEIL"}, "CEIL"),
         ({"mode": "UP"}, "UP"),
         ({"signed": 0, "narrow": 1}, "unsigned narrow"),
-        ({"bits": 1}, "1-bit signed"),
+        ({"bits": 1, "zp": 1.0}, "1-bit signed Quant with a non-zero zero point"),
+        ({"bits": 1, "scale": 0.3}, "binary quantizer with scale"),
     ],
 )
 def test_unsupported_quant_names_the_node(overrides, reason) -> None:

@@ -221,10 +221,6 @@ REFUSING_PASSES = frozenset({"channels-last", "infer-precision"})
 # What the named pipelines (cleanup first) may refuse: generator feature -> (pass, message part).
 EXPECTED_PIPELINE_REFUSALS = {
     "cnn:flattened-image-output": ("channels-last", "is a flattened image"),
-    # fuse-bn makes a BatchNormalization before a binary / ternary quantizer a MultiThreshold, which
-    # has no channels-last form (test_property_regressions.py,
-    # test_hls4ml_prepare_converts_a_cnn_whose_batchnorm_feeds_a_ternary_quantizer).
-    "bn:before-step-quant": ("channels-last", "MultiThreshold"),
 }
 
 

@@ -86,14 +86,11 @@ g (float[1,2,1,2] x) => (float[1,2] y)
     np.testing.assert_array_equal(after.view(np.uint32), before.view(np.uint32))
 
 
-@pytest.mark.xfail(strict=True, reason="channels-last has no MultiThreshold rule (reported, not fixed)")
 def test_hls4ml_prepare_converts_a_cnn_whose_batchnorm_feeds_a_ternary_quantizer() -> None:
     # fuse-bn turns BatchNormalization -> ternary Quant (2 bits, signed, narrow) into a QONNX
     # MultiThreshold (data_layout "NCHW"; here where the bias Add erases the sign of a zero);
-    # channels-last, next in hls4ml-prepare, then refuses the whole CNN (here: its MaxPool):
-    # "MultiThreshold reads or writes an image and has no channels-last form" (the
-    # MultiThreshold could take data_layout "NHWC" instead). The property test accepts this refusal
-    # in the named pipelines on graphs marked "bn:before-step-quant".
+    # channels-last, next in hls4ml-prepare, refused the whole CNN until it gave the MultiThreshold
+    # data_layout "NHWC" (found by the property test; validated here on 16 inputs).
     text = """<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1]>
 g (float[1,2,2,2] x) => (float[1,2] y)
    <float s = {0.25}, float z = {0}, float b4 = {4}, float b2 = {2}, float s1 = {1},
@@ -112,6 +109,8 @@ g (float[1,2,2,2] x) => (float[1,2] y)
     PassManager.parse("hls4ml-prepare", validate=16).run(model)
     image_ops = ("BatchNormalization", "MaxPool")
     assert not any(node.domain == "" and node.op_type in image_ops for node in model.graph)
+    (threshold,) = [node for node in model.graph if node.op_type == "MultiThreshold"]
+    assert threshold.attributes["data_layout"].as_string() == "NHWC"
 
 
 @pytest.mark.xfail(strict=True, reason="the executor's float Conv depends on the layout (reported)")

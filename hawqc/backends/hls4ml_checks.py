@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from hawqc.backends.hls4ml_binary_types import special_cpp_spelling
 from hawqc.backends.hls4ml_plan import Plan, Planned
 from hawqc.backends.hls4ml_target import Hls4mlTarget
 from hawqc.backends.project import LayerReport
@@ -35,6 +36,8 @@ UNUSED_TYPES = frozenset(
         ("ParametrizedActivation", "table_t"),
         ("Dense", "index_t"),
         ("DepthwiseConv2D", "dw_output_t"),
+        # normalize_binary_tanh / normalize_ternary_tanh only compare the input with its thresholds.
+        ("BatchNormalizationQuantizedTanh", "accum_t"),
     }
 )
 
@@ -210,7 +213,7 @@ def check_written_types(match: GraphMatch, target: Hls4mlTarget, defines_h: Path
         for role, fixed in planned.types.items():
             type_name = named[role].name
             text = written(type_name)
-            expected = re.sub(r"\s+", "", target.cpp_spelling(fixed))
+            expected = re.sub(r"\s+", "", special_cpp_spelling(fixed, target.hls4ml_backend) or target.cpp_spelling(fixed))
             if text != expected:
                 raise BackendError(f"{defines_h}: {type_name} of layer {layer.name!r} is {text!r}; hawqc chose {expected!r}")
             types[role] = text

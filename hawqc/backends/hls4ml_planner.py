@@ -37,6 +37,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.backends import hls4ml_layers as layers
+from hawqc.backends.hls4ml_binary import BinaryLowering
 from hawqc.backends.hls4ml_layers import Window
 from hawqc.backends.hls4ml_plan import Plan, Planned
 from hawqc.backends.hls4ml_target import Hls4mlTarget
@@ -166,6 +167,8 @@ class Planner:
             "GlobalAveragePool": self.global_pool,
             "BatchNormalization": self.batchnorm,
         }
+        # Binary and ternary layers (thresholds, XNOR-popcount): hls4ml_binary.py.
+        self.binary = BinaryLowering(self)
         self.handlers = {**{("", op): h for op, h in onnx.items()}, **{(CHANNELS_LAST_DOMAIN, op): h for op, h in channels_last.items()}}
 
     # ---- plumbing -----------------------------------------------------------------------------
@@ -187,6 +190,8 @@ class Planner:
         return self.plan
 
     def lower_node(self, node: ir.Node) -> None:
+        if self.binary.lower(node):
+            return
         if is_quant(node.op_type, node.domain):
             self.quant(node)
             return
@@ -384,6 +389,8 @@ class Planner:
         )
 
     def dense(self, node: ir.Node) -> None:
+        if self.binary.dense(node):
+            return
         x, w = node.inputs[0], node.inputs[1]
         prev = self.source(node, x)
         weights = self.constant(w)
@@ -487,6 +494,7 @@ class Planner:
         build = layers.depthwise_conv_layer if depthwise else layers.conv_layer
         kind = f"{'DepthwiseConv' if depthwise else 'Conv'}{window.rank}D"
         types = {"weight": self.typed(w, node), "bias": bias_type, "accum": accum, "result": result_type}
+        weights, types = self.binary.conv_weights(x, weights, types)
         self.add_layer(
             Planned(name, kind, describe(node), build(name, prev, window, weights, bias), types),
             result,

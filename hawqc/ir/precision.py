@@ -10,6 +10,11 @@ power of two, so no rounding ever enters the analysis. The rules, one per op:
   it is evaluated (QONNX semantics, float32) and keeps the Quant's type. A constant that `fold-quant`
   left annotated (`hawqc.ir.quant_annotation`) takes the type of the quantizer the annotation
   describes; any other constant the narrowest type that holds its exact (dyadic) values.
+- `BipolarQuant(x, s)` and qonnx's 1-bit signed `Quant` (its "bipolar" case) give `+s` where x >= 0
+  (-0.0 included), else `-s`: codes -1/+1 at LSB s, only for one power-of-two s (any other scale is
+  refused: the next layer's float32 products of it round). `MultiThreshold` gives
+  `out_scale * count + out_bias`, the count per channel between the number of thresholds at or below
+  the input's lower and upper bound (exact comparisons; the channel must be the last axis).
 - `MatMul(x, W)` with constant `W`: output column j lies in `sum_i [min, max](W_ij*lo_i, W_ij*hi_i)`,
   computed with the actual integer weights, at LSB = LSB(x) * LSB(W).
 - channels-last `Conv(x, W[M, k..., C/group], b?)`: output channel m sums, over its group's input
@@ -68,7 +73,7 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_qonnx_domain, is_quant
 from hawqc.ir.op_arithmetic import auto_pads, batch_norm_coefficients, cast_target, window_count
 from hawqc.ir.qtypes import FixedType, power_of_two_exponent
 from hawqc.ir.quant_annotation import read_annotation
@@ -280,6 +285,33 @@ def quant_type(node: ir.Node, params: QuantParams) -> FixedType:
     return _union_of_types(
         params.bitwidth, params.scale, params.signed, params.narrow, params.rounding_mode, describe(node)
     )
+
+
+def is_bipolar_quant(node: ir.Node) -> bool:
+    """A BipolarQuant, or a Quant that qonnx computes as one (1 bit, signed: `x >= 0 ? +s : -s`)."""
+    if not is_qonnx_domain(node.domain):
+        return False
+    if node.op_type == "BipolarQuant":
+        return True
+    if not is_quant(node.op_type, node.domain) or len(node.inputs) < 4:
+        return False
+    bitwidth = _constant(node.inputs[3])
+    return bitwidth is not None and bitwidth.size == 1 and float(bitwidth.reshape(())) == 1 and bool(_attr(node, "signed", 1))
+
+
+def bipolar_scale(node: ir.Node) -> np.ndarray:
+    """The scale of a binary quantizer (`is_bipolar_quant`), checked: constant, positive, and for a
+    1-bit Quant with zero point 0 (`x / s + z >= 0` is `x >= 0` only then)."""
+    scale = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if scale is None:
+        raise UnsupportedModelError(f"{describe(node)}: the scale is not a constant")
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        raise UnsupportedModelError(f"{describe(node)}: binary quantizer scale {scale.reshape(-1).tolist()} is not positive")
+    if node.op_type != "BipolarQuant":
+        zeropt = _constant(node.inputs[2])
+        if zeropt is None or np.any(zeropt != 0):
+            raise UnsupportedModelError(f"{describe(node)}: 1-bit signed Quant with a non-zero zero point")
+    return scale
 
 
 def _round_fraction(x: Fraction, mode: str) -> int:
@@ -669,6 +701,8 @@ class _Analysis:
     def rule(self, node: ir.Node) -> Rule:
         if is_quant(node.op_type, node.domain):
             return self.quant
+        if is_qonnx_domain(node.domain) and node.op_type in ("BipolarQuant", "MultiThreshold"):
+            return self.bipolar_quant if node.op_type == "BipolarQuant" else self.multithreshold
         if node.domain == CHANNELS_LAST_DOMAIN:
             rule = {
                 "Conv": self.conv,
@@ -711,6 +745,9 @@ class _Analysis:
 
     # ---- quantizers ---------------------------------------------------------------------------
     def quant(self, node: ir.Node) -> None:
+        if is_bipolar_quant(node):
+            self.bipolar_quant(node)
+            return
         params = quant_params(node)
         fixed = quant_type(node, params)
         out = node.outputs[0]
@@ -736,6 +773,94 @@ class _Analysis:
         lo = np.vectorize(lambda c: _quantize_code(Fraction(int(c)) * step, params, scale_exp), otypes=[object])(src.lo)
         hi = np.vectorize(lambda c: _quantize_code(Fraction(int(c)) * step, params, scale_exp), otypes=[object])(src.hi)
         self.record(out, _Bounds(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object), scale_exp), fixed)
+
+    def bipolar_quant(self, node: ir.Node) -> None:
+        """BipolarQuant(x, s), or qonnx's 1-bit signed Quant: `+s` where x >= 0 (also -0.0), else `-s`.
+
+        The value is one of two numbers, so the rule is exact with any input interval: [-s, s] when
+        the input can be on both sides of 0, one of them otherwise. Only a power-of-two scale gives
+        a fixed-point type (codes -1 and +1 at LSB s); any other scale is refused here, because the
+        products the next layer computes from `+-s` in float32 round (s has a long mantissa) where
+        fixed point would not. A constant (a binary weight) is evaluated as semantic mode does.
+        """
+        scale = bipolar_scale(node)
+        out, x = node.outputs[0], node.inputs[0]
+        exp = power_of_two_exponent(float(np.unique(scale)[0])) if np.unique(scale).size == 1 else None
+        if exp is None:
+            raise UnsupportedModelError(
+                f"{describe(node)}: binary quantizer with scale {scale.reshape(-1).tolist()} (not one power of two); "
+                "its +-scale products round in float32 but not in fixed point"
+            )
+        fixed = FixedType.covering(-(Fraction(2) ** exp), Fraction(2) ** exp, exp)
+        data = _constant(x) if x is not None and x.name not in self.bounds else None
+        if data is not None:
+            values = np.where(data.astype(np.float64) >= 0, 1.0, -1.0) * float(scale.reshape(-1)[0])
+            self.record_constant(out, values, fixed)
+            return
+        if x is not None and x.is_graph_input() and x.name not in self.bounds:
+            lo, hi = -1, 1
+        else:
+            src = self.operand(node, x)
+            # Codes per feature: -1 if some value is negative, +1 if some value is >= 0.
+            lo = np.where(src.lo < 0, -1, 1).astype(object)
+            hi = np.where(src.hi >= 0, 1, -1).astype(object)
+        self.record(out, _Bounds(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object), exp), fixed)
+
+    def multithreshold(self, node: ir.Node) -> None:
+        """MultiThreshold(v, T): `out_scale * count + out_bias`, count the thresholds of the element's
+        channel that v is >= (see `hawqc.sim.ops_threshold`). Intervals are kept along the last axis,
+        so the thresholds' channel must be the last axis (`data_layout` ending in C, or a rank-2
+        "NC" input; run channels-last first). Per channel, the count lies between the number of
+        thresholds <= lo and the number <= hi (comparisons of exact numbers: both modes agree).
+        The output is two float32 operations on the count, exact while the codes fit float32."""
+        x = node.inputs[0]
+        v = self.operand(node, x)
+        thresholds = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        if thresholds is None or thresholds.ndim != 2:
+            raise UnsupportedModelError(f"{describe(node)}: thresholds must be a constant [C, T] tensor")
+        dims = self.shape(x)
+        rank = len(dims) if dims is not None else None
+        if rank is None:
+            raise UnsupportedModelError(f"{describe(node)}: the rank of the input is unknown")
+        layout = str(_attr(node, "data_layout", ""))
+        from_rank = {2: "NC", 3: "NWC", 4: "NCHW"}.get(rank, "")
+        axis = (layout or from_rank).find("C") if "C" in (layout or from_rank) else 1
+        if axis != rank - 1:
+            raise UnsupportedModelError(
+                f"{describe(node)}: thresholds along axis {axis} of a rank-{rank} input (data_layout "
+                f"{layout or from_rank!r}); precision needs the channels last (run channels-last first)"
+            )
+        channels = dims[-1]
+        if thresholds.shape[0] not in (1, channels):
+            raise UnsupportedModelError(f"{describe(node)}: thresholds {list(thresholds.shape)} for {channels} channels")
+        out_scale = np.float32(_attr(node, "out_scale", 1.0))
+        out_bias = np.float32(_attr(node, "out_bias", 0.0))
+        features = channels if thresholds.shape[0] == channels else v.features
+        if features is not None:
+            v = v.widened(features)
+        rows = np.broadcast_to(thresholds.astype(np.float64), (features or 1, thresholds.shape[1]))
+        step = Fraction(2) ** v.exp
+
+        def passed(code: object, row: np.ndarray) -> int:
+            """How many thresholds of `row` the exact value `code * step` is >= (NaN: none)."""
+            value = Fraction(int(code)) * step
+            return sum(1 for t in row if t == -np.inf or (np.isfinite(t) and Fraction(float(t)) <= value))
+
+        def counts(codes: np.ndarray) -> np.ndarray:
+            flat = np.reshape(codes, -1)
+            return np.asarray([passed(c, row) for c, row in zip(np.broadcast_to(flat, (rows.shape[0],)), rows)], dtype=object).reshape(np.shape(codes))
+
+        c_lo, c_hi = counts(v.lo), counts(v.hi)
+        s_exp, b_exp = _finest_exponent(np.asarray(out_scale)), _finest_exponent(np.asarray(out_bias))
+        exp = min(s_exp, b_exp) if out_bias != 0 else s_exp
+        s_code = int(_exact_codes(np.asarray(out_scale), exp))
+        b_code = int(_exact_codes(np.asarray(out_bias), exp))
+        ends = (c_lo * s_code + b_code, c_hi * s_code + b_code)
+        bounds = _Bounds(_int_array(np.minimum(*ends)), _int_array(np.maximum(*ends)), exp)
+        out = node.outputs[0]
+        self.record(out, bounds)
+        self.may_round(out, _Bounds(c_hi * abs(s_code), c_hi * abs(s_code), exp), "out_scale * count")
+        self.may_round(out, bounds, "out_scale * count + out_bias")
 
     # ---- dot products ---------------------------------------------------------------------------
     def weights(self, node: ir.Node, value: ir.Value | None, what: str) -> tuple[np.ndarray, _Bounds]:

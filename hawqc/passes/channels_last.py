@@ -284,6 +284,8 @@ class _Conversion:
     def _rule(self, node: ir.Node):
         op = node.op_type
         if node.domain == QONNX_DOMAIN:
+            if op == "MultiThreshold":
+                return self._multithreshold
             return self._elementwise if op in ELEMENTWISE_QONNX_OPS else None
         if node.domain != "":
             return None
@@ -474,6 +476,43 @@ class _Conversion:
         data = [value for value in node.inputs if value is not None and value not in self.constant]
         layout = self._data_layout(node, data)
         self._relayout_constant_inputs(node, layout)
+        for value in node.outputs:
+            self._set_layout(value, layout, node)
+
+    def _multithreshold(self, node: ir.Node) -> None:
+        """MultiThreshold(v, thresholds [C, T]) thresholds each element by its channel, the axis
+        named by "C" in `data_layout` (qonnx guesses the layout from the rank when there is none).
+        Channels-last: the attribute names the channel's new position (qonnx executes that), the
+        thresholds stay as they are. A flattened image ([N, K], columns permuted): the rows of
+        per-column thresholds are permuted alike, where they are stored."""
+        v = node.inputs[0]
+        if v not in self.layouts or (len(node.inputs) > 1 and node.inputs[1] in self.layouts):
+            raise UnsupportedModelError(f"{describe(node)}: only the data input may be relaid out")
+        layout = self.layouts[v]
+        rank = _rank(v)
+        attr = node.attributes.get("data_layout")
+        declared = attr.as_string() if attr is not None else ""
+        guessed = declared or {2: "NC", 3: "NWC", 4: "NCHW"}.get(rank, "")
+        channel = guessed.index("C") if "C" in guessed else 1
+        if isinstance(layout, Transposed):
+            new_channel = list(layout.perm).index(channel)
+            # qonnx only looks for "C": the other letters name spatial axes for a human reader.
+            spatial = "DHW"[3 - (rank - 2):] if rank <= 5 else "S" * (rank - 2)
+            names = list("N" + spatial)
+            names.insert(new_channel, "C")
+            node.attributes["data_layout"] = ir.AttrString("data_layout", "".join(names))
+        else:
+            thresholds = node.inputs[1]
+            if thresholds is None or thresholds not in self.constant or thresholds.const_value is None:
+                raise UnsupportedModelError(f"{describe(node)}: the thresholds must be a constant")
+            if channel != rank - 1 or rank != 2:
+                raise UnsupportedModelError(f"{describe(node)}: thresholds a permuted flattened image along axis {channel}")
+            data = thresholds.const_value.numpy()
+            if data.shape[0] != 1:
+                stored = make_initializer(np.take(data, layout.order, axis=0), self.names(f"{thresholds.name}_permuted"))
+                self.graph.register_initializer(stored)
+                node.replace_input_with(1, stored)
+                self.statistics["constants-relaid-out"] += 1
         for value in node.outputs:
             self._set_layout(value, layout, node)
 

@@ -18,6 +18,9 @@ What the generated C++ computes, exactly (hawqc's contract, decision 6):
   accumulator type, divided by the size with the quotient truncated toward zero at the
   accumulator's LSB (`nnet_pooling.h`, `avg`; see `hawqc.ir.precision`). With power-of-two sizes
   the accumulator's LSB makes that division exact.
+- a binary quantizer (`BipolarQuant`, 1-bit signed `Quant`) compares with 0 (`x >= 0 ? +s : -s`);
+  a `MultiThreshold` counts the float32 thresholds the exact value reaches, then applies its
+  (exact, dyadic) `out_scale` and `out_bias`, which is what hls4ml's threshold layers compute;
 - fixed point has no negative zero: results are normalized to +0.0;
 - `Cast` between float types means nothing in fixed point: the value passes unchanged (where a
   float32 Cast rounds in semantic mode, precision inference says so in `float_inexact`).
@@ -45,9 +48,9 @@ from hawqc.ir.domains import (
     is_qonnx_domain,
 )
 from hawqc.ir.op_arithmetic import cast_target
-from hawqc.ir.precision import PrecisionResult
+from hawqc.ir.precision import PrecisionResult, bipolar_scale, is_bipolar_quant
 from hawqc.ir.qtypes import FixedType
-from hawqc.sim import ops, ops_conv
+from hawqc.sim import ops, ops_conv, ops_threshold
 
 # float64 holds every integer up to 2**53 exactly; numpy's longdouble up to 2**(nmant + 1), which
 # is 2**64 on x86-64 (80-bit extended), 2**113 on aarch64 Linux (quad) and 2**53 where long double
@@ -180,6 +183,46 @@ def build_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
         return (cast(args[0], fixed),)
 
     return quant
+
+
+def build_bipolar_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    """BipolarQuant, or qonnx's 1-bit signed Quant: `+s` where x >= 0, else `-s` (precision
+    inference has checked the scale: one power of two). A NaN input is -s, as in semantic mode."""
+    scale = np.float64(bipolar_scale(spec.node).reshape(-1)[0])
+
+    def bipolar(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = args[0]
+        return (np.where(x >= 0, scale, -scale).astype(_exact_float(x).dtype),)
+
+    return bipolar
+
+
+def build_quantizer(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    """Quant / IntQuant: a cast into the inferred type, except qonnx's 1-bit signed (bipolar) case."""
+    if is_bipolar_quant(spec.node):
+        return build_bipolar_quant(spec, precision)
+    return build_quant(spec, precision)
+
+
+def build_multithreshold(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+    """`out_scale * count + out_bias` on the exact value (`ops_threshold.multithreshold` in the
+    working float type: the count and the attributes are exact there, and so are the comparisons
+    of exact values with the float32 thresholds)."""
+    node = spec.node
+    thresholds = spec.constants[1] if len(spec.constants) > 1 else None
+    if thresholds is None:
+        raise UnsupportedModelError(f"{describe(node)}: the thresholds must be a constant")
+    out_scale = np.float64(np.float32(node.attributes.get_float("out_scale", 1.0)))
+    out_bias = np.float64(np.float32(node.attributes.get_float("out_bias", 0.0)))
+    data_layout = node.attributes.get_string("data_layout", "")
+
+    def multithreshold(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        x = _exact_float(args[0])
+        axis = ops_threshold.channel_axis_of(data_layout, x.ndim)
+        counts = ops_threshold.multithreshold(x, thresholds.astype(x.dtype), 1.0, 0.0, axis)
+        return (counts * x.dtype.type(out_scale) + x.dtype.type(out_bias) + 0.0,)
+
+    return multithreshold
 
 
 def build_matmul(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
@@ -374,7 +417,9 @@ def _semantic(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
 DATA_MOVEMENT_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Resize", "Pad")
 
 HARDWARE_TABLE: dict[tuple[str, str], HardwareBuilder] = {
-    **{(QONNX_DOMAIN, op): build_quant for op in QUANT_OPS},
+    **{(QONNX_DOMAIN, op): build_quantizer for op in QUANT_OPS},
+    (QONNX_DOMAIN, "BipolarQuant"): build_bipolar_quant,
+    (QONNX_DOMAIN, "MultiThreshold"): build_multithreshold,
     ("", "MatMul"): build_matmul,
     ("", "Add"): _elementwise(np.add),
     ("", "Sub"): _elementwise(np.subtract),
