@@ -36,6 +36,7 @@ CACHE_ENV = "HAWQC_CACHE_DIR"
 # Part of every cache key: bump when the way libraries are built or loaded changes.
 CACHE_FORMAT = "csim-2"
 _STDERR_LIMIT = 6000
+BUILD_PRODUCT_SUFFIXES = (".so", ".o")
 
 
 def cache_dir() -> Path:
@@ -84,7 +85,7 @@ def _hash_file(digest: hashlib._Hash, path: Path, rel: str, unhashed: tuple[str,
 
 def cache_key(project: LoweredProject, flags: list[str], cxx: str = "g++") -> str:
     """Content hash of what the library is built from: every file under firmware/ (sources, headers,
-    weights), the listed sources, the flags and the compiler's version line."""
+    weights; not libraries or objects), the listed sources, the flags and the compiler's version line."""
     recipe = project.csim
     digest = hashlib.sha256()
     header = [CACHE_FORMAT, _compiler_identity(cxx), *flags, "|", *recipe.include_dirs, "|", *recipe.sources]
@@ -92,7 +93,12 @@ def cache_key(project: LoweredProject, flags: list[str], cxx: str = "g++") -> st
     digest.update("\0".join(header).encode())
     digest.update(batch_source(recipe.entry).encode())
     outdir = project.outdir
-    files = {p.relative_to(outdir).as_posix(): p for p in (outdir / "firmware").rglob("*") if p.is_file()}
+    # Not build products: hls4ml's own compile() leaves its library in firmware/.
+    files = {
+        p.relative_to(outdir).as_posix(): p
+        for p in (outdir / "firmware").rglob("*")
+        if p.is_file() and p.suffix not in BUILD_PRODUCT_SUFFIXES
+    }
     for rel in recipe.sources:
         files[rel] = outdir / rel
     for rel in sorted(files):
