@@ -253,11 +253,14 @@ class CSim:
     order, which is numpy's row-major order of the sample.
     """
 
-    def __init__(self, library: Path, project: LoweredProject, compile_stats: CompileStats) -> None:
+    def __init__(
+        self, library: Path, project: LoweredProject, compile_stats: CompileStats, flags: list[str] | None = None
+    ) -> None:
         self.library = library
         self.project = project
         self.compile_stats = compile_stats
-        private_statics = PRIVATE_STATICS_FLAG in compiler_flags(project.csim)
+        # The flags the library was built with (default: the recipe's with g++).
+        private_statics = PRIVATE_STATICS_FLAG in (flags if flags is not None else compiler_flags(project.csim))
         self._batched = BatchedLibrary(library, project.csim.entry, private_statics)
 
     def stats(self) -> dict[str, object]:
@@ -310,4 +313,4 @@ def compile_csim(project: LoweredProject, *, cxx: str = "g++", jobs: int | None 
         stats = CompileStats(seconds=0.0, cpu_seconds=0.0, peak_rss_bytes=0, cached=True, jobs=workers)
     else:
         stats = _build(project, flags, key, root, cxx, workers)
-    return CSim(library, project, stats)
+    return CSim(library, project, stats, flags)
