@@ -5,7 +5,8 @@
 For each backend the model is lowered once, then compiled `--repeats` times, each time into a fresh
 empty cache, two ways:
 - hawqc: `hawqc.backends.csim.compile_csim` (g++ with build_lib.sh's flags plus
-  -Wno-free-nonheap-object, the two translation units in parallel on up to 2 cores);
+  `FAST_COMPILE_FLAGS` (-Wno-free-nonheap-object, -O1; C++11 for Vivado/Vitis since branch
+  fastcsim), the translation units in parallel on up to 2 cores);
 - hls4ml: the project's own `build_lib.sh` (what `ModelGraph.compile()` runs: sequential, its flags).
 Reported per way: wall seconds, CPU seconds (user + system of all g++ children) and the peak
 resident set of the largest single g++ child (wait4 rusage of each child; for build_lib.sh, of the

@@ -8,6 +8,7 @@ g++ directly with the flags of that script (see each backend's `CSimRecipe`) so 
   concurrent writers are safe: each builds in its own temporary directory and publishes with an
   atomic rename (two writers of one hash produce the same bytes, the last rename wins);
 - compile the translation units in parallel;
+- link in a batched entry point (`csim_batch.py`: the loop over samples in C++, run over threads);
 - measure each g++ child (wall time, CPU time, peak RSS);
 - report a compile error with g++'s own message (Catapult's build_lib.sh has no `set -e` and would
   only leave a missing `.so` behind).
@@ -15,7 +16,6 @@ g++ directly with the flags of that script (see each backend's `CSimRecipe`) so 
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import os
@@ -28,13 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hawqc.backends.csim_batch import PRIVATE_STATICS_FLAG, BatchedLibrary, batch_source
 from hawqc.backends.project import CSimRecipe, LoweredProject
 from hawqc.errors import BackendError
 
 CACHE_ENV = "HAWQC_CACHE_DIR"
 # Part of every cache key: bump when the way libraries are built or loaded changes.
-CACHE_FORMAT = "csim-1"
+CACHE_FORMAT = "csim-2"
 _STDERR_LIMIT = 6000
+BUILD_PRODUCT_SUFFIXES = (".so", ".o")
 
 
 def cache_dir() -> Path:
@@ -83,14 +85,20 @@ def _hash_file(digest: hashlib._Hash, path: Path, rel: str, unhashed: tuple[str,
 
 def cache_key(project: LoweredProject, flags: list[str], cxx: str = "g++") -> str:
     """Content hash of what the library is built from: every file under firmware/ (sources, headers,
-    weights), the listed sources, the flags and the compiler's version line."""
+    weights; not libraries or objects), the listed sources, the flags and the compiler's version line."""
     recipe = project.csim
     digest = hashlib.sha256()
     header = [CACHE_FORMAT, _compiler_identity(cxx), *flags, "|", *recipe.include_dirs, "|", *recipe.sources]
     header += ["|", recipe.entry, str(recipe.runtime_weights_dir)]
     digest.update("\0".join(header).encode())
+    digest.update(batch_source(recipe.entry).encode())
     outdir = project.outdir
-    files = {p.relative_to(outdir).as_posix(): p for p in (outdir / "firmware").rglob("*") if p.is_file()}
+    # Not build products: hls4ml's own compile() leaves its library in firmware/.
+    files = {
+        p.relative_to(outdir).as_posix(): p
+        for p in (outdir / "firmware").rglob("*")
+        if p.is_file() and p.suffix not in BUILD_PRODUCT_SUFFIXES
+    }
     for rel in recipe.sources:
         files[rel] = outdir / rel
     for rel in sorted(files):
@@ -196,10 +204,14 @@ def _build(project: LoweredProject, flags: list[str], key: str, root: Path, cxx:
             escaped = str(weights).replace("\\", "\\\\").replace('"', '\\"')
             defines.append(f'-DWEIGHTS_DIR="{escaped}"')
         includes = [f"-I{outdir / inc}" for inc in recipe.include_dirs]
-        objects = [workdir / f"unit{i}.o" for i in range(len(recipe.sources))]
+        batch = workdir / "hawqc_batch.cpp"
+        batch.write_text(batch_source(recipe.entry))
+        # First: it takes a fraction of a second, and the runner waits for commands in start order.
+        sources = [batch] + [outdir / src for src in recipe.sources]
+        objects = [workdir / f"unit{i}.o" for i in range(len(sources))]
         compiles = [
-            [cxx, *flags, *includes, *defines, "-c", str(outdir / src), "-o", str(obj)]
-            for src, obj in zip(recipe.sources, objects, strict=True)
+            [cxx, *flags, *includes, *defines, "-c", str(src), "-o", str(obj)]
+            for src, obj in zip(sources, objects, strict=True)
         ]
         start = time.perf_counter()
         results = _run_parallel(compiles, outdir, workdir, jobs)
@@ -230,7 +242,8 @@ def _build(project: LoweredProject, flags: list[str], key: str, root: Path, cxx:
 
 
 class CSim:
-    """A compiled C simulation: `predict(x)` runs every sample through the generated C++ function.
+    """A compiled C simulation: `predict(x)` runs every sample through the generated C++ function,
+    the whole batch in one call of the batched entry, split over threads (`csim_batch.py`).
 
     Inputs go in as float64 and are converted by the bridge (`nnet::convert_data`, i.e. the input
     type's own rounding and saturation: that conversion is the input Quant); outputs come back as
@@ -240,24 +253,40 @@ class CSim:
     order, which is numpy's row-major order of the sample.
     """
 
-    def __init__(self, library: Path, project: LoweredProject, compile_stats: CompileStats) -> None:
+    def __init__(
+        self, library: Path, project: LoweredProject, compile_stats: CompileStats, flags: list[str] | None = None
+    ) -> None:
         self.library = library
         self.project = project
         self.compile_stats = compile_stats
-        self._lib = ctypes.CDLL(str(library), mode=os.RTLD_LOCAL)
-        try:
-            self._fn = getattr(self._lib, project.csim.entry)
-        except AttributeError as error:
-            raise BackendError(f"{library}: no function {project.csim.entry!r}") from error
-        self._fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self._fn.restype = None
+        # The flags the library was built with (default: the recipe's with g++).
+        private_statics = PRIVATE_STATICS_FLAG in (flags if flags is not None else compiler_flags(project.csim))
+        self._batched = BatchedLibrary(library, project.csim.entry, private_statics)
 
     def stats(self) -> dict[str, object]:
         """The compile figures as plain data (for reports)."""
         return {"library": str(self.library), **asdict(self.compile_stats)}
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Outputs of shape (n, *output_shape) for inputs of shape (n, *input_shape) or (n, input_size)."""
+    def predict(self, x: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+        """Outputs of shape (n, *output_shape) for inputs of shape (n, *input_shape) or (n, input_size).
+
+        `threads`: at most this many (default `HAWQC_CSIM_THREADS`, else the usable cores), and
+        never fewer than `MIN_SAMPLES_PER_THREAD` samples each."""
+        flat, out = self._buffers(x)
+        self._batched.run(flat, out, threads)
+        return out.reshape((len(out), *self.project.output_shape))
+
+    def predict_each(self, x: np.ndarray) -> np.ndarray:
+        """`predict` with one ctypes call of the bridge's per-sample function per sample, as hls4ml's
+        own `predict()` runs it (kept to check the batched entry against)."""
+        flat, out = self._buffers(x)
+        in_ptr, out_ptr = flat.ctypes.data, out.ctypes.data
+        for i in range(len(flat)):
+            self._batched.per_sample(in_ptr + i * flat.strides[0], out_ptr + i * out.strides[0])
+        return out.reshape((len(out), *self.project.output_shape))
+
+    def _buffers(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs as C-contiguous float64 rows, and zeroed output rows."""
         x = np.asarray(x)
         n = x.shape[0] if x.ndim > 0 else 0
         per_sample = tuple(x.shape[1:])
@@ -270,12 +299,7 @@ class CSim:
                 f"(shape {list(self.project.input_shape)}, channels last, or flat), got array of shape {list(x.shape)}"
             )
         flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.float64) if n else np.zeros((0, self.project.input_size))
-        out = np.zeros((n, self.project.output_size), dtype=np.float64)
-        in_ptr, out_ptr = flat.ctypes.data, out.ctypes.data
-        in_stride, out_stride = flat.strides[0] if n else 0, out.strides[0]
-        for i in range(n):
-            self._fn(in_ptr + i * in_stride, out_ptr + i * out_stride)
-        return out.reshape((n, *self.project.output_shape))
+        return flat, np.zeros((n, self.project.output_size), dtype=np.float64)
 
 
 def compile_csim(project: LoweredProject, *, cxx: str = "g++", jobs: int | None = None) -> CSim:
@@ -289,4 +313,4 @@ def compile_csim(project: LoweredProject, *, cxx: str = "g++", jobs: int | None 
         stats = CompileStats(seconds=0.0, cpu_seconds=0.0, peak_rss_bytes=0, cached=True, jobs=workers)
     else:
         stats = _build(project, flags, key, root, cxx, workers)
-    return CSim(library, project, stats)
+    return CSim(library, project, stats, flags)

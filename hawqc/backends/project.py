@@ -11,7 +11,11 @@ from hawqc.backends.hls4ml_plan import Plan
 # size and the static initializer of hls4ml's unrolled weight arrays is one huge function: on the
 # 16-64-32-32-5 MLP it took 14 of 18 s of compiling firmware/myproject.cpp. A warning flag, it leaves
 # the object code byte-identical (checked with cmp on that project).
-FAST_COMPILE_FLAGS: tuple[str, ...] = ("-Wno-free-nonheap-object",)
+# -O1 (after build_lib.sh's -O3, and the last -O wins): 20-25% less compile time on the jet tagger
+# and the digits CNN, the C simulation runs ~5% slower (benchmarks/RESULTS.md); -Og and -O0 compile
+# faster still but run 2x and 70x slower. Fixed-point kernels are integer code: same results
+# (tests/test_csim_fast.py compares with build_lib.sh's flags bit for bit).
+FAST_COMPILE_FLAGS: tuple[str, ...] = ("-Wno-free-nonheap-object", "-O1")
 
 
 @dataclass(frozen=True)
