@@ -179,6 +179,11 @@ def compile_parser() -> argparse.ArgumentParser:
                         help="verify on these inputs (one sample per row, the model file's layout); also written to tb_data/")  # fmt: skip
     parser.add_argument("--outputs", type=Path, metavar="Y.npy",
                         help="expected outputs of --inputs: exit 1 if the C simulation differs; also written to tb_data/")  # fmt: skip
+    parser.add_argument("--default-precision", metavar="TYPE",
+                        help="compute a model's float parts (unquantized input, float weights and activations) in this "
+                        "type, e.g. fixed<16,6> (RND_CONV,SAT: a Quant's rounding) or fixed<16,6,TRN,WRAP> (hls4ml's)")  # fmt: skip
+    parser.add_argument("--tolerance", type=float, metavar="LSB",
+                        help="verify accepts hardware mode differing from semantic mode by at most this many output LSBs")  # fmt: skip
     add_hardware_options(parser)
     _add_pytorch_options(parser)
     _add_pass_options(parser)
@@ -237,12 +242,16 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
         inputs=args.inputs,
         outputs=args.outputs,
         command=command,
+        default_precision=args.default_precision,
+        tolerance=args.tolerance,
     )
     result = compile_model(args.model, args.output, options)
     _report(result.records, args)
     if result.hawq_export is not None:
         print(f"hawqc: {result.hawq_export.summary()}")
     print(f"hawqc: wrote {result.report.backend} project to {result.outdir}")
+    if result.float_parts is not None:
+        print(f"hawqc: {result.float_parts.summary()}")
     if result.report.layer_table is not None:
         from hawqc.report_view import render_table
 

@@ -24,6 +24,7 @@ from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
+from hawqc.float_parts_option import FloatPartsOutcome, apply_default_precision, check_float_options
 from hawqc.frontends.hawq_export import HawqExportReading, check_semantics, read_as_hawq
 from hawqc.frontends.load import PyTorchOptions, load_model
 from hawqc.ir.layout import describe_layouts
@@ -63,6 +64,10 @@ class CompileOptions:
     outputs: Path | None = None
     # The command line that asked for this compile (argv, program first): a mismatch's reproducer repeats it.
     command: tuple[str, ...] | None = None
+    # Float parts (hawqc.ir.default_precision): the type they are computed in, e.g. "fixed<16,6>", and
+    # the largest hardware-vs-semantic difference (output LSBs) verify accepts.
+    default_precision: str | None = None
+    tolerance: float | None = None
 
 
 @dataclass
@@ -76,6 +81,8 @@ class CompileResult:
     project: LoweredProject | None = None
     # With hawq_export_semantics="hawq": what was reread, and how the file's float32 arithmetic differs.
     hawq_export: HawqExportReading | None = None
+    # With a default precision: where it was applied (or that the model has no float parts).
+    float_parts: FloatPartsOutcome | None = None
 
 
 def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOptions) -> CompileResult:
@@ -92,6 +99,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     if outdir.exists() and any(outdir.iterdir()) and not options.force:
         raise UserInputError(f"{outdir}: directory is not empty (use --force to replace it)")
     check_files(options.inputs, options.outputs)
+    default_precision = check_float_options(options.default_precision, options.tolerance)
     if options.inputs is not None and options.verify_samples:
         raise UserInputError("--inputs verifies every sample of its file; leave out --verify N")
     if not re.fullmatch(r"[A-Za-z_]\w*", options.project_name):
@@ -105,6 +113,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     if options.hawq_export_semantics == "hawq":
         hawq_export = read_as_hawq(model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed)
     records = manager.run(model)
+    float_parts = None if default_precision is None else apply_default_precision(model, default_precision)
     user = None if options.inputs is None else load_user_data(model, options.inputs, options.outputs)
 
     with _ReplacedOnFailure(outdir):
@@ -125,14 +134,17 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         report.hawq_export = None if hawq_export is None else hawq_export.as_dict()
         report.layer_table = build_table(model, project)
         report.hardware = project.hardware or None
+        if float_parts is not None and float_parts.parts is not None:
+            report.float_parts = float_parts.parts.as_dict()
         result = None
         if options.verify_samples or user is not None:
             command = options.command or _compile_command(model_path, options)
             result = verify_project(
-                model, project, options.verify_samples, options.seed, report, user=user, command=command
-            )
+                model, project, options.verify_samples, options.seed, report, user=user, command=command,
+                tolerance=options.tolerance,
+            )  # fmt: skip
         report.write(outdir / "hawqc_report.json")
-    return CompileResult(outdir, model, records, report, result, project, hawq_export=hawq_export)
+    return CompileResult(outdir, model, records, report, result, project, hawq_export=hawq_export, float_parts=float_parts)
 
 
 def _settings_argument(backend, options: CompileOptions) -> dict:
@@ -158,6 +170,7 @@ def verify_project(
     *,
     user: UserData | None = None,
     command: tuple[str, ...] | None = None,
+    tolerance: float | None = None,
 ) -> VerifyResult:
     """Run `samples` inputs (or the user's) through the C simulation and hardware mode, which must
     agree bit for bit, and compare hardware mode with semantic mode (the QONNX meaning); on a
@@ -181,6 +194,8 @@ def verify_project(
         expected,
         None if output_type is None else 2.0**output_type.lsb_exponent,
         tuple(declared),
+        tolerance,
+        None if precision.float_parts is None else str(precision.float_parts.fixed),
     )
     with spinner("compiling the C simulation (g++)"):
         csim = compile_csim(project)

@@ -34,6 +34,9 @@ class CompileReport:
     csim: dict[str, Any] | None = None
     # Part, clock, strategy and reuse factor per layer the project is written for.
     hardware: dict[str, Any] | None = None
+    # Float parts computed in `--default-precision` (hawqc.ir.default_precision): where, and the
+    # weights' rounding. Absent for a quantized model.
+    float_parts: dict[str, Any] | None = None
     hawqc_version: str = __version__
 
     @classmethod

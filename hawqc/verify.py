@@ -22,6 +22,10 @@ class ModeComparison:
     They must agree bit for bit on integer-only graphs. Where precision inference found float parts
     (`declared_inexact`: values whose float32 computation can round where the exact hardware does not)
     they may differ, and this says by how much, in units of the output's least significant bit.
+
+    A model whose float parts are computed in a default precision (`float_parts`, see
+    `hawqc.ir.default_precision`) cannot be bit-exact against float semantics: it is acceptable only
+    within an explicit `tolerance` (output LSBs). A tolerance, when given, bounds every model.
     """
 
     samples: int
@@ -29,6 +33,14 @@ class ModeComparison:
     max_abs_diff: float
     max_lsb_diff: float | None
     declared_inexact: tuple[str, ...]
+    tolerance: float | None = None
+    float_parts: str | None = None  # the default precision, when the model has float parts
+
+    @property
+    def within_tolerance(self) -> bool:
+        if self.tolerance is None:
+            return False
+        return self.equal or (self.max_lsb_diff is not None and self.max_lsb_diff <= self.tolerance)
 
     @property
     def equal(self) -> bool:
@@ -36,7 +48,12 @@ class ModeComparison:
 
     @property
     def acceptable(self) -> bool:
-        """Equal, or different only where precision inference said the graph has float parts."""
+        """Equal, or different only where precision inference said the graph has float parts (and,
+        for a default precision or with a tolerance, within the tolerance)."""
+        if self.tolerance is not None:
+            return self.within_tolerance
+        if self.float_parts is not None:
+            return self.equal
         return self.equal or bool(self.declared_inexact)
 
     def as_dict(self) -> dict:
@@ -48,12 +65,22 @@ class ModeComparison:
             "max_abs_diff": self.max_abs_diff,
             "max_lsb_diff": self.max_lsb_diff,
             "declared_inexact": list(self.declared_inexact),
+            **({} if self.tolerance is None else {"tolerance_lsb": self.tolerance, "within_tolerance": self.within_tolerance}),
+            **({} if self.float_parts is None else {"float_parts": self.float_parts}),
         }
 
     def summary(self) -> str:
         if self.equal:
             return f"hardware mode equals semantic mode on {self.samples}/{self.samples} samples"
         lsb = "" if self.max_lsb_diff is None else f", at most {self.max_lsb_diff:g} output LSB"
+        rate = ""
+        if self.tolerance is not None or self.float_parts is not None:
+            rate = f" ({100 * self.mismatched_samples / self.samples:.1f}%)"
+        if self.tolerance is not None:
+            verdict = "within" if self.within_tolerance else "beyond"
+            lsb += f": {verdict} --tolerance {self.tolerance:g}"
+        elif self.float_parts is not None:
+            lsb += ": not bit-exact against float semantics; accept it with --tolerance (output LSBs)"
         why = (
             f" (float parts: {', '.join(self.declared_inexact[:3])}{', ...' if len(self.declared_inexact) > 3 else ''})"
             if self.declared_inexact
@@ -61,12 +88,17 @@ class ModeComparison:
         )
         return (
             f"hardware mode differs from semantic mode on {self.mismatched_samples}/{self.samples} samples"
-            f"{lsb}{why}"
+            f"{rate}{lsb}{why}"
         )
 
 
 def compare_modes(
-    semantic: np.ndarray, hardware: np.ndarray, output_lsb: float | None, declared_inexact: tuple[str, ...]
+    semantic: np.ndarray,
+    hardware: np.ndarray,
+    output_lsb: float | None,
+    declared_inexact: tuple[str, ...],
+    tolerance: float | None = None,
+    float_parts: str | None = None,
 ) -> ModeComparison:
     semantic = np.asarray(semantic, dtype=np.float64).reshape(len(semantic), -1)
     hardware = np.asarray(hardware, dtype=np.float64).reshape(len(hardware), -1)
@@ -79,6 +111,8 @@ def compare_modes(
         max_abs_diff=max_diff,
         max_lsb_diff=None if output_lsb is None else max_diff / output_lsb,
         declared_inexact=tuple(declared_inexact),
+        tolerance=tolerance,
+        float_parts=float_parts,
     )
 
 

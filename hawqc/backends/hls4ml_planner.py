@@ -6,6 +6,8 @@ BatchNormalization in `CHANNELS_LAST_DOMAIN`, weights as constants, requantizati
 
     Quant(graph input)                    InputLayer (the C bridge's float->fixed conversion rounds
                                           and saturates: it IS the Quant)
+    unquantized graph input               InputLayer in the default precision (float parts,
+                                          hawqc.ir.default_precision: the same conversion casts it)
     MatMul(x, W) [+ Add(b)]               Dense
     Conv(x, W[, b]) [+ Add(b)]            Conv1D/2D, DepthwiseConv1D/2D (group == channels)
     Mul(k) [+ Add(b)] [-> Quant]          BatchNormalization (scale, bias; one rounding into the
@@ -178,6 +180,9 @@ class Planner:
                 f"graph has {len(self.graph.inputs)} inputs and {len(self.graph.outputs)} outputs; "
                 "the hls4ml lowering takes exactly one of each"
             )
+        parts = self.precision.float_parts
+        if parts is not None and self.graph.inputs[0].name in parts.inputs:
+            self.float_input_layer(self.graph.inputs[0])
         for node in self.graph:
             if id(node) not in self.consumed:
                 self.lower_node(node)
@@ -373,6 +378,15 @@ class Planner:
         out = node.outputs[0]
         planned = Planned(name, "Input", describe(node), layers.input_layer(name, shape), {"result": self.typed(out, node)})
         self.add_layer(planned, out, shape)
+        self.plan.input_name, self.plan.input_shape = name, shape
+
+    def float_input_layer(self, x: ir.Value) -> None:
+        """An unquantized graph input: the input layer's type is the default precision."""
+        reader = next(iter(x.consumers()))
+        shape = self.feature_dims(x, reader)
+        name = self.plan.unique_name(x.name)
+        planned = Planned(name, "Input", f"graph input {x.name!r}", layers.input_layer(name, shape), {"result": self.typed(x, reader)})
+        self.add_layer(planned, x, shape)
         self.plan.input_name, self.plan.input_shape = name, shape
 
     def linear(self, node: ir.Node) -> None:

@@ -72,6 +72,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError
+from hawqc.ir import default_precision
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_qonnx_domain, is_quant
 from hawqc.ir.op_arithmetic import auto_pads, batch_norm_coefficients, cast_target, window_count
@@ -533,6 +534,8 @@ class PrecisionResult:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     float_inexact: set[str] = field(default_factory=set)
     inexact: dict[str, str] = field(default_factory=dict)
+    # Where the model's default precision was applied (hawqc.ir.default_precision); None if nowhere.
+    float_parts: default_precision.FloatParts | None = None
 
     def __getitem__(self, name: str) -> FixedType:
         return self.types[name]
@@ -559,6 +562,10 @@ class _Analysis:
         # Per-column partial-sum hull of dot products, kept so that a following bias Add extends it.
         self.partial: dict[str, _Bounds] = {}
         self._shapes_inferred = False
+        # The type of float parts (hawqc.ir.default_precision), and the values computed from them.
+        default = default_precision.read(model)
+        self.float_parts = None if default is None else default_precision.FloatParts(default)
+        self.floating: set[str] = set()
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def record(self, value: ir.Value, bounds: _Bounds, fixed: FixedType | None = None) -> None:
@@ -603,6 +610,8 @@ class _Analysis:
         if data is not None:
             return self.constant_operand(node, value, data, limit)
         if value.is_graph_input():
+            if self.float_parts is not None:
+                return self.float_input(value)
             raise UnsupportedModelError(
                 f"{describe(node)}: graph input {value.name!r} is used without a Quant (its range is unbounded)"
             )
@@ -619,6 +628,11 @@ class _Analysis:
         if not np.issubdtype(data.dtype, np.number) or not np.all(np.isfinite(data)):
             raise UnsupportedModelError(f"{describe(node)}: constant {value.name!r} is not a finite number tensor")
         fixed = self.annotated_type(node, value, data)
+        if fixed is None and self.float_parts is not None and limit is not None:
+            # A weight or bias of a float layer, or one no exact type of `limit` bits holds.
+            reads_float = any(v is not None and v.name in self.floating for v in node.inputs)
+            if reads_float or self.plain_type(node, value, data, None).width > limit:
+                return self.float_constant(value, data)
         if fixed is None:
             fixed = self.plain_type(node, value, data, limit)
         self.record_constant(value, data, fixed)
@@ -694,9 +708,82 @@ class _Analysis:
 
     # ---- driver --------------------------------------------------------------------------------
     def run(self) -> PrecisionResult:
+        if self.float_parts is not None:
+            for value in self.graph.inputs:
+                readers = list(value.consumers())
+                if value.const_value is None and any(not is_quant(r.op_type, r.domain) for r in readers):
+                    self.float_input(value)
         for node in self.graph:
             self.rule(node)(node)
+            if self.float_parts is not None:
+                self.float_outputs(node)
+        if self.float_parts is not None and self.float_parts.applied:
+            self.result.float_parts = self.float_parts
         return self.result
+
+    # ---- float parts (hawqc.ir.default_precision) ------------------------------------------------
+    def float_input(self, value: ir.Value) -> _Bounds:
+        """An unquantized graph input: cast into the default precision, its whole range."""
+        assert self.float_parts is not None
+        fixed = self.float_parts.fixed
+        self.record(value, _Bounds(_scalar(fixed.min_int), _scalar(fixed.max_int), fixed.lsb_exponent), fixed)
+        self.floating.add(value.name)
+        self.float_parts.inputs.append(value.name)
+        self.result.inexact[value.name] = f"unquantized input cast into the default precision {fixed}"
+        return self.bounds[value.name]
+
+    def float_constant(self, value: ir.Value, data: np.ndarray) -> _Bounds:
+        """A float weight or bias with no exact type of at most 32 bits: rounded into the default precision."""
+        assert self.float_parts is not None
+        fixed = self.float_parts.fixed
+        rounded, facts = default_precision.round_constant(value.name, data, fixed)
+        self.record_constant(value, rounded, fixed)
+        self.floating.add(value.name)
+        self.float_parts.constants[value.name] = facts
+        self.result.inexact[value.name] = f"float constant rounded into the default precision {fixed}"
+        return self.bounds[value.name]
+
+    def float_outputs(self, node: ir.Node) -> None:
+        """Values computed from float parts are float too; arithmetic ones are cast into the
+        default precision, except a dot product that continues into its bias (the accumulator is
+        exact; the sum with the bias is cast) and a value whose own Quant casts it."""
+        assert self.float_parts is not None
+        if is_quant(node.op_type, node.domain):
+            return
+        if not any(v is not None and v.name in self.floating for v in node.inputs):
+            return
+        for out in node.outputs:
+            if out is None or out.name not in self.bounds:
+                continue
+            self.floating.add(out.name)
+            if node.op_type in default_precision.ARITHMETIC_OPS and not self.cast_later(node, out):
+                self.cast_float(out)
+
+    def cast_later(self, node: ir.Node, out: ir.Value) -> bool:
+        readers = list(out.consumers())
+        if len(readers) != 1 or out.is_graph_output():
+            return False
+        reader = readers[0]
+        if is_quant(reader.op_type, reader.domain):
+            return True
+        dot_product = node.op_type == "MatMul" or (node.op_type == "Conv" and len(node.inputs) < 3)
+        if not dot_product or reader.op_type != "Add" or reader.domain not in STANDARD_DOMAINS:
+            return False
+        other = reader.inputs[1] if reader.inputs[0] is out else reader.inputs[0]
+        return self.is_constant(other)
+
+    def cast_float(self, value: ir.Value) -> None:
+        assert self.float_parts is not None
+        fixed = self.float_parts.fixed
+        exact = self.bounds[value.name]
+
+        def cast_bounds(lo: object, hi: object) -> tuple[int, int]:
+            return default_precision.cast_code_bounds(int(lo), int(hi), exact.exp, fixed)
+
+        pairs = np.vectorize(cast_bounds, otypes=[object, object])(exact.lo, exact.hi)
+        self.record(value, _Bounds(_int_array(pairs[0]), _int_array(pairs[1]), fixed.lsb_exponent), fixed)
+        self.float_parts.casts.append(value.name)
+        self.result.inexact[value.name] = f"float activation cast into the default precision {fixed}"
 
     def rule(self, node: ir.Node) -> Rule:
         if is_quant(node.op_type, node.domain):

@@ -29,6 +29,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "infer-precision": "hawqc.passes.infer_precision:InferPrecision",
     "channels-last": "hawqc.passes.channels_last:ChannelsLast",
     "fuse-bn": "hawqc.passes.fuse_bn:FuseBatchNorm",
+    "remove-output-softmax": "hawqc.passes.remove_output_softmax:RemoveOutputSoftmax",
 }
 
 # A named pipeline is usable wherever a pass name is. DCE runs again after folding because folding

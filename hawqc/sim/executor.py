@@ -240,6 +240,9 @@ class Executor:
         for data, array in checked:
             if self.mode == "hardware" and np.issubdtype(array.dtype, np.floating):
                 array = array.astype(self._work_dtype)
+                from hawqc.sim.hardware import cast_float_input
+
+                array = cast_float_input(self.precision, data.name, array)
             env[data.slot] = array
         # Division by a zero scale, overflow to inf, NaN inputs: IEEE results, as onnxruntime gives
         # them, without numpy's warnings.

@@ -21,6 +21,9 @@ What the generated C++ computes, exactly (hawqc's contract, decision 6):
 - a binary quantizer (`BipolarQuant`, 1-bit signed `Quant`) compares with 0 (`x >= 0 ? +s : -s`);
   a `MultiThreshold` counts the float32 thresholds the exact value reaches, then applies its
   (exact, dyadic) `out_scale` and `out_bias`, which is what hls4ml's threshold layers compute;
+- float parts (`hawqc.ir.default_precision`): float weights and biases are the values precision
+  inference rounded into the default precision, an unquantized input and every float activation
+  it lists are cast into that type (`with_float_parts`, `cast_float_input`);
 - fixed point has no negative zero: results are normalized to +0.0;
 - `Cast` between float types means nothing in fixed point: the value passes unchanged (where a
   float32 Cast rounds in semantic mode, precision inference says so in `float_inexact`).
@@ -34,6 +37,7 @@ The numeric kernels are the dtype-generic ones of semantic mode (`hawqc.sim.ops_
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -441,6 +445,40 @@ HARDWARE_TABLE: dict[tuple[str, str], HardwareBuilder] = {
 }
 
 
+def with_float_parts(builder: HardwareBuilder) -> HardwareBuilder:
+    """`builder` computing with the rounded float weights and casting the float activations of
+    precision inference's `float_parts` (unchanged when the model has none)."""
+
+    def build(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
+        parts = precision.float_parts
+        if parts is None:
+            return builder(spec, precision)
+        inputs = spec.node.inputs
+        constants = tuple(
+            precision.constants[v.name] if v is not None and v.name in parts.constants else known
+            for v, known in zip(inputs, spec.constants)
+        )
+        kernel = builder(dataclasses.replace(spec, constants=constants), precision)
+        casts = [precision.types[v.name] if v is not None and v.name in parts.casts else None for v in spec.node.outputs]
+        if not any(casts):
+            return kernel
+
+        def cast_outputs(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+            return tuple(r if f is None else cast(r, f) for r, f in zip(kernel(args), casts))
+
+        return cast_outputs
+
+    return build
+
+
+def cast_float_input(precision: PrecisionResult, name: str, array: np.ndarray) -> np.ndarray:
+    """An unquantized graph input as the C bridge converts it into the default precision."""
+    parts = precision.float_parts
+    if parts is None or name not in parts.inputs:
+        return array
+    return cast(array, precision.types[name])
+
+
 def builder_for(node: ir.Node) -> HardwareBuilder:
     """The hardware builder of a node's op, or UnsupportedModelError naming the node."""
     domain = node.domain
@@ -451,4 +489,4 @@ def builder_for(node: ir.Node) -> HardwareBuilder:
     builder = HARDWARE_TABLE.get((domain, node.op_type))
     if builder is None:
         raise UnsupportedModelError(f"{describe(node)} has no hardware-mode rule")
-    return builder
+    return with_float_parts(builder)
