@@ -90,3 +90,16 @@ def test_predict_checks_the_input_size(tmp_path: Path) -> None:
     assert sim.predict(np.zeros((2, 1, 4))).shape == (2, 3)
     stats = sim.stats()
     assert set(stats) >= {"library", "seconds", "cpu_seconds", "peak_rss_bytes", "cached", "jobs"}
+
+
+def test_a_compiler_child_reaped_elsewhere_does_not_crash_the_build(tmp_path):
+    """wait4 raised ChildProcessError once under a loaded test run: someone had reaped g++ first."""
+    import os
+    import sys
+
+    from hawqc.backends.csim import _finish, _start
+
+    proc, err = _start([sys.executable, "-c", "pass"], tmp_path, tmp_path / "stderr.txt")
+    os.waitpid(proc.pid, 0)  # reaped behind the Popen's back
+    result = _finish(proc, err)
+    assert result.returncode == 0 and result.stderr == ""

@@ -136,7 +136,13 @@ def _start(cmd: list[str], cwd: Path, stderr_path: Path) -> tuple[subprocess.Pop
 def _finish(proc: subprocess.Popen, stderr_path: Path) -> _ChildResult:
     # wait4 on this child alone gives its own rusage (RUSAGE_CHILDREN of the whole process is a
     # high-water mark over every child ever reaped, so before/after differences can read zero).
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        # Someone reaped it first (seen once under a loaded test run): its status is in the Popen
+        # if subprocess did it, and its resource usage is lost, not its result.
+        returncode = proc.wait()
+        return _ChildResult(returncode, 0.0, 0, stderr_path.read_text(errors="replace"))
     proc.returncode = os.waitstatus_to_exitcode(status)
     return _ChildResult(
         returncode=proc.returncode,
