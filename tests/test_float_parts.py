@@ -264,3 +264,24 @@ g (float[1,4] x) => (float[1,4] y) {
     )
     assert RemoveOutputSoftmax().run(model).changed is False
     assert [n.op_type for n in model.graph] == ["Softmax", "Relu"]
+
+
+def test_translation_validation_takes_a_meaning_changing_pass_as_the_new_reference(monkeypatch):
+    """`remove-output-softmax` changes the outputs on purpose (`Pass.changes_meaning`): validation
+    accepts it and checks the passes after it against the logits; without the flag it would fail."""
+    from hawqc.frontends.onnx import load_onnx_text
+    from hawqc.passes.remove_output_softmax import RemoveOutputSoftmax
+    from hawqc.passes.validation import TranslationValidationError
+
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,4] x) => (float[1,4] y) {
+   a = Relu (x)
+   b = Identity (a)
+   y = Softmax <axis: int = -1> (b)
+}"""
+    model = load_onnx_text(text, source="softmax")
+    PassManager.parse("remove-output-softmax,remove-identity", validate=16).run(model)
+    assert [n.op_type for n in model.graph] == ["Relu"]
+    monkeypatch.setattr(RemoveOutputSoftmax, "changes_meaning", False)
+    with pytest.raises(TranslationValidationError, match="remove-output-softmax"):
+        PassManager.parse("remove-output-softmax", validate=16).run(load_onnx_text(text, source="softmax"))

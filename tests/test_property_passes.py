@@ -214,7 +214,13 @@ KNOWN_BUGS: dict[str, KnownBug] = {
     ),
 }
 
-PASS_NAMES = default_registry().names()
+# Every registered pass and pipeline, except passes that change the outputs on purpose
+# (`Pass.changes_meaning`, e.g. remove-output-softmax): the property is that meaning is kept.
+PASS_NAMES = [
+    name
+    for name in default_registry().names()
+    if default_registry().is_pipeline(name) or not default_registry().lookup(name).changes_meaning
+]
 
 # The passes that may refuse a graph they cannot handle (UnsupportedModelError, one line).
 REFUSING_PASSES = frozenset({"channels-last", "infer-precision"})

@@ -13,6 +13,10 @@ pass author declares each option once:
 
 `run` mutates the model in place (no copies: a clone costs ~20x a protobuf copy) and says whether
 it changed anything, as a bool or as a `PassResult` carrying named counters.
+
+Every pass keeps the model's meaning (translation validation checks it), except one that says
+`changes_meaning = True`: it changes the outputs on purpose and only when the user names it
+(e.g. `remove-output-softmax`); validation then takes the model after it as the new reference.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Pass:
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
+    # True only for a pass that changes the outputs on purpose (see the module docstring).
+    changes_meaning: ClassVar[bool] = False
 
     def run(self, model: ir.Model) -> PassResult | bool:
         raise NotImplementedError

@@ -25,6 +25,7 @@ STANDARD_DOMAINS = ("", "ai.onnx")
 class RemoveOutputSoftmax(Pass):
     name: ClassVar[str] = "remove-output-softmax"
     summary: ClassVar[str] = "Output the logits: drop a Softmax that produces a graph output (changes the outputs)."
+    changes_meaning: ClassVar[bool] = True
 
     def run(self, model: ir.Model) -> PassResult:
         graph = model.graph

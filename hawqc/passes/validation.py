@@ -62,6 +62,14 @@ class TranslationValidator(PassInstrumentation):
             raise TranslationValidationError(
                 f"translation validation: after pass '{record.name}' the model no longer runs ({err})"
             ) from None
+        if pass_.changes_meaning:
+            # Asked for by name to change the outputs: what it left is the new reference (in the
+            # pipeline input's layouts, like the first one).
+            self._reference = {
+                name: array.transpose(invert(changes[name])) if name in changes else array
+                for name, array in outputs.items()
+            }
+            return
         for name, before in self._reference.items():
             after = outputs.get(name)
             if after is None:
