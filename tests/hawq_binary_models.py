@@ -14,9 +14,9 @@ requantization ratio is a full 31-bit dyadic mantissa), then frozen.
 from __future__ import annotations
 
 import torch
+from hawq_chain_models import BIAS_BITS, calibrate, fix_power_of_two_scale
 from torch import nn
 
-from hawq_chain_models import BIAS_BITS, calibrate, fix_power_of_two_scale
 from hawqc.frontends.hawq import QuantAct, QuantLinear
 
 

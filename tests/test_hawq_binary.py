@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 
+import hawq_binary_models
+import hawq_chain_models
 import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
 from torch import nn
 
-import hawq_binary_models
-import hawq_chain_models
 import hawqc
 from hawqc.backends.base import get_backend
 from hawqc.backends.hls4ml_config_file import load_hls4ml_config
@@ -24,7 +24,10 @@ from hawqc.backends.vendor_build import read_project
 from hawqc.driver import DEFAULT_PIPELINE
 from hawqc.frontends.hawq import QuantAct, QuantBnConv2d, QuantLinear, freeze_model
 from hawqc.frontends.hawq.lift import OUTPUT_SCALE_KEY
-from hawqc.frontends.hawq.quant_functions import BinaryQuantFunction, symmetric_linear_quantization_params
+from hawqc.frontends.hawq.quant_functions import (
+    BinaryQuantFunction,
+    symmetric_linear_quantization_params,
+)
 from hawqc.layer_table import build_table
 from hawqc.passes.manager import PassManager
 from hawqc.sim.executor import Executor

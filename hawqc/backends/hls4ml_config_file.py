@@ -31,4 +31,4 @@ _Hls4mlConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/", _plain)
 
 def load_hls4ml_config(text: str) -> Any:
     """The parsed config (yaml.YAMLError on malformed text, as `yaml.safe_load`)."""
-    return yaml.load(text, Loader=_Hls4mlConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_Hls4mlConfigLoader)
