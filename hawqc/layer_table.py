@@ -42,12 +42,12 @@ def compact_type(text: str | None) -> str:
 
 def _hls4ml_settings(outdir: Path) -> tuple[dict, dict]:
     """(model-wide, per-layer) settings of the written hls4ml_config.yml."""
-    import yaml
-
     path = outdir / "hls4ml_config.yml"
     if not path.is_file():
         return {}, {}
-    config = (yaml.safe_load(path.read_text()) or {}).get("HLSConfig", {}) or {}
+    from hawqc.backends.hls4ml_config_file import load_hls4ml_config
+
+    config = (load_hls4ml_config(path.read_text()) or {}).get("HLSConfig", {}) or {}
     return config.get("Model", {}) or {}, config.get("LayerName", {}) or {}
 
 

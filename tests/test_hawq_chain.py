@@ -15,7 +15,10 @@ The chains:
   requantization's products need 56 bits, beyond float64, so hardware mode runs in longdouble and
   precision inference declares that value inexact in the double semantics (compared here anyway:
   on these inputs it is exact); C simulation on one backend;
-- the digits CNN example (examples/digits_cnn/hawq_model.py).
+- the digits CNN example (examples/digits_cnn/hawq_model.py);
+- `binary` (tests/hawq_binary_models.py): 8-bit first and last layers around a binary
+  (`weight_bit=1`) and a ternary (`weight_bit=2`) layer, compiled to hls4ml's weight_binary and
+  weight_ternary kernels (tests/test_hawq_binary.py checks the kernels and the lifted forms).
 
 "Integer outputs": HAWQ's float32 output divided by the output scale the lifter records
 (`hawqc.hawq.output_scale`) and rounded; `hawq_codes` checks that these integers are the only ones
@@ -38,6 +41,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import hawq_binary_models
 import hawq_chain_models
 import numpy as np
 import onnx_ir as ir
@@ -56,13 +60,13 @@ from hawqc.sim.executor import Executor
 BACKENDS = ("vitis", "vivado", "catapult")
 JET_TAGGER_BITS = {"jet_8553": (8, 5, 5, 5), "jet_6446": (6, 4, 4, 6), "jet_paper16": (8, 5, 5, 5)}
 JET_TAGGER_INPUT_BITS = {"jet_paper16": 16}  # others: the example's 8
-CHAINS = ("mlp", "cnn", *JET_TAGGER_BITS, "digits")
+CHAINS = ("mlp", "cnn", *JET_TAGGER_BITS, "digits", "binary")
 # (chain, backend) pairs compiled to a C simulation: every backend, except that the 16-bit-input
 # jet tagger (the same lowering as jet_8553 with wider types) compiles on one.
 COMPILED = [(n, b) for n in CHAINS for b in BACKENDS if n != "jet_paper16"] + [("jet_paper16", "catapult")]
 # Inputs per chain: the C simulation of the small models is fast once compiled; the digits CNN's
 # inputs are its test split (449 images) plus random images.
-SAMPLES = {"mlp": 2000, "cnn": 1000, "jet_8553": 2000, "jet_6446": 2000, "jet_paper16": 2000, "digits": 200}
+SAMPLES = {"mlp": 2000, "cnn": 1000, "jet_8553": 2000, "jet_6446": 2000, "jet_paper16": 2000, "digits": 200, "binary": 2000}
 # Drawn by the driver's own `--verify` (hardware mode vs C simulation vs semantic mode).
 DRIVER_VERIFY_SAMPLES = 64
 
@@ -130,6 +134,9 @@ def build_chain(name: str) -> Chain:
     with _one_thread():
         if name in ("mlp", "cnn"):
             model = hawq_chain_models.build(name, seed=3)
+            x = hawq_chain_models.random_inputs(model, SAMPLES[name], seed=5).numpy()
+        elif name == "binary":
+            model = hawq_binary_models.build(seed=3)
             x = hawq_chain_models.random_inputs(model, SAMPLES[name], seed=5).numpy()
         elif name in JET_TAGGER_BITS:
             model = jet_tagger.train(JET_TAGGER_BITS[name], input_bits=JET_TAGGER_INPUT_BITS.get(name, 8)).model

@@ -59,8 +59,10 @@ def read_project(outdir: Path) -> ProjectInfo:
         raise UserInputError(f"{outdir}: no hls4ml_config.yml (not a project written by hawqc)")
     import yaml
 
+    from hawqc.backends.hls4ml_config_file import load_hls4ml_config
+
     try:
-        config = yaml.safe_load(config_path.read_text())
+        config = load_hls4ml_config(config_path.read_text())
     except yaml.YAMLError as error:
         raise UserInputError(f"{config_path}: unreadable ({str(error).splitlines()[0]})") from None
     backend, name = (config or {}).get("Backend"), (config or {}).get("ProjectName")

@@ -20,7 +20,11 @@ multiply:
   inexact multiply-then-divide; for a power-of-two `s_a` the Div is exact in hardware too.
 - `QuantLinear` / `QuantConv2d` / `QuantBnConv2d` (folded): `MatMul(x_int, Quant(W_int^T, 1, 0,
   weight_bit, signed=1))` or `Conv(x_int, Quant(W_int, ...), Quant(b_int, ...))`, then (Linear)
-  `Add(Quant(b_int, 1, 0, bias_bit, signed=1))`. The accumulator is the exact integer `z_int` as
+  `Add(Quant(b_int, 1, 0, bias_bit, signed=1))`. Binary and ternary weights keep the forms the
+  binary/ternary lowering recognizes: `weight_bit=1` (hawqc's sign weights, codes +-1) is QONNX's
+  1-bit signed Quant (`x >= 0 ? +1 : -1`, the codes unchanged); `weight_bit=2` with codes in
+  {-1, 0, 1} (always, unless a `weight_percentile` clipped the range to reach -2) is a 2-bit
+  signed NARROW Quant, the ternary spelling, which returns those codes unchanged too. The accumulator is the exact integer `z_int` as
   long as every partial sum stays below 2^24 in magnitude (float32's integer range): `lift` checks
   that bound from the weights and the input codes' bit width and names a layer that can break it
   (a warning, and the model's `hawqc.hawq.float32_inexact_layers` metadata).
@@ -173,14 +177,22 @@ class _GraphBuilder:
         self.nodes.append(node)
         return node.outputs[0]
 
-    def quant(self, x: ir.Value, bits: int, signed: bool, name: str, mode: str = "ROUND") -> ir.Value:
+    def quant(
+        self, x: ir.Value, bits: int, signed: bool, name: str, mode: str = "ROUND", narrow: bool = False
+    ) -> ir.Value:
         """Quant with scale 1 and zero point 0: `round(clamp(x))` to `bits` integer codes."""
         return self.node(
             "Quant",
             [x, self.constant(np.float32(1.0), f"{name}_scale"), self.constant(np.float32(0.0), f"{name}_zeropt"),
              self.constant(np.float32(bits), f"{name}_bitwidth")],
-            name, domain=QONNX_DOMAIN, signed=int(signed), narrow=0, rounding_mode=mode,
+            name, domain=QONNX_DOMAIN, signed=int(signed), narrow=int(narrow), rounding_mode=mode,
         )  # fmt: skip
+
+    def weight_quant(self, codes: np.ndarray, bits: int, name: str) -> ir.Value:
+        """A weight's integer codes as a constant under its quantizer (see the module docstring:
+        1 bit is the 1-bit signed Quant, ternary 2-bit codes a narrow Quant)."""
+        ternary = bits == 2 and bool(np.all(np.abs(codes) <= 1))
+        return self.quant(self.constant(codes, f"{name}_int"), bits, True, name, narrow=ternary)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -362,7 +374,7 @@ class _Lifter(torch.fx.Interpreter):
         bias = _bias(module)
         self.check_accumulator(path, x_codes, weight.reshape(weight.shape[0], -1), bias)
         w_bits = int(module.weight_bit)
-        w = self.builder.quant(self.builder.constant(weight.T, f"{path}_weight_int"), w_bits, True, f"{path}_weight")
+        w = self.builder.weight_quant(weight.T, w_bits, f"{path}_weight")
         acc = self.builder.node("MatMul", [x_codes.value, w], f"{path}_matmul")
         if bias is not None:
             b = self.builder.quant(self.builder.constant(bias, f"{path}_bias_int"), _bias_bits(module), True,
@@ -382,8 +394,7 @@ class _Lifter(torch.fx.Interpreter):
         self.check_accumulator(path, x_codes, weight.reshape(weight.shape[0], -1), bias)
         conv = _conv_params(module)
         inputs = [x_codes.value,
-                  self.builder.quant(self.builder.constant(weight, f"{path}_weight_int"), int(module.weight_bit), True,
-                                     f"{path}_weight")]  # fmt: skip
+                  self.builder.weight_quant(weight, int(module.weight_bit), f"{path}_weight")]
         if bias is not None:
             inputs.append(self.builder.quant(self.builder.constant(bias, f"{path}_bias_int"), _bias_bits(module), True,
                                              f"{path}_bias"))  # fmt: skip

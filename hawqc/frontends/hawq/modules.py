@@ -15,7 +15,9 @@ Deliberate differences from upstream HAWQ (each keeps the semantics HAWQ intends
 - a weighted layer whose state_dict lacks the derived buffers (`weight_integer`, `bias_integer`,
   the scaling factors: all recomputed on every forward), or carries the newer
   `prev_act_scaling_factor` / `correct_output_scale`, still loads with `strict=True`;
-- `full_precision_flag=True` gives the float layer; its returned weight scale is None.
+- `full_precision_flag=True` gives the float layer; its returned weight scale is None;
+- `weight_bit=1` (which upstream divides by zero) gives binary sign weights with scale `mean|w|`
+  (see `quant_functions`); `weight_bit=2` is HAWQ's formula, whose codes are ternary.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from torch.nn import Module, Parameter
 
 from hawqc.frontends.hawq.quant_functions import (
     AsymmetricQuantFunction,
+    BinaryQuantFunction,
     SymmetricQuantFunction,
     asymmetric_linear_quantization_params,
+    binary_weight_quantization_params,
     fixedpoint_fn,
     get_percentile_min_max,
     ste_round,
@@ -83,6 +87,17 @@ def _weight_range(weight: torch.Tensor, per_channel: bool, percentile: float) ->
         return rows.min().reshape(1), rows.max().reshape(1)
     low, high = get_percentile_min_max(rows.reshape(-1), 100 - percentile, percentile, output_tensor=True)
     return low.reshape(1), high.reshape(1)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int, per_channel: bool, percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, integer codes) of a weight: HAWQ's symmetric quantization, or for 1 bit binary sign
+    codes with scale `mean|w|` (the percentile does not apply: the sign ignores the range)."""
+    if bits == 1:
+        scale = binary_weight_quantization_params(weight, per_channel)
+        return scale, BinaryQuantFunction.apply(weight, scale)
+    w_min, w_max = _weight_range(weight, per_channel, percentile)
+    scale = symmetric_linear_quantization_params(bits, w_min, w_max, per_channel)
+    return scale, SymmetricQuantFunction.apply(weight, bits, scale)
 
 
 def _integer_input(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -147,9 +162,7 @@ class _WeightQuantizer:
 
     def _quantize_weight_and_bias(self, weight, bias, prev_act_scaling_factor):
         """(weight scale, weight integers, bias integers or None, accumulator scale s_w * s_a)."""
-        w_min, w_max = _weight_range(weight, self.per_channel, self.weight_percentile)
-        weight_scale = symmetric_linear_quantization_params(self.weight_bit, w_min, w_max, self.per_channel)
-        weight_integer = SymmetricQuantFunction.apply(weight, self.weight_bit, weight_scale)
+        weight_scale, weight_integer = quantize_weight(weight, self.weight_bit, self.per_channel, self.weight_percentile)
         accumulator_scale = (weight_scale.reshape(1, -1) * prev_act_scaling_factor.detach().reshape(1, -1)).reshape(-1)
         bias_integer = None
         if bias is not None:
@@ -403,9 +416,7 @@ class QuantBnConv2d(_DerivedBuffersMixin, _WeightQuantizer, Module):
 
     def _forward_unfolded(self, x):
         conv, bn = self.conv, self.bn
-        w_min, w_max = _weight_range(conv.weight, self.per_channel, self.weight_percentile)
-        scale = symmetric_linear_quantization_params(self.weight_bit, w_min, w_max, self.per_channel)
-        weight_integer = SymmetricQuantFunction.apply(conv.weight, self.weight_bit, scale)
+        scale, weight_integer = quantize_weight(conv.weight, self.weight_bit, self.per_channel, self.weight_percentile)
         # The bias is added at the output's scale: the running mean must be the mean of what the
         # folded layer will compute, `b' = (b - mean) * gamma / sqrt(var + eps) + beta`.
         conv_output = F.conv2d(

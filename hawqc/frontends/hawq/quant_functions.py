@@ -16,6 +16,16 @@ import them keep working. Conventions (and where float32 vs float64 matters):
 - An integer is recovered from a float32 activation `z = float32(acc * s)` by
   `round(float64(z) / float64(s))`: exact while |acc| < 2^23, far above any accumulator HAWQ's
   bit widths produce.
+
+Binary and ternary weights (hawqc's extension; upstream HAWQ has no 1-bit rule):
+- 2 bits is HAWQ's own formula: `s = max|w| / (2^1 - 1) = max|w|`, codes `clamp(round(w / s), -2, 1)`.
+  Since `|w / s| <= 1`, the codes are in {-1, 0, 1}: ternary weights (the clamp's -2 is reachable
+  only with a `weight_percentile` below 100, which clips the range).
+- 1 bit: HAWQ's formula divides by `2^0 - 1 = 0`. hawqc uses binary sign weights instead (XNOR-Net,
+  Rastegari et al. 2016): codes `w >= 0 ? +1 : -1` (0 and -0.0 give +1, as QONNX's BipolarQuant and
+  1-bit signed Quant do) and `s = mean|w|` per output channel (or per tensor), the scale that
+  minimizes `||w - s * sign(w)||^2`; trained straight-through (gradient `1 / s`, like every other
+  width here). `symmetric_linear_quantization_params` refuses 1 bit rather than return inf.
 """
 
 from __future__ import annotations
@@ -45,12 +55,26 @@ def symmetric_linear_quantization_params(
     num_bits: int, saturation_min: torch.Tensor, saturation_max: torch.Tensor, per_channel: bool = False
 ) -> torch.Tensor:
     """`s = max(|min|, |max|) / (2^(b-1) - 1)`, one per channel or one (shape [1]) per tensor."""
+    if num_bits < 2:
+        raise ValueError(
+            f"symmetric quantization needs at least 2 bits (got {num_bits}): 1-bit weights are binary "
+            "(binary_weight_quantization_params)"
+        )
     with torch.no_grad():
         steps = 2 ** (num_bits - 1) - 1
         magnitude = torch.maximum(torch.as_tensor(saturation_min).abs(), torch.as_tensor(saturation_max).abs())
         if not per_channel:
             magnitude = magnitude.max().reshape(1)
         return torch.clamp(magnitude, min=SCALE_FLOOR) / steps
+
+
+def binary_weight_quantization_params(weight: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """The scale of 1-bit (sign) weights: `mean|w|` per output channel (axis 0), or one (shape
+    [1]) per tensor, at least `SCALE_FLOOR` (an all-zero channel still gets a positive scale)."""
+    with torch.no_grad():
+        rows = torch.as_tensor(weight).detach().reshape(weight.shape[0], -1).abs()
+        magnitude = rows.mean(dim=1) if per_channel else rows.mean().reshape(1)
+        return torch.clamp(magnitude, min=SCALE_FLOOR)
 
 
 def asymmetric_linear_quantization_params(
@@ -153,6 +177,22 @@ class SymmetricQuantFunction(_QuantFunction):
     """`clamp(round(x / s), -2^(k-1), 2^(k-1) - 1)`: signed, zero point 0, full (not narrow) range."""
 
     unsigned = False
+
+
+class BinaryQuantFunction(Function):
+    """1-bit weight codes `w >= 0 ? +1 : -1` (in w's dtype); backward passes the gradient straight
+    through as if the codes were `w / s` (the other widths' rule). forward(x, specified_scale)."""
+
+    @staticmethod
+    def forward(ctx, x, specified_scale):
+        scale = torch.as_tensor(specified_scale).detach()
+        ctx.save_for_backward(scale)
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (scale,) = ctx.saved_tensors
+        return grad_output / _along_leading_axis(scale, grad_output.dim()).to(grad_output.dtype), None
 
 
 class AsymmetricQuantFunction(_QuantFunction):
