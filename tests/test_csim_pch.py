@@ -87,10 +87,10 @@ def test_fresh_cache_builds_then_reuses_the_header(tmp_path: Path, monkeypatch) 
 
     ours = plan_precompiled_header(first.project, flags, _compiler_identity("g++"), cache_dir())
     theirs = plan_precompiled_header(hawq.project, flags, _compiler_identity("g++"), cache_dir())
-    if theirs.key == ours.key:
-        again = compile_csim(hawq.project)
-        assert again.compile_stats.precompiled_header == "reused"
-        np.testing.assert_array_equal(_flat(again.predict(hawq.x)), hawq.expected)
+    assert theirs.key == ours.key  # same layer kinds, backend and flags: one header
+    again = compile_csim(hawq.project)
+    assert again.compile_stats.precompiled_header == "reused"
+    np.testing.assert_array_equal(_flat(again.predict(hawq.x)), hawq.expected)
 
 
 def test_refused_header_falls_back_to_the_plain_compile(tmp_path: Path, monkeypatch) -> None:
