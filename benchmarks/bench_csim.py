@@ -15,8 +15,12 @@ simulate the same generated C++:
     measurement in a fresh child process (so that `getrusage(RUSAGE_CHILDREN)`, CPU time and peak
     RSS, covers that compile's g++ processes only), hls4ml `compile()` (= `write()` + `_compile()`,
     timed apart) against hawqc's `lower()` (plans, builds the ModelGraph, writes, checks) +
-    `compile_csim()` into an empty cache, with its two translation units in parallel (default)
-    and one at a time (`jobs=1`); then the cache hit. The children's outputs are compared too.
+    `compile_csim()` into an empty library cache: "steady state" (the shared precompiled header
+    of this header set already cached, as after any earlier compile of a project with the same
+    layer kinds), "cold" (an empty cache: the precompiled header is built in this run and counted),
+    "plain" (`HAWQC_CSIM_PCH=0`: no precompiled header, no split, the project's two units in
+    parallel, as before), and the steady state with one job at a time (`jobs=1`); then the cache
+    hit. The children's outputs are compared too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -111,6 +116,8 @@ def child_compile(way: str, outdir: Path, x_path: Path) -> dict:
         y = graph.predict(np.ascontiguousarray(x.reshape(len(x), -1)))
     else:
         jobs = 1 if way == "hawqc-jobs1" else None
+        if way == "hawqc-plain":
+            os.environ["HAWQC_CSIM_PCH"] = "0"
         cpu0, _ = _children_usage()
         start = time.perf_counter()
         project = get_backend(BACKEND).lower(model, outdir)
@@ -123,6 +130,8 @@ def child_compile(way: str, outdir: Path, x_path: Path) -> dict:
         hit = compile_csim(project)
         result["cache_hit_s"] = time.perf_counter() - hit_start
         assert hit.compile_stats.cached
+        result["pch"] = sim.compile_stats.precompiled_header
+        result["units"] = sim.compile_stats.units
         result.update(write_s=lowered - start, compile_s=done - lowered, total_s=done - start)
         y = sim.predict(x)
     result.update(children_cpu_s=cpu1 - cpu0, children_peak_rss=rss, outputs=np.asarray(y).reshape(len(x), -1).tolist())
@@ -131,7 +140,12 @@ def child_compile(way: str, outdir: Path, x_path: Path) -> dict:
 
 def _run_child(way: str, scratch: Path, x_path: Path, repeat: int) -> dict:
     outdir = scratch / f"cnn-{way}-{repeat}"
-    env = {**os.environ, CACHE_ENV: str(scratch / f"cache-{way}-{repeat}")}
+    # The steady-state ways share one cache whose precompiled header the first cold run built;
+    # their libraries are removed before each run, so that each compiles.
+    steady = scratch / "cache-steady"
+    cache = steady if way in ("hawqc", "hawqc-jobs1") or (way == "hawqc-cold" and repeat == 0) else scratch / f"cache-{way}-{repeat}"
+    shutil.rmtree(cache / "csim", ignore_errors=True)
+    env = {**os.environ, CACHE_ENV: str(cache)}
     cmd = [sys.executable, __file__, "--child", way, "--outdir", str(outdir), "--x", str(x_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -198,15 +212,18 @@ def bench_compile(scratch: Path, repeats: int) -> None:
     x = draw_inputs(model, 500, seed=0)[model.graph.inputs[0].name]
     x_path = scratch / "cnn_x.npy"
     np.save(x_path, x)
-    ways = ["hls4ml", "hawqc", "hawqc-jobs1"]
+    ways = ["hawqc-cold", "hls4ml", "hawqc", "hawqc-plain", "hawqc-jobs1"]
     runs: dict[str, list[dict]] = {w: [] for w in ways}
     for repeat in range(repeats):
         for way in ways:
             runs[way].append(_run_child(way, scratch, x_path, repeat))
             r = runs[way][-1]
             print(f"  {way} #{repeat}: total {r['total_s']:.2f} s (write {r['write_s']:.2f}, compile {r['compile_s']:.2f}), "
-                  f"g++ CPU {r['children_cpu_s']:.2f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+                  f"g++ CPU {r['children_cpu_s']:.2f} s, peak RSS {r['children_peak_rss'] / 2**20:.0f} MiB, "
+                  f"precompiled header {r.get('pch', '-')}, units {r.get('units', '-')}, load {os.getloadavg()[0]:.2f}", flush=True)
     reference = runs["hls4ml"][0]["outputs"]
+    assert all(r["pch"] == "reused" for w in ("hawqc", "hawqc-jobs1") for r in runs[w])
+    assert all(r["pch"] == "built" for r in runs["hawqc-cold"]) and all(r["pch"] == "none" for r in runs["hawqc-plain"])
     for way in ways:
         for r in runs[way]:
             if r["outputs"] != reference:
@@ -218,16 +235,19 @@ def bench_compile(scratch: Path, repeats: int) -> None:
 
     print(f"\n(b) digits CNN compile: {repeats} repeats, best / median; the outputs of every library on "
           f"{len(x)} inputs are equal; hls4ml rewrote the same project (same content hash)")
-    print("| way | write / lower | compile | total | g++ CPU (all children) | peak RSS (largest child) | total vs hls4ml compile() (median) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| way | write / lower | compile | total | g++ CPU (all children) | peak RSS (largest child) | total vs hls4ml compile() (median) | g++ CPU vs hls4ml (median) |")
+    print("|---|---|---|---|---|---|---|---|")
     for way, label in [("hls4ml", "hls4ml `compile()` = `write()` + `_compile()` (build_lib.sh)"),
-                       ("hawqc", "hawqc `lower()` + `compile_csim()` (2 units in parallel)"),
-                       ("hawqc-jobs1", "hawqc `lower()` + `compile_csim(jobs=1)`")]:
+                       ("hawqc", "hawqc `lower()` + `compile_csim()`, steady state (precompiled header cached; split units, 2 jobs)"),
+                       ("hawqc-cold", "hawqc `lower()` + `compile_csim()`, cold (precompiled header built in this run)"),
+                       ("hawqc-plain", "hawqc `lower()` + `compile_csim()`, `HAWQC_CSIM_PCH=0` (plain: 2 units in parallel)"),
+                       ("hawqc-jobs1", "hawqc `lower()` + `compile_csim(jobs=1)`, steady state")]:
         rs = runs[way]
         ratio = med("hls4ml", "total_s") / med(way, "total_s")
         print(f"| {label} | {_best_median([r['write_s'] for r in rs])} | {_best_median([r['compile_s'] for r in rs])} "
               f"| {_best_median([r['total_s'] for r in rs])} | {_best_median([r['children_cpu_s'] for r in rs])} "
-              f"| {max(r['children_peak_rss'] for r in rs) / 2**20:.0f} MiB | {ratio:.2f}x |")
+              f"| {max(r['children_peak_rss'] for r in rs) / 2**20:.0f} MiB | {ratio:.2f}x "
+              f"| {med('hls4ml', 'children_cpu_s') / med(way, 'children_cpu_s'):.2f}x |")
     hits = [r["cache_hit_s"] * 1000 for r in runs["hawqc"]]
     print(f"cache hit (compile_csim of the unchanged project): {min(hits):.1f} / {statistics.median(hits):.1f} ms; "
           f"compile step alone, median: hls4ml _compile() {med('hls4ml', 'compile_s'):.2f} s, "

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hawqc.backends import csim_units
 from hawqc.backends.csim_batch import PRIVATE_STATICS_FLAG, BatchedLibrary, batch_source
 from hawqc.backends.project import CSimRecipe, LoweredProject
 from hawqc.errors import BackendError
 
 CACHE_ENV = "HAWQC_CACHE_DIR"
 # Part of every cache key: bump when the way libraries are built or loaded changes.
-CACHE_FORMAT = "csim-2"
+CACHE_FORMAT = "csim-3"
 _STDERR_LIMIT = 6000
 BUILD_PRODUCT_SUFFIXES = (".so", ".o")
 
@@ -90,6 +91,8 @@ def cache_key(project: LoweredProject, flags: list[str], cxx: str = "g++") -> st
     digest = hashlib.sha256()
     header = [CACHE_FORMAT, _compiler_identity(cxx), *flags, "|", *recipe.include_dirs, "|", *recipe.sources]
     header += ["|", recipe.entry, str(recipe.runtime_weights_dir)]
+    # How the units are built: the shared precompiled header's identity and the split (csim_units.py).
+    header += ["|", csim_units.build_identity(csim_units.plan_pch(project, flags, _compiler_identity(cxx), cache_dir()))]
     digest.update("\0".join(header).encode())
     digest.update(batch_source(recipe.entry).encode())
     outdir = project.outdir
@@ -110,13 +113,17 @@ def cache_key(project: LoweredProject, flags: list[str], cxx: str = "g++") -> st
 class CompileStats:
     """`seconds`: wall time of compiling and linking (0 on a cache hit); `cpu_seconds`: user+system
     time of all g++ children; `peak_rss_bytes`: the largest resident set of any one g++ child
-    (including its cc1plus), as reported by wait4 for that child."""
+    (including its cc1plus), as reported by wait4 for that child. `precompiled_header`: "built"
+    (in this compile, counted in the figures), "reused", "none" (none applies) or "fell back" (g++
+    refused it or a split unit failed: compiled the plain way); `units`: compile commands run."""
 
     seconds: float
     cpu_seconds: float
     peak_rss_bytes: int
     cached: bool
     jobs: int
+    precompiled_header: str = "none"
+    units: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,38 +217,25 @@ def _build(project: LoweredProject, flags: list[str], key: str, root: Path, cxx:
             escaped = str(weights).replace("\\", "\\\\").replace('"', '\\"')
             defines.append(f'-DWEIGHTS_DIR="{escaped}"')
         includes = [f"-I{outdir / inc}" for inc in recipe.include_dirs]
-        batch = workdir / "hawqc_batch.cpp"
-        batch.write_text(batch_source(recipe.entry))
-        # First: it takes a fraction of a second, and the runner waits for commands in start order.
-        sources = [batch] + [outdir / src for src in recipe.sources]
-        objects = [workdir / f"unit{i}.o" for i in range(len(sources))]
-        compiles = [
-            [cxx, *flags, *includes, *defines, "-c", str(src), "-o", str(obj)]
-            for src, obj in zip(sources, objects, strict=True)
-        ]
         start = time.perf_counter()
-        results = _run_parallel(compiles, outdir, workdir, jobs)
-        for cmd, result in zip(compiles, results):
-            if result.returncode != 0:
-                raise _failure("compilation", cmd, result)
-        library = workdir / "lib.so"
-        link = [cxx, *flags, "-shared", *map(str, objects), "-o", str(library)]
-        linked = _run_parallel([link], outdir, workdir, 1)[0]
+        library, built = csim_units.build_library(
+            project, flags, includes, defines, workdir, cxx, jobs, root, _compiler_identity(cxx)
+        )
         seconds = time.perf_counter() - start
-        if linked.returncode != 0 or not library.is_file():
-            raise _failure("link", link, linked)
         if recipe.runtime_weights_dir is not None and not weights.is_dir():
             shutil.copytree(outdir / recipe.runtime_weights_dir, workdir / "weights")
             _publish_dir(workdir / "weights", weights)
         # Last: a library in the cache means everything it needs is there.
         os.replace(library, root / f"{key}.so")
-        everything = [*results, linked]
+        everything = built.results
         return CompileStats(
             seconds=seconds,
             cpu_seconds=sum(r.cpu_seconds for r in everything),
             peak_rss_bytes=max(r.peak_rss_bytes for r in everything),
             cached=False,
             jobs=jobs,
+            precompiled_header=built.pch,
+            units=built.units,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
