@@ -82,32 +82,34 @@ class _Builder:
         return onnx.shape_inference.infer_shapes(model)
 
 
-def mlp(hidden: str, seed: int = 0, features: int = 16, width: int = 24, classes: int = 5) -> onnx.ModelProto:
+def mlp(
+    hidden: str, seed: int = 0, features: int = 16, width: int = 24, classes: int = 5, scale: float = 1.0
+) -> onnx.ModelProto:
     """8-bit input and first layer, two hidden layers of `hidden` weights ('binary', 'bipolar1' or
     'ternary') and activations (binary for the first two, ternary for 'ternary'), BN before each
-    activation, an 8-bit last layer with a bias."""
+    activation, an 8-bit last layer with a bias. `scale`: of the binary activations and weights."""
     b = _Builder(seed)
     activation = "ternary" if hidden == "ternary" else "binary"
 
     def act(x: str) -> str:
-        return b.quant(x, 2, 1.0, narrow=True) if activation == "ternary" else b.bipolar(x)
+        return b.quant(x, 2, 1.0, narrow=True) if activation == "ternary" else b.bipolar(x, scale)
 
     x = b.quant("x", 8, 2.0**-4)
     x = act(b.batchnorm(b.node("MatMul", [x, b.weight((features, width), "int8")]), width))
-    x = act(b.batchnorm(b.node("MatMul", [x, b.weight((width, width), hidden)]), width))
+    x = act(b.batchnorm(b.node("MatMul", [x, b.weight((width, width), hidden, scale)]), width))
     x = b.node("MatMul", [x, b.weight((width, classes), "int8")])
     out = b.node("Add", [x, b.quant(b.const(b.rng.normal(0, 1, classes)), 8, 2.0**-4)])
     return b.model([1, features], out)
 
 
-def gemm_binary(seed: int = 1, features: int = 12, width: int = 10) -> onnx.ModelProto:
+def gemm_binary(seed: int = 1, features: int = 12, width: int = 10, scale: float = 1.0) -> onnx.ModelProto:
     """Brevitas' binary layer form, twice: BipolarQuant input, Gemm(transB) with BipolarQuant
-    weights and an integer bias, BipolarQuant on the result (no BN)."""
+    weights and an integer bias, BipolarQuant on the result (no BN). `scale`: of every binary value."""
     b = _Builder(seed)
-    x = b.bipolar("x")
+    x = b.bipolar("x", scale)
     for n_in, n_out in ((features, width), (width, width)):
         bias = b.quant(b.const(b.rng.integers(-4, 5, n_out)), 4, 1.0)
-        x = b.bipolar(b.node("Gemm", [x, b.weight((n_out, n_in), "binary"), bias], transB=1))
+        x = b.bipolar(b.node("Gemm", [x, b.weight((n_out, n_in), "binary", scale), bias], transB=1), scale)
     return b.model([1, features], x)
 
 

@@ -43,6 +43,11 @@ BUILDERS = {
     "conv_bnn": binary_models.conv_bnn,
     "edges_ternary": lambda: binary_models.threshold_edges("ternary"),
     "edges_binary": lambda: binary_models.threshold_edges("binary"),
+    # Binary scales that are not powers of two: 0.3 everywhere in the Gemm form (every product of
+    # two binary values is the one float32 number fl(0.09), whose few-term sums stay exact), 0.75
+    # in the MLP (codes +-3: the 8-bit last layer's float32 sums stay exact too).
+    "gemm_binary_03": lambda: binary_models.gemm_binary(scale=0.3),
+    "mlp_binary_075": lambda: binary_models.mlp("binary", scale=0.75),
 }
 CASES = [
     *[("bnn_fc_1layer", backend, "io_parallel") for backend in BACKENDS],
@@ -53,6 +58,7 @@ CASES = [
     ("conv_bnn", "vitis", "io_stream"),
     ("mlp_binary", "vivado", "io_stream"),
     ("mlp_ternary", "catapult", "io_stream"),
+    *[(model, backend, "io_parallel") for model in ("gemm_binary_03", "mlp_binary_075") for backend in BACKENDS],
 ]
 # The product hls4ml must pick for the binary/ternary dense layers of a model (nnet_mult.h).
 PRODUCTS = {
@@ -167,10 +173,37 @@ def test_binary_quantizer_maps_zero_and_negative_zero_to_plus_scale(op: str, tmp
 
 
 @pytest.mark.parametrize("op", ["BipolarQuant", "Quant1"])
-def test_binary_quantizer_with_a_scale_that_is_not_a_power_of_two_is_refused(op: str, tmp_path: Path) -> None:
+def test_binary_quantizer_with_a_scale_that_is_not_a_power_of_two_has_wider_codes(op: str, tmp_path: Path) -> None:
+    """s = 0.3 is the float32 number m * 2^e with m odd (24 bits): the codes are +-m."""
     model = _ir(_single(op, 0.3), tmp_path)
-    with pytest.raises(UnsupportedModelError, match=r"BipolarQuant|Quant.*binary quantizer with scale \[0\.3"):
-        infer_types(model)
+    types = infer_types(model)
+    name = model.graph.outputs[0].name
+    s = Fraction(float(np.float32(0.3)))
+    assert types.intervals[name] == (-s, s)
+    assert s.denominator > 1 and s.numerator % 2 == 1  # s = m / 2^k with m odd
+    assert types.types[name].width == s.numerator.bit_length() + 1 and not types.inexact
+
+
+def test_binary_quantizer_with_a_negative_scale_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModelError, match=r"binary quantizer scale \[-0\.3.* is not positive"):
+        infer_types(_ir(_single("BipolarQuant", -0.3), tmp_path))
+
+
+def test_a_binary_scale_whose_float32_sums_round_is_declared_and_the_c_simulation_is_exact(tmp_path: Path) -> None:
+    """Binary activations of scale 0.3 into an 8-bit dense layer: float32 rounds those sums, so
+    semantic mode differs; precision inference declares it, and the C simulation equals hardware mode."""
+    model = load_onnx(binary_models.save(binary_models.mlp("binary", scale=0.3), tmp_path / "mlp03.onnx"))
+    PassManager.parse("default").run(model)
+    x = inputs_for("mlp_binary_03", model)
+    feed = {model.graph.inputs[0].name: x}
+    out = model.graph.outputs[0].name
+    hardware = Executor(model, mode="hardware")
+    assert out in hardware.precision.float_inexact
+    exact, semantic = hardware.run(feed)[out], Executor(model).run(feed)[out]
+    assert not np.array_equal(exact, semantic)
+    project = get_backend("vitis").lower(model, tmp_path / "project", io_type="io_parallel")
+    simulated = compile_csim(project).predict(x)
+    assert np.array_equal(np.asarray(exact, dtype=np.float64).reshape(simulated.shape), simulated)
 
 
 def test_the_interval_of_a_binary_quantizer_follows_its_input(tmp_path: Path) -> None:

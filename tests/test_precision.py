@@ -191,7 +191,7 @@ def _single_quant_model(**overrides) -> ir.Model:
         ({"mode": "UP"}, "UP"),
         ({"signed": 0, "narrow": 1}, "unsigned narrow"),
         ({"bits": 1, "zp": 1.0}, "1-bit signed Quant with a non-zero zero point"),
-        ({"bits": 1, "scale": 0.3}, "binary quantizer with scale"),
+        ({"bits": 1, "scale": -0.3}, "is not positive"),
     ],
 )
 def test_unsupported_quant_names_the_node(overrides, reason) -> None:

@@ -865,32 +865,35 @@ class _Analysis:
         """BipolarQuant(x, s), or qonnx's 1-bit signed Quant: `+s` where x >= 0 (also -0.0), else `-s`.
 
         The value is one of two numbers, so the rule is exact with any input interval: [-s, s] when
-        the input can be on both sides of 0, one of them otherwise. Only a power-of-two scale gives
-        a fixed-point type (codes -1 and +1 at LSB s); any other scale is refused here, because the
-        products the next layer computes from `+-s` in float32 round (s has a long mantissa) where
-        fixed point would not. A constant (a binary weight) is evaluated as semantic mode does.
+        the input can be on both sides of 0, one of them otherwise. The scale is one positive float32
+        number `s = m * 2^e` (m odd): the codes are +-m at LSB 2^e, so a power of two gives codes
+        +-1, any other scale a wider type. Fixed point then computes the next layer's products of
+        `+-s` exactly; float32 may round them where their codes outgrow 24 bits, and `may_round`
+        declares those values inexact, as for any other dyadic constant (the rule does not refuse
+        them). A constant (a binary weight) is evaluated as semantic mode does.
         """
         scale = bipolar_scale(node)
         out, x = node.outputs[0], node.inputs[0]
-        exp = power_of_two_exponent(float(np.unique(scale)[0])) if np.unique(scale).size == 1 else None
-        if exp is None:
+        value = float(np.unique(scale)[0]) if np.unique(scale).size == 1 else None
+        if value is None or not value > 0 or not math.isfinite(value):
             raise UnsupportedModelError(
-                f"{describe(node)}: binary quantizer with scale {scale.reshape(-1).tolist()} (not one power of two); "
-                "its +-scale products round in float32 but not in fixed point"
+                f"{describe(node)}: binary quantizer with scale {scale.reshape(-1).tolist()} (not one positive number)"
             )
-        fixed = FixedType.covering(-(Fraction(2) ** exp), Fraction(2) ** exp, exp)
+        exp = int(_finest_exponent(np.array([value])))
+        code = int(Fraction(value) / Fraction(2) ** exp)  # s = code * 2^exp, code odd
+        fixed = FixedType.covering(-Fraction(value), Fraction(value), exp)
         data = _constant(x) if x is not None and x.name not in self.bounds else None
         if data is not None:
             values = np.where(data.astype(np.float64) >= 0, 1.0, -1.0) * float(scale.reshape(-1)[0])
             self.record_constant(out, values, fixed)
             return
         if x is not None and x.is_graph_input() and x.name not in self.bounds:
-            lo, hi = -1, 1
+            lo, hi = -code, code
         else:
             src = self.operand(node, x)
-            # Codes per feature: -1 if some value is negative, +1 if some value is >= 0.
-            lo = np.where(src.lo < 0, -1, 1).astype(object)
-            hi = np.where(src.hi >= 0, 1, -1).astype(object)
+            # Codes per feature: -code if some value is negative, +code if some value is >= 0.
+            lo = np.where(src.lo < 0, -code, code).astype(object)
+            hi = np.where(src.hi >= 0, code, -code).astype(object)
         self.record(out, _Bounds(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object), exp), fixed)
 
     def multithreshold(self, node: ir.Node) -> None:

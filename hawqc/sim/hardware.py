@@ -191,7 +191,7 @@ def build_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
 
 def build_bipolar_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
     """BipolarQuant, or qonnx's 1-bit signed Quant: `+s` where x >= 0, else `-s` (precision
-    inference has checked the scale: one power of two). A NaN input is -s, as in semantic mode."""
+    inference has checked the scale: one positive number). A NaN input is -s, as in semantic mode."""
     scale = np.float64(bipolar_scale(spec.node).reshape(-1)[0])
 
     def bipolar(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
