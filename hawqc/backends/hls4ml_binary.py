@@ -332,11 +332,7 @@ class BinaryLowering:
         n_in, n_out = weights.shape
         if p.plan.shapes[prev] != (n_in,):
             raise UnsupportedModelError(f"{describe(node)}: {list(p.plan.shapes[prev])} features into weights {list(weights.shape)}")
-        result = node.outputs[0]
-        bias, bias_type = np.zeros(n_out), None
-        fused = p.constant_bias(result, n_out)
-        if fused is not None:
-            bias, bias_type, result = fused
+        bias, bias_type, result = p.fused_bias(node.outputs[0], n_out)
         accum = p.accumulator(result, node)
         stored, weight_type = self.weights_for(x, weights, p.typed(w, node), conv=False)
         op = "Dense"

@@ -286,16 +286,17 @@ class Planner:
             f"(last axis, {channels} channels)"
         )
 
-    def constant_bias(self, value: ir.Value, channels: int) -> tuple[np.ndarray, FixedType, ir.Value] | None:
+    def fused_bias(self, value: ir.Value, channels: int) -> tuple[np.ndarray, FixedType | None, ir.Value]:
         """A following `Add(value, constant)` that is the only reader of `value`, consumed:
-        (bias per channel, its type, the Add's output)."""
+        (bias per channel, its type, the Add's output); without one, (zeros, None, value)."""
+        none = np.zeros(channels), None, value
         add = _only_consumer(value)
         if add is None or not _is_onnx(add, "Add"):
-            return None
+            return none
         other = add.inputs[1] if add.inputs[0] is value else add.inputs[0]
         data = self.constant(other)
         if other is None or data is None:
-            return None
+            return none
         bias = self.per_channel(add, data, channels, "bias")
         self.consumed.add(id(add))
         return bias, self.typed(other, add), add.outputs[0]
@@ -420,11 +421,7 @@ class Planner:
                 f"{describe(node)}: {self.plan.shapes[prev][0]} features into weights {list(weights.shape)}"
             )
         n_out = weights.shape[1]
-        result = node.outputs[0]
-        bias, bias_type = np.zeros(n_out), None
-        fused = self.constant_bias(result, n_out)
-        if fused is not None:
-            bias, bias_type, result = fused
+        bias, bias_type, result = self.fused_bias(node.outputs[0], n_out)
         accum = self.accumulator(result, node)
         if bias_type is None:
             # hls4ml always adds a bias array; a zero one of the narrowest type, chosen here.
@@ -482,10 +479,7 @@ class Planner:
         if b is not None:
             bias, bias_type = self.per_channel(node, bias_data, n_filt, "bias"), self.typed(b, node)
         else:
-            bias, bias_type = np.zeros(n_filt), None
-            fused = self.constant_bias(result, n_filt)
-            if fused is not None:
-                bias, bias_type, result = fused
+            bias, bias_type, result = self.fused_bias(result, n_filt)
         accum = self.accumulator(result, node)
         if bias_type is None:
             bias_type = FixedType.covering(0, 0, accum.lsb_exponent)
@@ -526,11 +520,7 @@ class Planner:
         prev = self.source(node, x)
         channels = self.plan.shapes[prev][-1]
         scale = self.per_channel(node, data[k_index], channels, "scale")
-        result = node.outputs[0]
-        bias, bias_type = np.zeros(channels), None
-        fused = self.constant_bias(result, channels)
-        if fused is not None:
-            bias, bias_type, result = fused
+        bias, bias_type, result = self.fused_bias(node.outputs[0], channels)
         self.scale_layer(node, prev, result, scale, self.typed(k, node), bias, bias_type)
 
     def scale_layer(
