@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,3 +20,12 @@ def shared_model(name: str) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: the tests need ../shared/models beside the checkout")
     return path
+
+
+def load_example(path: Path, name: str) -> ModuleType:
+    """An example script (examples/*/...py, not a package) imported as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -11,15 +11,13 @@ content hash in HAWQC_CACHE_DIR.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO
+from conftest import REPO, load_example
 from onnx import numpy_helper
 
 from hawqc.driver import CompileOptions, compile_model
@@ -39,15 +37,7 @@ KERNELS = {
 }
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("binary_digits_make_models", EXAMPLE / "make_models.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-make_models = _load_example()
+make_models = load_example(EXAMPLE / "make_models.py", "binary_digits_make_models")
 
 
 @pytest.fixture(scope="module")

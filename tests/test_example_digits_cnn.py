@@ -4,15 +4,13 @@ and classifies the digits' test split."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import REPO
+from conftest import REPO, load_example
 from onnx import numpy_helper
 
 import hawqc
@@ -28,15 +26,7 @@ COMMITTED = EXAMPLE / "digits_cnn.onnx"
 MIN_TEST_ACCURACY = 0.96
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("digits_cnn_make_model", EXAMPLE / "make_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-make_model = _load_example()
+make_model = load_example(EXAMPLE / "make_model.py", "digits_cnn_make_model")
 
 
 @pytest.fixture(scope="module")

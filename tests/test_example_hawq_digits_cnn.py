@@ -6,15 +6,13 @@ the three backends are compared with hardware mode by `hawqc --verify`; see the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_example
 
 from hawqc.driver import DEFAULT_PIPELINE
 from hawqc.ir.io import read_model, write_model
@@ -30,15 +28,7 @@ COMMITTED = EXAMPLE / "digits_cnn_hawq.onnx"
 MIN_TEST_ACCURACY = 0.96
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("digits_cnn_hawq_model", EXAMPLE / "hawq_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-hawq_model = _load_example()
+hawq_model = load_example(EXAMPLE / "hawq_model.py", "digits_cnn_hawq_model")
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,13 @@ mode gives HAWQ's eval-mode integer outputs bit for bit, for two per-layer bit c
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_example
 
 from hawqc.ir.io import read_model, write_model
 from hawqc.sim.executor import Executor
@@ -25,15 +23,7 @@ COMMITTED = EXAMPLE / "jet_tagger_hawq.onnx"
 MIN_TEST_ACCURACY = 0.55
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("jet_tagger_hawq_model", EXAMPLE / "hawq_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-hawq_model = _load_example()
+hawq_model = load_example(EXAMPLE / "hawq_model.py", "jet_tagger_hawq_model")
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,7 @@ tests through module-scoped fixtures; compiling them is what makes the csim test
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +45,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_example
 
 import hawqc
 from hawqc.backends.csim import compile_csim
@@ -71,16 +69,8 @@ SAMPLES = {"mlp": 2000, "cnn": 1000, "jet_8553": 2000, "jet_6446": 2000, "jet_pa
 DRIVER_VERIFY_SAMPLES = 64
 
 
-def _load_example(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-jet_tagger = _load_example(REPO / "examples" / "jet_tagger" / "hawq_model.py", "hawq_chain_jet_tagger")
-digits_cnn = _load_example(REPO / "examples" / "digits_cnn" / "hawq_model.py", "hawq_chain_digits_cnn")
+jet_tagger = load_example(REPO / "examples" / "jet_tagger" / "hawq_model.py", "hawq_chain_jet_tagger")
+digits_cnn = load_example(REPO / "examples" / "digits_cnn" / "hawq_model.py", "hawq_chain_digits_cnn")
 
 
 @contextlib.contextmanager
