@@ -29,3 +29,18 @@ def load_example(path: Path, name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def run_cli(capsys, entry, *args) -> tuple[int, str, str]:
+    """Run a CLI entry point (`hawqc.cli.main`, `opt_main`) in-process: (exit code, stdout, stderr)."""
+    code = entry([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str, prog: str = "hawqc") -> str:
+    """The one `prog: error: ...` line a user's mistake gets on stderr."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: ")
+    return lines[0]

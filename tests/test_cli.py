@@ -9,26 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import JET_TAGGER, one_error_line, run_cli, shared_model
 
-from conftest import JET_TAGGER, shared_model
 from hawqc.cli import main, opt_main
 
 
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str, prog: str = "hawqc") -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prog}: error: ")
-    return lines[0]
-
-
 def test_missing_model_exits_2_and_writes_nothing(tmp_path, capsys):
-    code, _, err = run_main(capsys, tmp_path / "nope.onnx", "-o", tmp_path / "proj")
+    code, _, err = run_cli(capsys, main, tmp_path / "nope.onnx", "-o", tmp_path / "proj")
     assert code == 2 and "nope.onnx: no such file" in one_error_line(err)
     assert not (tmp_path / "proj").exists()
 
@@ -36,12 +23,12 @@ def test_missing_model_exits_2_and_writes_nothing(tmp_path, capsys):
 def test_not_onnx_exits_2(tmp_path, capsys):
     bogus = tmp_path / "model.onnx"
     bogus.write_text("hello, not a model\n")
-    code, _, err = run_main(capsys, bogus, "-o", tmp_path / "proj")
+    code, _, err = run_cli(capsys, main, bogus, "-o", tmp_path / "proj")
     assert code == 2 and "not an ONNX model" in one_error_line(err)
 
 
 def test_unknown_backend_lists_the_known_ones(tmp_path, capsys):
-    code, _, err = run_main(capsys, JET_TAGGER, "-o", tmp_path / "proj", "--backend", "quartus")
+    code, _, err = run_cli(capsys, main, JET_TAGGER, "-o", tmp_path / "proj", "--backend", "quartus")
     line = one_error_line(err)
     assert code == 2 and "quartus" in line and all(b in line for b in ("vitis", "vivado", "catapult"))
     assert not (tmp_path / "proj").exists()
@@ -49,7 +36,7 @@ def test_unknown_backend_lists_the_known_ones(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [(["--verify", "-3"], "--verify"), (["--io-type", "io_serial"], "--io-type"), (["-p", "dce,"], "pipeline")])
 def test_bad_options_exit_2(tmp_path, capsys, args, message):
-    code, _, err = run_main(capsys, JET_TAGGER, "-o", tmp_path / "proj", *args)
+    code, _, err = run_cli(capsys, main, JET_TAGGER, "-o", tmp_path / "proj", *args)
     assert code == 2 and message in one_error_line(err)
     assert not (tmp_path / "proj").exists()
 
@@ -65,7 +52,7 @@ def test_non_empty_output_directory_is_refused_without_force(tmp_path, capsys):
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "keep.txt").write_text("mine")
-    code, _, err = run_main(capsys, JET_TAGGER, "-o", proj)
+    code, _, err = run_cli(capsys, main, JET_TAGGER, "-o", proj)
     assert code == 2 and "not empty (use --force" in one_error_line(err)
     assert [p.name for p in proj.iterdir()] == ["keep.txt"]
 
@@ -76,7 +63,7 @@ def test_unsupported_op_exits_2_and_leaves_the_old_directory(tmp_path, capsys):
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "keep.txt").write_text("mine")
-    code, _, err = run_main(capsys, shared_model("conv2d_small_keras.onnx"), "-o", proj, "--force")
+    code, _, err = run_cli(capsys, main, shared_model("conv2d_small_keras.onnx"), "-o", proj, "--force")
     line = one_error_line(err)
     assert code == 2 and "node" in line and ("Conv" in line or "Transpose" in line), line
     assert [p.name for p in proj.iterdir()] == ["keep.txt"]
@@ -85,7 +72,7 @@ def test_unsupported_op_exits_2_and_leaves_the_old_directory(tmp_path, capsys):
 
 def test_compile_without_verify_writes_project_and_report(tmp_path, capsys):
     proj = tmp_path / "proj"
-    code, out, _ = run_main(capsys, JET_TAGGER, "-o", proj, "--backend", "vivado", "--time-passes")
+    code, out, _ = run_cli(capsys, main, JET_TAGGER, "-o", proj, "--backend", "vivado", "--time-passes")
     assert code == 0 and "wrote vivado project" in out
     report = json.loads((proj / "hawqc_report.json").read_text())
     assert report["backend"] == "vivado" and report["pipeline"] == "default"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, one_error_line, run_cli
+from hawq_factories import calibrated_tiny_mlp
 
 import hawqc
-from conftest import REPO
-from hawq_factories import calibrated_tiny_mlp
 from hawqc.cli import main, opt_main
 
 FACTORIES = Path(__file__).resolve().parent / "hawq_factories.py"
@@ -34,22 +34,13 @@ def saved(tmp_path_factory) -> dict[str, Path]:
     return {"state_dict": folder / "model.pth", "checkpoint": folder / "checkpoint.pt", "whole": folder / "whole.pth"}
 
 
-def run(capsys, entry, *args) -> tuple[int, str, str]:
-    code = entry([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_error_line(err: str, prog: str = "hawqc") -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prog}: error: ")
-    return lines[0]
 
 
 def test_state_dict_compiles_and_verifies_bit_exact(saved, tmp_path, capsys):
     out = tmp_path / "proj"
-    code, stdout, err = run(capsys, main, saved["state_dict"], "--model-factory", factory("tiny_mlp"),
+    code, stdout, err = run_cli(capsys, main, saved["state_dict"], "--model-factory", factory("tiny_mlp"),
                             "--input-shape", "1,16", "-o", out, "--verify", "100")  # fmt: skip
     assert code == 0, err
     assert "100/100 samples bit-exact" in stdout
@@ -61,7 +52,7 @@ def test_state_dict_compiles_and_verifies_bit_exact(saved, tmp_path, capsys):
 def test_hawqc_opt_lifts_the_file_like_hawqc_lift(saved, tmp_path, capsys):
     """The state_dict loaded into the factory's model lifts to the graph of the model it came from."""
     text = tmp_path / "from_cli.onnxtxt"
-    code, _, err = run(capsys, opt_main, saved["checkpoint"], "--model-factory", factory("tiny_mlp"),
+    code, _, err = run_cli(capsys, opt_main, saved["checkpoint"], "--model-factory", factory("tiny_mlp"),
                        "--input-shape", "1,16", "-o", text)  # fmt: skip
     assert code == 0, err
     lifted = hawqc.lift(calibrated_tiny_mlp(), torch.zeros(1, 16))
@@ -88,7 +79,7 @@ def test_hawqc_opt_lifts_the_file_like_hawqc_lift(saved, tmp_path, capsys):
 )
 def test_mistakes_are_one_line_exit_2_and_write_nothing(saved, tmp_path, capsys, name, args, message):
     out = tmp_path / "proj"
-    code, _, err = run(capsys, main, saved["state_dict"], *args, "-o", out)
+    code, _, err = run_cli(capsys, main, saved["state_dict"], *args, "-o", out)
     assert code == 2 and message in one_error_line(err), name
     assert "Traceback" not in err
     assert not out.exists()
@@ -99,7 +90,7 @@ def test_key_mismatch_names_the_keys(tmp_path, capsys, saved):
     state["extra.weight"] = torch.zeros(1)
     del state["fc2.bias"]
     torch.save(state, tmp_path / "renamed.pt")
-    code, _, err = run(capsys, main, tmp_path / "renamed.pt", "--model-factory", factory("tiny_mlp"),
+    code, _, err = run_cli(capsys, main, tmp_path / "renamed.pt", "--model-factory", factory("tiny_mlp"),
                        "--input-shape", "1,16", "-o", tmp_path / "proj")  # fmt: skip
     line = one_error_line(err)
     assert code == 2 and "missing keys fc2.bias; unexpected keys extra.weight" in line
@@ -107,12 +98,12 @@ def test_key_mismatch_names_the_keys(tmp_path, capsys, saved):
 
 def test_pytorch_flags_on_an_onnx_model_are_refused(tmp_path, capsys):
     model = REPO / "examples" / "jet_tagger" / "jet_tagger.onnx"
-    code, _, err = run(capsys, main, model, "--input-shape", "1,16", "-o", tmp_path / "proj")
+    code, _, err = run_cli(capsys, main, model, "--input-shape", "1,16", "-o", tmp_path / "proj")
     assert code == 2 and "are for .pt / .pth models only" in one_error_line(err)
 
 
 def test_pickled_module_is_refused_without_allow_pickle(saved, tmp_path, capsys):
-    code, _, err = run(capsys, main, saved["whole"], "--input-shape", "1,16", "-o", tmp_path / "proj")
+    code, _, err = run_cli(capsys, main, saved["whole"], "--input-shape", "1,16", "-o", tmp_path / "proj")
     line = one_error_line(err)
     assert code == 2 and str(saved["whole"]) in line and "--allow-pickle" in line
     assert not (tmp_path / "proj").exists()
@@ -120,7 +111,7 @@ def test_pickled_module_is_refused_without_allow_pickle(saved, tmp_path, capsys)
 
 def test_allow_pickle_loads_the_module_and_warns(saved, tmp_path, capsys):
     text = tmp_path / "whole.onnxtxt"
-    code, _, err = run(capsys, opt_main, saved["whole"], "--allow-pickle", "--input-shape", "1,16", "-o", text)
+    code, _, err = run_cli(capsys, opt_main, saved["whole"], "--allow-pickle", "--input-shape", "1,16", "-o", text)
     assert code == 0, err
     assert err.strip() == f"hawqc-opt: warning: --allow-pickle: loading {saved['whole']} executes code from the file"
     expected = tmp_path / "expected.onnxtxt"

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import JET_TAGGER, REPO, run_cli
 
-from conftest import JET_TAGGER, REPO
 from hawqc.cli import main
 
 DIGITS_CNN = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def read_dat(path: Path) -> np.ndarray:
@@ -48,7 +44,7 @@ def jet_data(tmp_path_factory):
 def test_inputs_and_expected_outputs_verify_and_fill_the_test_bench(jet_data, tmp_path, capsys):
     folder, x, y = jet_data
     proj = tmp_path / "proj"
-    code, out, err = run(capsys, JET_TAGGER, "-o", proj, "--inputs", folder / "x.npy", "--outputs", folder / "y.npy")
+    code, out, err = run_cli(capsys, main, JET_TAGGER, "-o", proj, "--inputs", folder / "x.npy", "--outputs", folder / "y.npy")
     assert code == 0, out + err
     assert "verify: 25/25 samples bit-exact" in out and "25/25 samples equal the C simulation" in out
     np.testing.assert_array_equal(read_dat(proj / "tb_data" / "tb_input_features.dat"), x.astype(np.float64))
@@ -63,14 +59,14 @@ def test_expected_outputs_that_differ_exit_1_with_the_count(jet_data, tmp_path, 
     wrong[4, 1] += 1
     wrong[9, 0] -= 2
     np.save(tmp_path / "wrong.npy", wrong)
-    code, out, _ = run(capsys, JET_TAGGER, "-o", tmp_path / "proj", "--inputs", folder / "x.npy", "--outputs", tmp_path / "wrong.npy")
+    code, out, _ = run_cli(capsys, main, JET_TAGGER, "-o", tmp_path / "proj", "--inputs", folder / "x.npy", "--outputs", tmp_path / "wrong.npy")
     assert code == 1
     assert "2/25 samples differ from the C simulation (first: sample 4, max abs diff 2)" in out
 
 
 def test_without_outputs_the_predictions_are_the_c_simulation(jet_data, tmp_path, capsys):
     folder, x, y = jet_data
-    code, _, _ = run(capsys, JET_TAGGER, "-o", tmp_path / "proj", "--inputs", folder / "x.npy")
+    code, _, _ = run_cli(capsys, main, JET_TAGGER, "-o", tmp_path / "proj", "--inputs", folder / "x.npy")
     assert code == 0
     np.testing.assert_array_equal(read_dat(tmp_path / "proj" / "tb_data" / "tb_output_predictions.dat"), y.reshape(25, -1))
 
@@ -116,7 +112,7 @@ CASE_IDS = [
 def test_bad_files_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case):
     args, message = _bad_files(tmp_path)[case]
     proj = tmp_path / "proj"
-    code, out, err = run(capsys, JET_TAGGER, "-o", proj, *args)
+    code, out, err = run_cli(capsys, main, JET_TAGGER, "-o", proj, *args)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hawqc: error: ") and message in lines[0], err
@@ -128,7 +124,7 @@ def test_a_bad_file_leaves_an_existing_project_as_it_was(tmp_path, capsys):
     proj.mkdir()
     (proj / "keep.txt").write_text("old")
     np.save(tmp_path / "bad.npy", np.zeros((2, 3)))
-    code, _, _ = run(capsys, JET_TAGGER, "-o", proj, "--force", "--inputs", tmp_path / "bad.npy")
+    code, _, _ = run_cli(capsys, main, JET_TAGGER, "-o", proj, "--force", "--inputs", tmp_path / "bad.npy")
     assert code == 2 and [p.name for p in proj.iterdir()] == ["keep.txt"]
 
 
@@ -136,11 +132,11 @@ def test_a_channels_first_model_takes_its_own_layout_and_the_test_bench_is_chann
     x = np.random.default_rng(2).uniform(0, 1, (6, 1, 8, 8)).astype(np.float32)  # NCHW, as the model file
     np.save(tmp_path / "x.npy", x)
     proj = tmp_path / "proj"
-    code, out, err = run(capsys, DIGITS_CNN, "-o", proj, "--inputs", tmp_path / "x.npy")
+    code, out, err = run_cli(capsys, main, DIGITS_CNN, "-o", proj, "--inputs", tmp_path / "x.npy")
     assert code == 0, out + err
     assert "verify: 6/6 samples bit-exact" in out
     bench = read_dat(proj / "tb_data" / "tb_input_features.dat")
     np.testing.assert_array_equal(bench, x.transpose(0, 2, 3, 1).reshape(6, -1))
     np.save(tmp_path / "nhwc.npy", x.transpose(0, 2, 3, 1))  # the project's layout is not the model file's
-    code, _, err = run(capsys, DIGITS_CNN, "-o", tmp_path / "p2", "--inputs", tmp_path / "nhwc.npy")
+    code, _, err = run_cli(capsys, main, DIGITS_CNN, "-o", tmp_path / "p2", "--inputs", tmp_path / "nhwc.npy")
     assert code == 2 and "expected (n, 1, 8, 8)" in err
