@@ -89,7 +89,12 @@ def _float64_literal(value: float) -> str:
 _INITIALIZER_PRINTERS = {onnx.TensorProto.FLOAT: _float32_literal, onnx.TensorProto.DOUBLE: _float64_literal}
 
 
+# `name =  {v1,v2,...}`: one initializer's values in the printer's text.
+_INITIALIZER_VALUES = re.compile(r"(?<![\w.])([^\s,<>={}]+) =\s*\{[^}]*\}")
+
+
 def _exact_floats(text: str, graph: onnx.GraphProto) -> str:
+    literals = {}
     for tensor in graph.initializer:
         printer = _INITIALIZER_PRINTERS.get(tensor.data_type)
         if printer is None:
@@ -97,10 +102,17 @@ def _exact_floats(text: str, graph: onnx.GraphProto) -> str:
         values = onnx.numpy_helper.to_array(tensor).reshape(-1)
         if tensor.data_type == onnx.TensorProto.FLOAT and np.any(_subnormal(values)):
             continue
-        literal = ",".join(printer(v) for v in values)
-        pattern = re.compile(rf"(?<![\w.]){re.escape(tensor.name)} =\s*\{{[^}}]*\}}")
-        text = pattern.sub(lambda match: match.group(0)[: match.group(0).index("{") + 1] + literal + "}", text, count=1)
-    return _exact_float_attributes(text, graph)
+        literals[tensor.name] = ",".join(printer(v) for v in values)
+
+    def exact(match: re.Match) -> str:
+        # One pass over the text (a pass per initializer was quadratic in the model's size); each
+        # initializer's first segment only, as before.
+        literal = literals.pop(match.group(1), None)
+        if literal is None:
+            return match.group(0)
+        return match.group(0)[: match.group(0).index("{") + 1] + literal + "}"
+
+    return _exact_float_attributes(_INITIALIZER_VALUES.sub(exact, text), graph)
 
 
 def _subnormal(values: np.ndarray) -> np.ndarray:
