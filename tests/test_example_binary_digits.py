@@ -44,8 +44,8 @@ FLOAT_TOLERANCE_LSB = 1000
 RETRAINED_TOLERANCE = 0.04
 # Retrained versions compiled to a C simulation (vitis): those whose thresholds fuse-bn computes from
 # the trained BatchNorm numbers, where new numbers can meet new edge cases. The int8 and float
-# versions differ from the committed ones in their weights only; their hardware mode is checked
-# through make_models.measure (no C simulation: each would cost 15 to 30 s of g++ here).
+# versions have no thresholds (plain products and sums of other numbers); their hardware mode is
+# checked through make_models.measure (no C simulation: each would cost 15 to 30 s of g++ here).
 RETRAINED_COMPILED = ("ternary", "binary")
 # The dense kernels hls4ml must generate (the table's last column), in layer order.
 KERNELS = {
