@@ -110,8 +110,9 @@ def _network_of(model: onnx.ModelProto, version: str):
 
 @pytest.mark.parametrize("version", make_models.VERSIONS)
 def test_committed_files_are_what_make_models_writes_from_their_numbers(version) -> None:
-    """The writer, byte for byte, on every CPU: no training, only each file's own numbers (and
-    power-of-two scales computed from them)."""
+    """The writer, byte for byte, on every CPU: no training, only each file's own numbers (and the
+    weights' power-of-two scales computed from them: log2(max |w| / 127) lies at least 0.25 from an
+    integer for every scale here, so no CPU's log2 rounds one across a power of two)."""
     path = make_models.model_path(EXAMPLE, version)
     rebuilt = make_models.build_qonnx(_network_of(onnx.load(path), version))
     assert rebuilt.SerializeToString() == path.read_bytes()
