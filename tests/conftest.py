@@ -10,15 +10,17 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# CI clones the repository with shared/ beside it; a developer's checkout sits in the same place.
-SHARED_MODELS = REPO.parent / "shared" / "models"
+# Third-party models the tests read (origins and licences: tests/data/README.md). In the repository,
+# so that a clone with nothing beside it runs every test.
+DATA = Path(__file__).resolve().parent / "data"
 JET_TAGGER = REPO / "examples" / "jet_tagger" / "jet_tagger.onnx"
 
 
-def shared_model(name: str) -> Path:
-    path = SHARED_MODELS / name
+def data_model(name: str) -> Path:
+    """tests/data/<name>; a missing file fails the test that asked for it, naming it."""
+    path = DATA / name
     if not path.exists():
-        pytest.fail(f"{path} is missing: the tests need ../shared/models beside the checkout")
+        pytest.fail(f"{path} is missing (tests/data/README.md lists the files the tests read)")
     return path
 
 

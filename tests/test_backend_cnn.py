@@ -194,15 +194,15 @@ def test_hls4ml_padding_is_not_trusted(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_branched_brevitas_model_lowers_in_io_stream(tmp_path: Path) -> None:
-    """The Brevitas model of ../shared/models (256x256x3, depthwise and pointwise convolutions,
+    """The Brevitas model of tests/data (256x256x3, depthwise and pointwise convolutions,
     LeakyRelu, MaxPool, Resize, Concat) through the pipeline and the lowering, without compiling
     (its C simulation takes minutes: test_cnn_end_to_end runs it)."""
-    from conftest import shared_model
+    from conftest import data_model
 
     from hawqc.ir.io import read_model
     from hawqc.passes.manager import PassManager
 
-    model = read_model(shared_model("branched_model_ch_last.onnx"))
+    model = read_model(data_model("branched_model_ch_last.onnx"))
     PassManager.parse("hls4ml-prepare").run(model)
     project = get_backend("vitis").lower(model, tmp_path, io_type="io_stream")
     ops = [layer.op for layer in project.layers]

@@ -21,6 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import binary_models  # noqa: E402
 from binary_models import QONNX, _Builder  # noqa: E402
+from conftest import data_model  # noqa: E402
 
 from hawqc.backends.base import get_backend  # noqa: E402
 from hawqc.backends.csim import compile_csim  # noqa: E402
@@ -31,7 +32,7 @@ from hawqc.passes.manager import PassManager  # noqa: E402
 from hawqc.sim import Executor  # noqa: E402
 from hawqc.sim.inputs import draw_inputs  # noqa: E402
 
-REAL_BNN = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "bnn_model_fc_1layer.onnx"
+REAL_BNN = data_model("bnn_model_fc_1layer.onnx")
 BACKENDS = ("vitis", "vivado", "catapult")
 SAMPLES = 256
 

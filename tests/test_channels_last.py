@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import shared_model
+from conftest import data_model
 from onnx import TensorProto, helper
 
 from hawqc.errors import UnsupportedModelError, UserInputError
@@ -385,7 +385,7 @@ def test_defaults_left_out_convert_where_qonnx_raises():
 
 def test_nhwc_export_loses_its_transposes():
     # Keras via tf2onnx: Transpose(NHWC->NCHW) -> Conv -> Relu -> Transpose(back) -> Flatten -> Gemm -> Softmax.
-    model = load_onnx(shared_model("conv2d_small_keras.onnx"))
+    model = load_onnx(data_model("conv2d_small_keras.onnx"))
     inputs = draw_inputs(model, SAMPLES, seed=3)
     before = Executor(model).run(inputs)
     (record,) = PassManager.parse("channels-last", validate=SAMPLES).run(model)
@@ -396,7 +396,7 @@ def test_nhwc_export_loses_its_transposes():
 
 
 def test_already_channels_last_model_loads_and_stays():
-    model = load_onnx(shared_model("branched_model_ch_last.onnx"))
+    model = load_onnx(data_model("branched_model_ch_last.onnx"))
     text = to_text(model)
     assert not ChannelsLast().run(model).changed
     assert to_text(model) == text
@@ -518,12 +518,12 @@ def test_shape_inference_of_channels_last_ops(name):
 
 
 def test_branched_model_loads_without_its_stored_shapes(tmp_path):
-    proto = onnx.load(str(shared_model("branched_model_ch_last.onnx")))
+    proto = onnx.load(str(data_model("branched_model_ch_last.onnx")))
     del proto.graph.value_info[:]
     path = tmp_path / "branched_no_shapes.onnx"
     onnx.save(proto, str(path))
     stripped = load_onnx(path)
-    reference = load_onnx(shared_model("branched_model_ch_last.onnx"))
+    reference = load_onnx(data_model("branched_model_ch_last.onnx"))
     assert output_shapes(stripped) == output_shapes(reference)
 
 

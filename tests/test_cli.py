@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import JET_TAGGER, one_error_line, run_cli, shared_model
+from conftest import JET_TAGGER, one_error_line, run_cli, data_model
 
 from hawqc.cli import main, opt_main
 
@@ -63,7 +63,7 @@ def test_unsupported_op_exits_2_and_leaves_the_old_directory(tmp_path, capsys):
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "keep.txt").write_text("mine")
-    code, _, err = run_cli(capsys, main, shared_model("conv2d_small_keras.onnx"), "-o", proj, "--force")
+    code, _, err = run_cli(capsys, main, data_model("conv2d_small_keras.onnx"), "-o", proj, "--force")
     line = one_error_line(err)
     assert code == 2 and "node" in line and ("Conv" in line or "Transpose" in line), line
     assert [p.name for p in proj.iterdir()] == ["keep.txt"]

@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from conftest import REPO, shared_model
+from conftest import REPO, data_model
 from hawqc.cli import main
 
 DIGITS_CNN = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"
@@ -65,7 +65,7 @@ def test_branched_brevitas_model_is_bit_exact_in_io_stream(tmp_path, capsys):
     out, report = _compile(
         tmp_path,
         capsys,
-        shared_model("branched_model_ch_last.onnx"),
+        data_model("branched_model_ch_last.onnx"),
         "--backend",
         "vitis",
         "--io-type",

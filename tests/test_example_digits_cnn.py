@@ -1,6 +1,14 @@
-"""examples/digits_cnn: the committed QONNX CNN is what make_model.py writes, has the structure issue 4
-asks for, runs in hawqc's executor bit-identically to qonnx and to the PyTorch network it came from,
-and classifies the digits' test split."""
+"""examples/digits_cnn: the committed QONNX CNN is what make_model.py writes from its numbers, has the
+structure issue 4 asks for, runs in hawqc's executor bit-identically to qonnx and to the PyTorch
+network it came from, and classifies the digits' test split; make_model.py run again writes a model
+of that structure which classifies as documented and compiles to a C simulation equal to hardware
+mode bit for bit.
+
+The retrained bytes are not compared with the committed file: they depend on the CPU's kernels
+(their summation order), and the file was written on another CPU than most that run these tests.
+Only what holds on every CPU is compared bit for bit: the file rebuilt from its own numbers, and
+each machine's network against the file it writes.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +18,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+import torch
 from conftest import REPO, load_example
 from onnx import numpy_helper
 
 import hawqc
+from hawqc.driver import CompileOptions, compile_model
 from hawqc.sim.executor import Executor
 from hawqc.sim.qonnx_oracle import QonnxOracle
 from hawqc.sim.quant import int_quant, quant_bounds, rounding_function
@@ -24,6 +34,14 @@ COMMITTED = EXAMPLE / "digits_cnn.onnx"
 # sake only; the file's accuracy is fixed and a kernel that gets Conv, BatchNorm or MaxPool wrong
 # loses far more than 2 points.
 MIN_TEST_ACCURACY = 0.96
+# The committed file's accuracy (README), and how far below it a retrained model may land. Training
+# again on another CPU sums in another order and ends with other numbers. Emulated here (seed 0) with
+# AVX2 kernels, ATen's scalar ones (ATEN_CPU_CAPABILITY=default), MKL's reproducibility modes
+# (MKL_CBWR) and oneDNN held to AVX or SSE4.1: 0.9822 to 0.9844; seeds 1-5 (a larger change) gave
+# 0.9844 to 0.9911. Two points (9 of 449 images) is far more than that spread and far less than a
+# broken layer loses.
+DOCUMENTED_ACCURACY = 0.9822
+RETRAINED_TOLERANCE = 0.02
 
 
 make_model = load_example(EXAMPLE / "make_model.py", "digits_cnn_make_model")
@@ -50,12 +68,54 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def test_committed_file_is_what_make_model_writes(trained, committed) -> None:
-    if make_model.platform() == make_model.REFERENCE_PLATFORM:
-        assert trained.model.SerializeToString() == COMMITTED.read_bytes()
-    else:
-        # Other CPU kernels sum in other orders and train slightly different numbers (see platform()).
-        assert _skeleton(trained.model) == _skeleton(committed)
+def _network_of(model: onnx.ModelProto):
+    """make_model.py's network holding the file's numbers: weights, biases, BatchNorm parameters
+    and statistics, activation scales (the weight scales follow from the weights)."""
+    inits = {init.name: numpy_helper.to_array(init).copy() for init in model.graph.initializer}  # writable
+    net = make_model.DigitsCNN()
+    with torch.no_grad():
+        for layer in ("conv1", "conv2", "fc"):
+            getattr(net, layer).weight.copy_(torch.from_numpy(inits[f"{layer}_weight"]))
+            getattr(net, layer).bias.copy_(torch.from_numpy(inits[f"{layer}_bias"]))
+        for name in ("bn1", "bn2"):
+            bn = getattr(net, name)
+            for attribute, suffix in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
+                                      ("running_var", "var")):  # fmt: skip
+                getattr(bn, attribute).copy_(torch.from_numpy(inits[f"{name}_{suffix}"]))
+    net.act_scales = {point: inits[f"{point}_quant_scale"] for point in net.POINTS}
+    return net.eval()
+
+
+def test_committed_file_is_what_make_model_writes_from_its_numbers(committed) -> None:
+    """The writer, byte for byte, on every CPU: no training, only the file's own numbers (and the
+    weights' power-of-two scales computed from them: log2(max |w| / 31) lies at least 0.002 from an
+    integer for every scale here, so no CPU's log2 rounds one across a power of two)."""
+    assert make_model.build_qonnx(_network_of(committed)).SerializeToString() == COMMITTED.read_bytes()
+
+
+def test_retrained_model_has_the_committed_structure(trained, committed) -> None:
+    """Names, operators, attributes, initializers' types and shapes: everything but the numbers."""
+    assert _skeleton(trained.model) == _skeleton(committed)
+
+
+def test_retrained_model_classifies_as_documented(trained) -> None:
+    logits = Executor(ir.from_proto(trained.model)).run(trained.data.x_test)["global_out"]
+    assert make_model.accuracy(logits, trained.data.y_test) >= DOCUMENTED_ACCURACY - RETRAINED_TOLERANCE
+
+
+@pytest.mark.slow
+def test_retrained_model_compiles_and_verifies_bit_exact(trained, tmp_path) -> None:
+    """Whatever numbers this CPU trained: C simulation == hardware mode == QONNX's meaning, on the
+    test split and random images up to 3x the pixel range (saturating the input quantizer). One
+    backend: the committed file is compiled on all three by test_cnn_end_to_end."""
+    noise = np.random.default_rng(5).uniform(-0.5, 3.0, size=(100, 1, make_model.IMAGE, make_model.IMAGE))
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.concatenate([trained.data.x_test, noise.astype(np.float32)]))
+    path = tmp_path / "digits_cnn.onnx"
+    onnx.save(trained.model, path)
+    verify = compile_model(path, tmp_path / "proj", CompileOptions(backend="vitis", inputs=inputs)).verify
+    assert verify.samples == len(trained.data.x_test) + 100
+    assert verify.bit_exact and verify.modes.equal, verify.summary()
 
 
 def test_committed_file_has_the_advertised_structure(committed) -> None:

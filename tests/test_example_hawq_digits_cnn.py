@@ -1,8 +1,14 @@
 """examples/digits_cnn/hawq_model.py: the HAWQ digits CNN (QuantBnConv2d, max pooling, a residual
-block requantized with its identity, per-channel weights) trains, lifts to the committed QONNX file,
-classifies the digits' test split, and its lifted graph, made channels-last by hawqc's default
-pipeline, gives HAWQ's eval-mode integer outputs bit for bit in hardware mode. (The C simulations of
-the three backends are compared with hardware mode by `hawqc --verify`; see the example's README.)"""
+block requantized with its identity, per-channel weights) trains and lifts to a QONNX graph of the
+committed file's structure, which classifies the digits' test split as documented, compiles to a C
+simulation equal to hardware mode bit for bit, and, made channels-last by hawqc's default pipeline,
+gives HAWQ's eval-mode integer outputs bit for bit in hardware mode. The committed file classifies
+the test split and hawqc's reader and writer give its bytes back.
+
+The retrained bytes are not compared with the committed file: they depend on the CPU's kernels
+(their summation order), and the file was written on another CPU than most that run these tests.
+(tests/test_hawq_chain.py's `digits` chain is this training too, compared with HAWQ through the C
+simulations of all three backends.)"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import pytest
 import torch
 from conftest import REPO, load_example
 
-from hawqc.driver import DEFAULT_PIPELINE
+from hawqc.driver import DEFAULT_PIPELINE, CompileOptions, compile_model
 from hawqc.ir.io import read_model, write_model
 from hawqc.ir.layout import layout_permutations
 from hawqc.ir.shape_inference import infer_shapes
@@ -26,6 +32,17 @@ COMMITTED = EXAMPLE / "digits_cnn_hawq.onnx"
 # Measured for the committed file: 0.9822 (441 of 449 test images; the float network gets the
 # same). Chance is 0.1; wrong weights, a wrong fold or a wrong requantization fall far below.
 MIN_TEST_ACCURACY = 0.96
+# How far below the committed file's accuracy (README: 0.9822) a retrained model may land. Training
+# again on another CPU sums in another order and ends with other numbers. Emulated here (seed 0) with
+# AVX2 kernels, ATen's scalar ones (ATEN_CPU_CAPABILITY=default), MKL's reproducibility modes
+# (MKL_CBWR) and oneDNN held to AVX or SSE4.1: 0.9800 to 0.9844; seeds 1-5 (a larger change) gave
+# 0.9844 to 0.9911. Two points (9 of 449 images) is far more than that spread and far less than a
+# wrong fold or requantization loses.
+DOCUMENTED_ACCURACY = 0.9822
+RETRAINED_TOLERANCE = 0.02
+# Drawn by the driver's own `--verify`, as test_hawq_chain compiles the same graph: one C simulation
+# for both (cached by content in HAWQC_CACHE_DIR).
+VERIFY_SAMPLES = 64
 
 
 hawq_model = load_example(EXAMPLE / "hawq_model.py", "digits_cnn_hawq_model")
@@ -77,14 +94,29 @@ def _hawq_integer_outputs(model, x: np.ndarray, scale: np.ndarray) -> np.ndarray
     return integers
 
 
-def test_committed_file_is_what_hawq_model_writes(trained, committed, tmp_path) -> None:
+def test_committed_file_reads_and_writes_back_byte_for_byte(committed, tmp_path) -> None:
+    """hawqc's writer, which wrote the file, gives it back from what its reader read."""
+    written = tmp_path / "digits_cnn_hawq.onnx"
+    write_model(committed, written)
+    assert written.read_bytes() == COMMITTED.read_bytes()
+
+
+def test_retrained_graph_has_the_committed_structure(trained, committed, tmp_path) -> None:
+    """Nodes, bit widths, initializer shapes: everything but the trained numbers."""
     written = tmp_path / "digits_cnn_hawq.onnx"
     write_model(trained.graph, written)
-    if hawq_model.platform() == hawq_model.REFERENCE_PLATFORM:
-        assert written.read_bytes() == COMMITTED.read_bytes()
-    else:
-        # Other CPU kernels sum in other orders and train slightly different numbers (see platform()).
-        assert _structure(read_model(written)) == _structure(committed)
+    assert _structure(read_model(written)) == _structure(committed)
+
+
+@pytest.mark.slow
+def test_retrained_graph_compiles_and_verifies_bit_exact(trained, tmp_path) -> None:
+    """Whatever numbers this CPU trained: C simulation == hardware mode == semantic mode (vitis)."""
+    path = tmp_path / "digits_cnn_hawq.onnx"
+    write_model(trained.graph, path)
+    options = CompileOptions(backend="vitis", verify_samples=VERIFY_SAMPLES)
+    verify = compile_model(path, tmp_path / "proj", options).verify
+    assert verify.samples == VERIFY_SAMPLES
+    assert verify.bit_exact and verify.modes.equal, verify.summary()
 
 
 def test_committed_file_has_the_advertised_structure(committed) -> None:
@@ -113,13 +145,22 @@ def test_committed_file_has_the_advertised_structure(committed) -> None:
     assert float(inits["quant_input_scale"].const_value.numpy()) == 2.0**hawq_model.INPUT_SCALE_EXPONENT
 
 
-def test_committed_file_classifies_the_test_split(trained, committed) -> None:
+def test_committed_file_classifies_the_test_split(committed) -> None:
     data = hawq_model.make_model.digits_split()
     graph, perm = _compiled(committed)
     codes = Executor(graph, mode="hardware").run(np.ascontiguousarray(data.x_test.transpose(perm)))["output"]
     accuracy = float(((codes * hawq_model.output_scale(committed)).argmax(1) == data.y_test).mean())
     assert accuracy >= MIN_TEST_ACCURACY
-    assert trained.quantized_accuracy >= MIN_TEST_ACCURACY
+
+
+def test_retrained_model_classifies_as_documented(trained) -> None:
+    """HAWQ's integer-only eval mode and the lifted graph in hardware mode (equal: see below)."""
+    graph, perm = _compiled(trained.graph)
+    x = np.ascontiguousarray(trained.data.x_test.transpose(perm))
+    codes = Executor(graph, mode="hardware").run(x)["output"]
+    accuracy = float(((codes * hawq_model.output_scale(trained.graph)).argmax(1) == trained.data.y_test).mean())
+    assert accuracy >= DOCUMENTED_ACCURACY - RETRAINED_TOLERANCE
+    assert trained.quantized_accuracy >= DOCUMENTED_ACCURACY - RETRAINED_TOLERANCE
 
 
 def test_hawq_forward_equals_the_compiled_graph_in_hardware_mode_bit_for_bit(trained) -> None:

@@ -1,6 +1,13 @@
-"""examples/jet_tagger/hawq_model.py: the HAWQ jet tagger (QThreeLayer, mixed precision) trains,
-lifts to the committed QONNX file, classifies the synthetic jets, and its lifted graph in hardware
-mode gives HAWQ's eval-mode integer outputs bit for bit, for two per-layer bit configurations."""
+"""examples/jet_tagger/hawq_model.py: the HAWQ jet tagger (QThreeLayer, mixed precision) trains and
+lifts to a QONNX graph of the committed file's structure, which classifies the synthetic jets as
+documented, compiles to a C simulation equal to hardware mode bit for bit, and in hardware mode gives
+HAWQ's eval-mode integer outputs bit for bit, for two per-layer bit configurations. The committed file
+classifies the test jets and hawqc's reader and writer give its bytes back.
+
+The retrained bytes are not compared with the committed file: they depend on the CPU's kernels
+(their summation order), and the file was written on another CPU than most that run these tests.
+(tests/test_hawq_chain.py's `jet_8553` chain is this training too, compared with HAWQ through the C
+simulations of all three backends.)"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import pytest
 import torch
 from conftest import REPO, load_example
 
+from hawqc.driver import CompileOptions, compile_model
 from hawqc.ir.io import read_model, write_model
 from hawqc.sim.executor import Executor
 
@@ -21,6 +29,18 @@ COMMITTED = EXAMPLE / "jet_tagger_hawq.onnx"
 # The classes overlap by design (make_model.py), so chance is 0.2 and a broken requantization or
 # wrong weights fall far below this bound.
 MIN_TEST_ACCURACY = 0.55
+# How far below the committed files' accuracy (README: 0.5775 for 8/5/5/5 and for 6/6/4/7) a
+# retrained model may land. Training again on another CPU sums in another order and ends with other
+# numbers. Emulated here (seed 0) with AVX2 kernels, ATen's scalar ones (ATEN_CPU_CAPABILITY=default),
+# MKL's reproducibility modes (MKL_CBWR) and oneDNN held to AVX or SSE4.1: 0.5695 to 0.5800 (8/5/5/5),
+# 0.5720 to 0.5760 (6/6/4/7). (Other seeds are no guide: they draw other jets.) Four points is five
+# times the largest drop seen (0.8, AVX2); a broken requantization or wrong weights fall towards
+# chance, 0.2.
+DOCUMENTED_ACCURACY = 0.5775
+RETRAINED_TOLERANCE = 0.04
+# Drawn by the driver's own `--verify`, as test_hawq_chain compiles the same graph: one C simulation
+# for both (cached by content in HAWQC_CACHE_DIR).
+VERIFY_SAMPLES = 64
 
 
 hawq_model = load_example(EXAMPLE / "hawq_model.py", "jet_tagger_hawq_model")
@@ -55,14 +75,29 @@ def _structure(graph: ir.Model) -> tuple:
     )
 
 
-def test_committed_file_is_what_hawq_model_writes(trained, committed, tmp_path) -> None:
+def test_committed_file_reads_and_writes_back_byte_for_byte(committed, tmp_path) -> None:
+    """hawqc's writer, which wrote the file, gives it back from what its reader read."""
+    written = tmp_path / "jet_tagger_hawq.onnx"
+    write_model(committed, written)
+    assert written.read_bytes() == COMMITTED.read_bytes()
+
+
+def test_retrained_graph_has_the_committed_structure(trained, committed, tmp_path) -> None:
+    """Operators, bit widths, initializer shapes: everything but the trained numbers."""
     written = tmp_path / "jet_tagger_hawq.onnx"
     write_model(trained.graph, written)
-    if hawq_model.platform() == hawq_model.REFERENCE_PLATFORM:
-        assert written.read_bytes() == COMMITTED.read_bytes()
-    else:
-        # Other CPU kernels sum in other orders and train slightly different numbers (see platform()).
-        assert _structure(read_model(written)) == _structure(committed)
+    assert _structure(read_model(written)) == _structure(committed)
+
+
+@pytest.mark.slow
+def test_retrained_graph_compiles_and_verifies_bit_exact(trained, tmp_path) -> None:
+    """Whatever numbers this CPU trained: C simulation == hardware mode == semantic mode (vitis)."""
+    path = tmp_path / "jet_tagger_hawq.onnx"
+    write_model(trained.graph, path)
+    options = CompileOptions(backend="vitis", verify_samples=VERIFY_SAMPLES)
+    verify = compile_model(path, tmp_path / "proj", options).verify
+    assert verify.samples == VERIFY_SAMPLES
+    assert verify.bit_exact and verify.modes.equal, verify.summary()
 
 
 def test_committed_file_has_the_mixed_precision_of_the_paper(committed) -> None:
@@ -84,12 +119,20 @@ def test_committed_file_has_the_mixed_precision_of_the_paper(committed) -> None:
     assert float(committed.graph.initializers["quant_input_scale"].const_value.numpy()) == 2.0**-4
 
 
-def test_committed_file_classifies_the_test_split(trained, committed) -> None:
-    data = hawq_model.dataset(0)
-    codes = Executor(committed, mode="hardware").run(data.test_x)["output"]
-    accuracy = float((codes * hawq_model.output_scale(committed)).argmax(1).__eq__(data.test_y).mean())
-    assert accuracy >= MIN_TEST_ACCURACY
-    assert trained.quantized_accuracy >= MIN_TEST_ACCURACY
+def _accuracy(graph: ir.Model, data) -> float:
+    """The graph in hardware mode on the test jets."""
+    codes = Executor(graph, mode="hardware").run(data.test_x)["output"]
+    return float(((codes * hawq_model.output_scale(graph)).argmax(1) == data.test_y).mean())
+
+
+def test_committed_file_classifies_the_test_split(committed) -> None:
+    assert _accuracy(committed, hawq_model.dataset(0)) >= MIN_TEST_ACCURACY
+
+
+def test_retrained_model_classifies_as_documented(trained) -> None:
+    """HAWQ's integer-only eval mode and the lifted graph in hardware mode (equal: see below)."""
+    assert _accuracy(trained.graph, hawq_model.dataset(0)) >= DOCUMENTED_ACCURACY - RETRAINED_TOLERANCE
+    assert trained.quantized_accuracy >= DOCUMENTED_ACCURACY - RETRAINED_TOLERANCE
 
 
 def _hawq_integer_outputs(model, x: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -124,5 +167,5 @@ def test_second_bit_configuration_lifts_and_matches_hawq() -> None:
     assert [quant[f"dense_{i}_weight"][0] for i in range(1, 5)] == list(bits)
     # Activations feeding each layer: weight bits + 3, capped at 8.
     assert [quant[f"quant_act_{i}_quant"][0] for i in range(1, 4)] == [8, 7, 8]
-    assert other.quantized_accuracy >= MIN_TEST_ACCURACY
+    assert other.quantized_accuracy >= DOCUMENTED_ACCURACY - RETRAINED_TOLERANCE
     _check_hardware_mode_is_hawq(other)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import JET_TAGGER, shared_model
+from conftest import JET_TAGGER, data_model
 
 from hawqc.cli import main
 from hawqc.errors import UserInputError
@@ -24,8 +24,8 @@ from hawqc.passes.manager import PassManager
 from hawqc.sim import Executor
 from hawqc.sim.inputs import draw_inputs
 
-MLP = shared_model("three_layer_pytorch.onnx")
-KERAS_CNN = shared_model("conv2d_small_keras.onnx")
+MLP = data_model("three_layer_pytorch.onnx")
+KERAS_CNN = data_model("conv2d_small_keras.onnx")
 LOGITS = "default,remove-output-softmax"
 FIXED_16_6 = "fixed<16,6>"
 

@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from conftest import JET_TAGGER, REPO, shared_model
+from conftest import JET_TAGGER, REPO, data_model
 from hawqc.errors import UserInputError, VerificationError
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.ir.domains import QONNX_DOMAIN
@@ -32,13 +32,13 @@ g (float[1,4] x{extra_inputs}) => (float[1,4] y)
     "name", ["bnn_model_fc_1layer.onnx", "three_layer_pytorch.onnx", "conv2d_small_keras.onnx", "branched_model_ch_last.onnx"]
 )
 def test_real_models_load_and_verify(name):
-    model = load_onnx(shared_model(name))
+    model = load_onnx(data_model(name))
     verify(model)
     assert all(node.domain in ("", QONNX_DOMAIN, "qonnx.custom_op.channels_last") for node in model.graph)
 
 
 def test_brevitas_binary_model_is_normalized():
-    model = read_model(shared_model("bnn_model_fc_1layer.onnx"))
+    model = read_model(data_model("bnn_model_fc_1layer.onnx"))
     report = normalize(model)
     # Four onnx.brevitas nodes renamed; the bias is a graph input shadowed by an initializer.
     assert (report.renamed_domains, report.unshadowed_inputs) == (4, 1)
@@ -89,7 +89,7 @@ def test_text_round_trip_is_exact():
 
 
 def test_written_files_are_readable_by_onnxruntime_and_back(tmp_path):
-    model = load_onnx(shared_model("bnn_model_fc_1layer.onnx"))
+    model = load_onnx(data_model("bnn_model_fc_1layer.onnx"))
     write_model(model, tmp_path / "m.onnx")
     write_model(model, tmp_path / "m.onnxtxt")
     proto = onnx.load(tmp_path / "m.onnx")

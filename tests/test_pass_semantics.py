@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import JET_TAGGER, shared_model
+from conftest import JET_TAGGER, data_model
 from hawqc.errors import UnsupportedModelError
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.ir.io import to_proto
@@ -57,7 +57,7 @@ g (float[1,4] x) => (float[1,4] y)
 
 MODELS = {
     "jet_tagger": lambda: load_onnx(JET_TAGGER),
-    "bnn_model_fc_1layer": lambda: load_onnx(shared_model("bnn_model_fc_1layer.onnx")),
+    "bnn_model_fc_1layer": lambda: load_onnx(data_model("bnn_model_fc_1layer.onnx")),
     # three_layer_pytorch.onnx ends in Softmax, which the executor runs from the CNN issue on.
     **{name: (lambda text=text, name=name: load_onnx_text(text, source=name)) for name, text in GRAPHS.items()},
 }
@@ -102,7 +102,7 @@ def test_pass_preserves_semantics(model_name, pipeline):
 
 def test_gemm_to_matmul_rewrites_every_gemm_of_the_real_models():
     for name in ("bnn_model_fc_1layer.onnx", "three_layer_pytorch.onnx", "conv2d_small_keras.onnx"):
-        model = load_onnx(shared_model(name))
+        model = load_onnx(data_model(name))
         PassManager.parse("gemm-to-matmul").run(model)
         assert not any(node.op_type == "Gemm" for node in model.graph), name
 

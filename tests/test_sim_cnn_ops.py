@@ -22,7 +22,7 @@ import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 import pytest
-from conftest import shared_model
+from conftest import data_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, numpy_helper
@@ -646,7 +646,7 @@ def test_branched_model_ch_last_matches_qonnx() -> None:
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
 
-    path = shared_model("branched_model_ch_last.onnx")
+    path = data_model("branched_model_ch_last.onnx")
     proto = onnx.load(path)
     for n in proto.graph.node:
         if n.domain == CHANNELS_LAST_DOMAIN and n.op_type == "MaxPool":

@@ -14,7 +14,7 @@ import onnx
 import onnx.helper as oh
 import onnx_ir as ir
 import pytest
-from conftest import JET_TAGGER, shared_model
+from conftest import JET_TAGGER, data_model
 from onnx import TensorProto, numpy_helper
 
 import hawqc
@@ -151,8 +151,8 @@ def test_quantized_mlp_large_batch_matches_qonnx_subset() -> None:
 def test_brevitas_bnn_fc_1layer() -> None:
     """Old Brevitas export: domain onnx.brevitas, BipolarQuant, a bias Quant whose input is a graph
     input shadowed by an initializer."""
-    raw = ir.load(shared_model("bnn_model_fc_1layer.onnx"))
-    loaded = hawqc.load(shared_model("bnn_model_fc_1layer.onnx"))  # normalized and verified
+    raw = ir.load(data_model("bnn_model_fc_1layer.onnx"))
+    loaded = hawqc.load(data_model("bnn_model_fc_1layer.onnx"))  # normalized and verified
     ex = Executor(raw)
     assert ex.input_names == ("x.1",)
     rng = np.random.default_rng(0)
@@ -167,7 +167,7 @@ def test_brevitas_bnn_fc_1layer() -> None:
     assert len(np.unique(got, axis=0)) > 1
 
 
-THREE_LAYER = shared_model("three_layer_pytorch.onnx")
+THREE_LAYER = data_model("three_layer_pytorch.onnx")
 
 
 def test_three_layer_with_its_softmax() -> None:

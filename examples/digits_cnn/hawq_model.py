@@ -157,9 +157,6 @@ def output_scale(graph: ir.Model) -> np.ndarray:
 
 
 platform = make_model.platform
-# Where digits_cnn_hawq.onnx was made; elsewhere the script writes a model of the same structure
-# whose trained numbers may differ.
-REFERENCE_PLATFORM = "torch 2.13.0+cpu, ATen CPU capability AVX512"
 
 
 def main() -> None:

@@ -351,14 +351,10 @@ def make_model(
 
 
 def platform() -> str:
-    """What the trained bytes depend on besides the seed: PyTorch's version and the CPU kernels it
-    picks (AVX512 and AVX2 kernels sum in different orders, so they train slightly different nets)."""
+    """What the trained bytes depend on besides the seed, printed with them: PyTorch's version and
+    the CPU kernels it picks (AVX512 and AVX2 kernels, and different CPU vendors' kernels, sum in
+    different orders, so they train slightly different nets)."""
     return f"torch {torch.__version__}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}"
-
-
-# Where examples/digits_cnn/digits_cnn.onnx was made; elsewhere make_model.py writes a model of the
-# same structure whose trained numbers differ in the last bits.
-REFERENCE_PLATFORM = "torch 2.13.0+cpu, ATen CPU capability AVX512"
 
 
 def main() -> None:

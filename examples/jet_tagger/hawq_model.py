@@ -168,14 +168,10 @@ def output_scale(graph: ir.Model) -> np.ndarray:
 
 
 def platform() -> str:
-    """What the trained numbers depend on besides the seed: PyTorch's version and the CPU kernels
-    it picks (AVX512 and AVX2 kernels sum in different orders, so they train slightly different nets)."""
+    """What the trained numbers depend on besides the seed, printed with them: PyTorch's version and
+    the CPU kernels it picks (AVX512 and AVX2 kernels, and different CPU vendors' kernels, sum in
+    different orders, so they train slightly different nets)."""
     return f"torch {torch.__version__}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}"
-
-
-# Where jet_tagger_hawq.onnx was made; elsewhere the script writes a model of the same structure
-# whose trained numbers may differ.
-REFERENCE_PLATFORM = "torch 2.13.0+cpu, ATen CPU capability AVX512"
 
 
 def _bits(text: str) -> tuple[int, ...]:
