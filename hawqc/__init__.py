@@ -5,55 +5,49 @@ The public API is a few names; everything else lives in the subpackages:
     model = hawqc.load("jet_tagger.onnx")
     model = hawqc.lift(hawq_model, torch.zeros(1, 16))      # a HAWQ PyTorch model, lifted
     hawqc.PassManager.parse("cleanup,gemm-to-matmul").run(model)
-    hawqc.compile("jet_tagger.onnx", "proj", hawqc.CompileOptions(backend="vitis", verify_samples=1000))
+    result = hawqc.compile("jet_tagger.onnx", "proj", hawqc.CompileOptions(backend="vitis", verify_samples=1000))
+    result.verify.passed
+
+Paths may be `str` or `pathlib.Path` everywhere. A wrong argument raises `hawqc.UserInputError`
+naming the argument; every error hawqc raises on purpose is a `hawqc.HawqcError`.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CompileOptions",
-    "Pass",
-    "PassManager",
-    "PassResult",
-    "compile",
-    "lift",
-    "load",
-    "option",
-    "register_pass",
-    "save",
-]
+# Public name -> (module, attribute): imported on first use, because `import hawqc` must stay cheap
+# (hls4ml and torch take seconds to import).
+_PUBLIC = {
+    "CompileOptions": ("hawqc.driver", "CompileOptions"),
+    "CompileResult": ("hawqc.driver", "CompileResult"),
+    "HawqcError": ("hawqc.errors", "HawqcError"),
+    "HlsSettings": ("hawqc.backends.hls_settings", "HlsSettings"),
+    "Pass": ("hawqc.passes.base", "Pass"),
+    "PassManager": ("hawqc.passes.manager", "PassManager"),
+    "PassResult": ("hawqc.passes.base", "PassResult"),
+    "PyTorchOptions": ("hawqc.frontends.load", "PyTorchOptions"),
+    "UserInputError": ("hawqc.errors", "UserInputError"),
+    "compile": ("hawqc.driver", "compile_model"),
+    "lift": ("hawqc.frontends.pytorch", "lift_model"),
+    "load": ("hawqc.frontends.onnx", "load_onnx"),
+    "option": ("hawqc.passes.base", "option"),
+    "register_pass": ("hawqc.passes.registry", "register_pass"),
+    "save": ("hawqc.ir.io", "write_model"),
+}
+
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
-    # Lazy: `import hawqc` must stay cheap (hls4ml and torch take seconds to import).
-    if name == "load":
-        from hawqc.frontends.onnx import load_onnx
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'hawqc' has no attribute {name!r}")
+    import importlib
 
-        return load_onnx
-    if name == "lift":
-        from hawqc.frontends.pytorch import lift_model
+    module, attribute = _PUBLIC[name]
+    return getattr(importlib.import_module(module), attribute)
 
-        return lift_model
-    if name == "save":
-        from hawqc.ir.io import write_model
 
-        return write_model
-    if name in ("compile", "CompileOptions"):
-        from hawqc import driver
-
-        return driver.compile_model if name == "compile" else driver.CompileOptions
-    if name in ("Pass", "PassResult", "option"):
-        from hawqc.passes import base
-
-        return getattr(base, name)
-    if name == "PassManager":
-        from hawqc.passes.manager import PassManager
-
-        return PassManager
-    if name == "register_pass":
-        from hawqc.passes.registry import register_pass
-
-        return register_pass
-    raise AttributeError(f"module 'hawqc' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    """The public names (what tab completion offers), not the subpackages' internals."""
+    return sorted([*_PUBLIC, "__version__"])

@@ -1,7 +1,8 @@
-"""The command line: `hawqc` (compile a model) and `hawqc-opt` (run a pipeline on IR).
+"""The command line: `hawqc` (compile a model; `report`, `build`) and `hawqc-opt` (run a pipeline on IR).
 
-A user's mistake ends in one line on stderr and exit code 2; a verification mismatch in exit code
-1; only a bug in hawqc shows a traceback. Both commands take the same pass-manager flags.
+Every error is one line on stderr and an exit code (`hawqc.errors`): 1 a verification found a
+difference, 2 the user's mistake, 3 a failing tool or a bug in hawqc (its traceback goes to a file
+the line names), 130 interrupted. Both commands take the same pass-manager flags.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hawqc.cli_hardware import add_hardware_options, hardware_settings
-from hawqc.errors import HawqcError, UserInputError
+from hawqc.errors import EXIT_FAILURE, EXIT_INTERRUPTED, HawqcError, UserInputError
 
 # `--split-input-file`: chunks of one ONNX text file, separated by a line of this form.
 SPLIT_MARKER = re.compile(r"^# -----\s*$", re.M)
@@ -35,11 +36,42 @@ def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
             warnings.showwarning = _one_line_warning(parser.prog)
             return body(args)
     except HawqcError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: {err.label}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print(f"{parser.prog}: error: out of memory (the machine could not hold what this step needs)", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as err:  # a bug in hawqc: one line, the traceback in a file for the report
+        where = _write_crash_report(err, getattr(args, "reproducer_dir", None))
+        print(f"{parser.prog}: internal error: {type(err).__name__}: {_first_line(err)} "
+              f"(a bug in hawqc; traceback in {where})", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _write_crash_report(err: BaseException, directory: Path | None) -> Path | str:
+    """The traceback of an internal error, in the reproducer directory (default: the temp dir)."""
+    import os
+    import time
+    import traceback
+
+    from hawqc.passes.reproducer import default_reproducer_dir
+
+    directory = directory or default_reproducer_dir()
+    path = directory / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(err)))
+    except OSError as write_error:
+        return f"nowhere: {write_error.strerror or write_error} writing {path}"
+    return path
 
 
 def _one_line_warning(prog: str):
@@ -49,6 +81,21 @@ def _one_line_warning(prog: str):
         print(f"{prog}: warning: {message}", file=sys.stderr)
 
     return show
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A flag's old spelling: sets the new flag's value and says, in one line, what to write now."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    from hawqc import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 # --- the model flags, shared: a PyTorch (.pt / .pth) model -----------------------------------
@@ -87,7 +134,9 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pass manager")
     group.add_argument("--time-passes", action="store_true", help="print a table of pass times (stderr)")
     group.add_argument("--pass-statistics", action="store_true", help="print each pass's counters (stderr)")
-    group.add_argument("--no-verify", action="store_true", help="do not verify the IR around passes")
+    group.add_argument("--no-verify-ir", action="store_true", help="do not verify the IR around passes")
+    # The old spelling read as the opposite of `--verify N` (the C simulation); kept, with a warning.
+    group.add_argument("--no-verify", action=_DeprecatedAlias, nargs=0, dest="no_verify_ir", help=argparse.SUPPRESS)
     group.add_argument("--print-ir-before", type=_pass_names, default=frozenset(), metavar="PASSES",
                        help="print the IR before these passes (comma-separated names; stderr)")  # fmt: skip
     group.add_argument("--print-ir-after", type=_pass_names, default=frozenset(), metavar="PASSES",
@@ -110,7 +159,7 @@ def _configure(manager, args: argparse.Namespace) -> None:
 
     if args.validate < 0:
         raise UserInputError(f"--validate must be a non-negative count, got {args.validate}")
-    manager.verify_each = not args.no_verify
+    manager.verify_each = not args.no_verify_ir
     manager.reproducer_dir = args.reproducer_dir or default_reproducer_dir()
     for plugin in args.load_pass_plugin:
         manager.reproducer_flags += ["--load-pass-plugin", str(plugin.resolve())]
@@ -152,14 +201,35 @@ def load_pass_plugins(paths: Sequence[Path]) -> None:
 # --- hawqc -------------------------------------------------------------------------------------
 
 
+_COMMANDS = """commands:
+  hawqc MODEL -o OUTDIR [options]      compile MODEL into the project OUTDIR (the options above)
+  hawqc report OUTDIR [--wide] [--plot FILE.png]
+                                       print a compiled project's layer table again
+  hawqc build OUTDIR [--cosim]         run the vendor HLS tool (C synthesis) on a compiled project
+  hawqc-opt MODEL -p PIPELINE          run passes over a model and print its IR (hawqc-opt --help)
+  each of them: --help
+
+exit codes:
+  0    success
+  1    verification found a difference (--verify, --outputs, --validate)
+  2    a mistake in the model, a file or an option (one line names it); nothing was written
+  3    a tool failed (g++, a vendor tool, out of memory) or an internal error of hawqc
+  130  interrupted (Ctrl-C, SIGTERM); nothing was written
+"""
+
+
 def compile_parser() -> argparse.ArgumentParser:
     from hawqc.driver import DEFAULT_PIPELINE
 
     parser = _OneLineParser(
         prog="hawqc",
-        description="Compile a quantized model (QONNX / ONNX) to an hls4ml project, bit-exact. "
-        "`hawqc report OUTDIR [--plot FILE.png]` shows a compiled project's layer table.",
+        usage="hawqc MODEL -o OUTDIR [options]  |  hawqc report OUTDIR ...  |  hawqc build OUTDIR ...",
+        description="Compile a quantized model (QONNX / ONNX / HAWQ PyTorch) to an hls4ml project, and check "
+        "its C simulation bit for bit.",
+        epilog=_COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_version(parser)
     parser.add_argument("model", type=Path, help="the model: .onnx, .onnxtxt, or .pt / .pth (see --model-factory)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="project directory to write")
     parser.add_argument("--backend", default="vitis", help="vitis, vivado or catapult (default: vitis)")
@@ -204,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hawqc build",
         description="Run the vendor HLS tool (C synthesis) on a project hawqc wrote; add its results to hawqc_report.json.",
     )
+    _add_version(parser)
     parser.add_argument("outdir", type=Path, help="the project directory (hawqc MODEL -o OUTDIR)")
     parser.add_argument("--cosim", action="store_true", help="also run C/RTL co-simulation")
     return parser
@@ -272,8 +343,11 @@ def report_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="hawqc report", description="Print a compiled project's layer table (from its hawqc_report.json)."
     )
+    _add_version(parser)
     parser.add_argument("outdir", type=Path, help="a project directory hawqc wrote")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also write per-layer bit widths and BOPs as a PNG")
+    parser.add_argument("--wide", action="store_true",
+                        help="every column (input shapes, multiplications, reuse factors) and the types' rounding and saturation modes")  # fmt: skip
     return parser
 
 
@@ -283,7 +357,7 @@ def _show_report(args: argparse.Namespace) -> int:
     report = load_report(args.outdir)
     if args.plot is not None:
         plot(report["layer_table"], args.plot, title=f"{Path(report.get('model', '')).name} ({report.get('backend', '')})")
-    render_table(report["layer_table"])
+    render_table(report["layer_table"], wide=args.wide)
     if args.plot is not None:
         print(f"hawqc: wrote {args.plot}")
     return 0
@@ -297,6 +371,7 @@ def opt_parser() -> argparse.ArgumentParser:
         prog="hawqc-opt",
         description="Run a pass pipeline over a model and print the resulting IR as ONNX text.",
     )
+    _add_version(parser)
     parser.add_argument("input", nargs="?", help="model file (.onnx, .onnxtxt, .pt / .pth), or - for ONNX text on stdin")
     parser.add_argument("-p", "--pipeline", default="", help="pipeline, e.g. 'cleanup,gemm-to-matmul'")
     parser.add_argument("-o", "--output", type=Path, help="write here (.onnx or .onnxtxt) instead of stdout")
@@ -342,7 +417,7 @@ def _opt(args: argparse.Namespace) -> int:
         try:
             model, records = _opt_one(args, source, text=chunk)
         except HawqcError as err:
-            print(f"hawqc-opt: error: {err}", file=sys.stderr)
+            print(f"hawqc-opt: {err.label}: {err}", file=sys.stderr)
             status = max(status, err.exit_code)
             continue
         _report(records, args)
@@ -368,7 +443,7 @@ def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
     manager = PassManager.parse(args.pipeline) if args.pipeline else None
     if manager is not None:
         _configure(manager, args)
-    verify_ir = not args.no_verify
+    verify_ir = not args.no_verify_ir
     if text is not None:
         model = load_onnx_text(text, source=source, verify_ir=verify_ir)
     elif source == "-":

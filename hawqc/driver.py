@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 import shutil
 import time
@@ -44,6 +45,35 @@ DEFAULT_PIPELINE = "default"
 
 @dataclass
 class CompileOptions:
+    """How `hawqc.compile` compiles a model: what `hawqc MODEL -o OUTDIR [flags]` sets from its flags.
+
+    Attributes:
+        backend: "vitis", "vivado" or "catapult" (or a plugin's backend name).
+        pipeline: the pass pipeline run before the backend, as text (`hawqc-opt --list-passes`).
+        verify_samples: inputs drawn for verification (C simulation vs hardware mode, and hardware
+            vs semantic mode); 0 skips the C simulation.
+        force: replace a non-empty output directory.
+        seed: seed of the drawn verification inputs.
+        io_type: "io_parallel" or "io_stream".
+        project_name: the project's top function and file names (a C identifier).
+        settings: strategy, reuse factors, part, clock (`hawqc.HlsSettings`); None: hls4ml's defaults.
+        pytorch: for a .pt / .pth model, the factory that builds it, the example input's shape and
+            the pickle opt-in (`hawqc.PyTorchOptions`).
+        configure_passes: called with the parsed `PassManager` before it runs (instrumentation,
+            translation validation, reproducers).
+        hawq_export_semantics: "file" computes a HAWQ export's float32 rescales as written; "hawq"
+            reads them as HAWQ's integer requantizations.
+        inputs: a .npy file of inputs to verify on instead of drawn ones (one sample per row, in the
+            model file's layout); written to the project's test bench.
+        outputs: a .npy file of expected outputs for `inputs`: the C simulation must equal them.
+        command: the command line that asked for this compile (program first), repeated by a
+            mismatch's reproducer; None: one is made up from these options.
+        default_precision: the fixed-point type of a model's float parts, e.g. "fixed<16,6>".
+        tolerance: the largest hardware-vs-semantic difference, in output LSBs, verification accepts.
+
+    `inputs` and `outputs` may be given as `str` or `pathlib.Path`.
+    """
+
     backend: str = "vitis"
     pipeline: str = DEFAULT_PIPELINE
     verify_samples: int = 0
@@ -51,41 +81,57 @@ class CompileOptions:
     seed: int = 0
     io_type: str = "io_parallel"
     project_name: str = "myproject"
-    # Strategy, reuse factors, part, clock (hawqc.backends.hls_settings); None: hls4ml's defaults.
     settings: HlsSettings | None = None
-    # A .pt / .pth model: the factory that builds it, the example input's shape, the pickle opt-in.
     pytorch: PyTorchOptions | None = None
-    # Called with the parsed PassManager before it runs: instrumentation, validation, reproducers.
     configure_passes: Callable[[PassManager], None] | None = None
-    # "hawq": read a HAWQ export's requantizations as HAWQ's integer ones (hawqc.frontends.hawq_export).
     hawq_export_semantics: str = "file"
-    # The user's verification data (hawqc.user_data): `--inputs X.npy` [`--outputs Y.npy`].
     inputs: Path | None = None
     outputs: Path | None = None
-    # The command line that asked for this compile (argv, program first): a mismatch's reproducer repeats it.
     command: tuple[str, ...] | None = None
-    # Float parts (hawqc.ir.default_precision): the type they are computed in, e.g. "fixed<16,6>", and
-    # the largest hardware-vs-semantic difference (output LSBs) verify accepts.
     default_precision: str | None = None
     tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("inputs", "outputs"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                setattr(self, name, Path(value))
 
 
 @dataclass
 class CompileResult:
+    """What `hawqc.compile` did.
+
+    Attributes:
+        outdir: the project directory.
+        model: the graph after the passes, as lowered.
+        records: one `PassRecord` per pass run (name, seconds, changed, statistics).
+        report: what `OUTDIR/hawqc_report.json` holds.
+        verify: the verification's outcome (`passed`, `bit_exact`, `summary()`), None without one.
+        project: the written project (what `hawqc.backends.csim.compile_csim` builds from).
+        hawq_export: with hawq_export_semantics="hawq", what was reread and how the file's float32
+            arithmetic differs.
+        float_parts: with a default precision, where it was applied (or that the model has none).
+    """
+
     outdir: Path
     model: ir.Model
     records: list[PassRecord]
     report: CompileReport
     verify: VerifyResult | None
-    # The written project: what `hawqc.backends.csim.compile_csim` builds the C simulation from.
     project: LoweredProject | None = None
-    # With hawq_export_semantics="hawq": what was reread, and how the file's float32 arithmetic differs.
     hawq_export: HawqExportReading | None = None
-    # With a default precision: where it was applied (or that the model has no float parts).
     float_parts: FloatPartsOutcome | None = None
 
 
-def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOptions) -> CompileResult:
+def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOptions | None = None) -> CompileResult:
+    """Compile the model in `model_path` (.onnx, .onnxtxt, or .pt / .pth with `options.pytorch`) into
+    an hls4ml project in `outdir`, and verify it as `options` asks (`hawqc MODEL -o OUTDIR`).
+
+    `outdir` ends up holding the complete project and `hawqc_report.json`, or stays as it was.
+    Raises `UserInputError` naming the argument or file that is wrong, `HawqcError` otherwise; a
+    verification that found a difference is not an exception: see `result.verify.passed`."""
+    options = CompileOptions() if options is None else options
     model_path, outdir = Path(model_path), Path(outdir)
     # Everything that can be checked without writing is checked before anything is written.
     backend = get_backend(options.backend)

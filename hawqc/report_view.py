@@ -17,8 +17,10 @@ from hawqc.errors import UserInputError
 from hawqc.layer_table import compact_type
 
 REPORT_FILE = "hawqc_report.json"
-# Wide enough that a table printed into a pipe or a log is not wrapped at 80 columns.
-_PIPE_WIDTH = 200
+# The default table fits a 100-column terminal; a pipe or a log gets that width too, so that what a
+# user pastes looks like what they saw. `--wide` has every column and the full types.
+NARROW_WIDTH = 100
+_WIDE_PIPE_WIDTH = 200
 
 
 def _shape(dims: list[int]) -> str:
@@ -29,34 +31,70 @@ def _count(value: float | int | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def render_table(table: dict[str, Any], file: TextIO | None = None) -> None:
+def _short_type(text: str | None) -> str:
+    """`fixed<6,1,RND_CONV,SAT_SYM>` -> `fixed<6,1>`: width and integer bits; the modes are in --wide."""
+    return re.sub(r"^(u?fixed<\d+,-?\d+)(,[^>]*)?>$", r"\1>", compact_type(text))
+
+
+def _short_op(op: str) -> str:
+    """`Activation(relu)` -> `relu`: the function says what the layer is."""
+    match = re.fullmatch(r"Activation\((.+)\)", op)
+    return match.group(1) if match else op
+
+
+# (header, justify, cell of a row, cell of the totals row); the narrow view is the subset below.
+_COLUMNS = {
+    "layer": ("left", lambda r: r["name"], lambda t: f"total ({t['layers']} layers)"),
+    "op": ("left", lambda r: r["op"], lambda t: ""),
+    "in": ("right", lambda r: _shape(r["input_shape"]), lambda t: ""),
+    "out": ("right", lambda r: _shape(r["output_shape"]), lambda t: ""),
+    "weight": ("left", lambda r: compact_type(r["weight"]), lambda t: ""),
+    "accum": ("left", lambda r: compact_type(r["accum"]), lambda t: ""),
+    "result": ("left", lambda r: compact_type(r["result"]), lambda t: ""),
+    "mults": ("right", lambda r: _count(r["multiplications"]), lambda t: _count(t["multiplications"])),
+    "BOPs": ("right", lambda r: _count(r["bops"]), lambda t: _count(t["bops"])),
+    "RF": ("right", lambda r: str(r["reuse_factor"]), lambda t: ""),
+    "cycles*": ("right", lambda r: _count(r["latency_cycles"]), lambda t: _count(t["latency_cycles_estimate"])),
+}
+_NARROW = ("layer", "op", "out", "weight", "accum", "result", "BOPs", "cycles*")
+_NARROW_CELLS = {
+    "op": lambda r: _short_op(r["op"]),
+    "weight": lambda r: _short_type(r["weight"]),
+    "accum": lambda r: _short_type(r["accum"]),
+    "result": lambda r: _short_type(r["result"]),
+}
+
+
+def render_table(table: dict[str, Any], file: TextIO | None = None, *, wide: bool = False) -> None:
+    """The layer table. By default the columns that fit a 100-column terminal, types without their
+    rounding and saturation modes, and long cells wrapped rather than cut; `wide`: every column."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     out = file or sys.stdout
-    console = Console(file=out, width=None if out.isatty() else _PIPE_WIDTH)
-    view = Table(title="layers", title_justify="left")
-    for header, justify in [
-        ("layer", "left"), ("op", "left"), ("in", "right"), ("out", "right"), ("weight", "left"),
-        ("accum", "left"), ("result", "left"), ("mults", "right"), ("BOPs", "right"), ("RF", "right"),
-        ("cycles*", "right"),
-    ]:  # fmt: skip
-        view.add_column(header, justify=justify)
+    width = None if out.isatty() else (_WIDE_PIPE_WIDTH if wide else NARROW_WIDTH)
+    console = Console(file=out, width=width)
+    names = tuple(_COLUMNS) if wide else _NARROW
+    cells = {name: _COLUMNS[name][1] for name in names} | ({} if wide else _NARROW_CELLS)
+    if wide:
+        view = Table(title="layers", title_justify="left")
+    else:
+        view = Table(
+            title="layers", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+        )
+    for name in names:
+        # Names wrap when the terminal is too narrow; ops, counts, shapes and types stay whole.
+        folds = name == "layer"
+        view.add_column(name, justify=_COLUMNS[name][0], overflow="fold", no_wrap=not folds)
     for row in table["layers"]:
-        view.add_row(
-            row["name"], row["op"], _shape(row["input_shape"]), _shape(row["output_shape"]),
-            compact_type(row["weight"]), compact_type(row["accum"]), compact_type(row["result"]),
-            _count(row["multiplications"]), _count(row["bops"]), str(row["reuse_factor"]),
-            _count(row["latency_cycles"]),
-        )  # fmt: skip
-    totals = table["totals"]
+        view.add_row(*(cells[name](row) for name in names))
     view.add_section()
-    view.add_row(
-        f"total ({totals['layers']} layers)", "", "", "", "", "", "",
-        _count(totals["multiplications"]), _count(totals["bops"]), "", _count(totals["latency_cycles_estimate"]),
-    )  # fmt: skip
+    view.add_row(*(_COLUMNS[name][2](table["totals"]) for name in names))
     console.print(view)
-    console.print(f"* latency in clock cycles, {table['latency_note']}")
+    console.print(f"* latency in clock cycles, {table['latency_note']}", overflow="fold")
+    if not wide:
+        console.print("all columns and full types: hawqc report OUTDIR --wide")
 
 
 def load_report(outdir: Path) -> dict[str, Any]:

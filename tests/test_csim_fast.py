@@ -21,7 +21,7 @@ from hawqc.backends.csim_batch import (
     THREADS_ENV,
     default_threads,
 )
-from hawqc.errors import BackendError
+from hawqc.errors import UserInputError
 from hawqc.frontends.onnx import load_onnx
 from hawqc.passes.manager import PassManager
 from hawqc.sim import Executor
@@ -97,7 +97,7 @@ def test_thread_count(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv(THREADS_ENV, "3")
     assert default_threads() == 3
     monkeypatch.setenv(THREADS_ENV, "0")
-    with pytest.raises(BackendError, match=THREADS_ENV):
+    with pytest.raises(UserInputError, match=THREADS_ENV):
         default_threads()
     monkeypatch.delenv(THREADS_ENV)
     assert default_threads() == len(os.sched_getaffinity(0))

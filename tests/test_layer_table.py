@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from hawqc import progress
 from hawqc.cli import main
 from hawqc.driver import CompileOptions, compile_model
 from hawqc.layer_table import build_table, latency_cycles
+from hawqc.report_view import render_table
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,57 @@ def test_progress_only_on_a_terminal(monkeypatch, capsys):
     np.testing.assert_array_equal(progress.in_steps(run, samples, "work"), samples * 2)
     assert len(calls) > 1 and sum(calls) == 60  # on a terminal: in slices under a bar
     assert capsys.readouterr().out == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _long_table() -> dict:
+    """A table with a long layer name, a big shape and big counts, as a CNN's report has."""
+    row = {
+        "name": "a_rather_long_layer_name_from_an_export_conv2d_17_bias_add", "op": "Activation(leaky_relu)",
+        "input_shape": [128, 128, 64], "output_shape": [128, 128, 64],
+        "weight": "fixed<6,1,RND_CONV,SAT_SYM>", "accum": "fixed<24,12,RND_CONV,SAT>", "result": "ufixed<16,8,RND_CONV,SAT>",
+        "multiplications": 123456789, "bops": 98765432101, "reuse_factor": 64, "latency_cycles": 1234567,
+    }  # fmt: skip
+    totals = {"layers": 1, "multiplications": 123456789, "bops": 98765432101, "latency_cycles_estimate": 1234567}
+    return {"layers": [row], "totals": totals, "latency_note": "estimate: a note long enough to need more than one line " * 3}
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_the_default_table_reads_on_100_columns(jet, terminal, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    for table in (jet.report.layer_table, _long_table()):
+        out = _Terminal() if terminal else io.StringIO()
+        render_table(table, out)
+        text = out.getvalue()
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()  # without the terminal's colours
+        assert max(len(line) for line in lines) <= 100, text
+        assert "…" not in text  # wrapped, never cut
+        # A long name is folded over the lines of its row (the first column), whole.
+        body = lines[lines.index(next(line for line in lines if line.startswith("───"))) + 1 :]
+        rows = list(itertools.takewhile(str.strip, body))
+        if len(table["layers"]) == 1:
+            assert "".join(line.split()[0] for line in rows) == table["layers"][0]["name"]
+        assert "--wide" in text
+    jet_text = io.StringIO()
+    render_table(jet.report.layer_table, jet_text)
+    # The bundled example: every row on one line, its types whole, without their modes.
+    for row in jet.report.layer_table["layers"]:
+        line = next(line for line in jet_text.getvalue().splitlines() if line.startswith(row["name"] + " "))
+        for role in ("weight", "accum", "result"):
+            if row[role]:
+                assert re.sub(r",[A-Z_]+", "", row[role]) in line
+
+
+def test_the_wide_table_has_every_column_and_the_modes(jet, capsys):
+    assert main(["report", str(jet.outdir), "--wide"]) == 0
+    out = capsys.readouterr().out
+    for header in ("in", "mults", "RF", "BOPs", "cycles*"):
+        assert f" {header} " in out
+    assert "RND_CONV" in out and "SAT_SYM" in out
+    assert main(["report", str(jet.outdir)]) == 0
+    narrow = capsys.readouterr().out
+    assert "RND_CONV" not in narrow and " mults " not in narrow

@@ -113,13 +113,13 @@ g (float[1,2,2,2] x) => (float[1,2] y)
     assert threshold.attributes["data_layout"].as_string() == "NHWC"
 
 
-@pytest.mark.xfail(strict=True, reason="the executor's float Conv depends on the layout (reported)")
 def test_semantic_float_conv_does_not_depend_on_the_layout() -> None:
     # Found by the property test through channels-last: the same Conv on the same numbers gave
-    # 1.0419592 on the NCHW graph and 1.041959 once stored channels-last. The executor's kernel
-    # (hawqc/sim/ops_conv.py) computes both with np.matmul, on a strided view for NCHW data and on a
-    # contiguous array for channels-last data; numpy runs BLAS (fused multiply-adds) only on the
-    # latter, its own loop on the former. onnxruntime gives 1.041959: the NCHW result is the odd one.
+    # 1.0419592 on the NCHW graph and 1.041959 once stored channels-last, on an AVX-512 Intel CPU
+    # (an AVX2 AMD CPU gave 1.041959 for both). The executor's kernel (hawqc/sim/ops_conv.py)
+    # computed both with np.matmul, on a strided view for NCHW data and on a contiguous array for
+    # channels-last data; numpy runs BLAS (fused multiply-adds) only on the latter, its own loop
+    # on the former. Both now go through BLAS on C-ordered copies. onnxruntime gives 1.041959.
     # Only sums that are not exact in float32 differ (quantized data on power-of-two grids never).
     text = """<ir_version: 8, opset_import: ["" : 17]>
 g (float[1,2,2] x) => (float[1,1,1] y)
@@ -176,3 +176,30 @@ g (float[1,1,1,3] x) => (float[1,1,1,2] y)
     x = np.array([[[[1.0, 2.0, 4.0]]]], np.float32)
     session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(Executor(model).run({"x": x})["y"], session.run(None, {"x": x})[0])
+
+
+def _blas_layout(a: np.ndarray) -> bool:
+    """Each matrix of `a` (its last two axes) row-major or column-major with no gaps: what numpy's
+    matmul hands to BLAS (anything else runs numpy's own loop, which sums differently on some CPUs)."""
+    item, (rows, cols), (row_stride, col_stride) = a.itemsize, a.shape[-2:], a.strides[-2:]
+    return (col_stride == item and row_stride == cols * item) or (row_stride == item and col_stride == rows * item)
+
+
+@pytest.mark.parametrize("kernel, group, strides", [((1, 1), 1, (2, 2)), ((1, 1), 1, (1, 1)), ((3, 3), 1, (1, 1)), ((3, 3), 2, (2, 1)), ((2,), 1, (2,))])  # fmt: skip
+def test_every_float_conv_product_runs_on_blas_layouts(monkeypatch, kernel, group, strides) -> None:
+    # The mechanism behind the test above, checked on every CPU: each matrix product of the
+    # convolution kernels gets operands in a layout BLAS takes, whatever the data's layout.
+    from hawqc.sim.ops_conv import conv_nchw
+
+    real_matmul, seen = np.matmul, []
+
+    def spy(a, b, *args, **kwargs):
+        seen.append((_blas_layout(a), _blas_layout(b)))
+        return real_matmul(a, b, *args, **kwargs)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, *(7,) * len(kernel))).astype(np.float32)
+    w = rng.normal(size=(6, 4 // group, *kernel)).astype(np.float32)
+    monkeypatch.setattr(np, "matmul", spy)
+    conv_nchw(x, w, strides=strides, group=group)
+    assert seen and all(a and b for a, b in seen), seen

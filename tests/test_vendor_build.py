@@ -181,7 +181,7 @@ def test_a_failing_tool_is_an_error_naming_its_log(project: Path, fake_path, mon
     bin_dir, _ = fake_path
     _install(bin_dir, "vivado_hls")
     monkeypatch.setenv("FAKE_TOOL_EXIT", "3")
-    assert main(["build", str(project)]) == 1
+    assert main(["build", str(project)]) == 3
     err = capsys.readouterr().err.strip()
     assert "vivado_hls failed (exit code 3)" in err and "hawqc_build.log" in err and "\n" not in err
     assert "synthesis" not in json.loads((project / "hawqc_report.json").read_text())

@@ -36,7 +36,6 @@ from hawqc.errors import BackendError
 CACHE_ENV = "HAWQC_CACHE_DIR"
 # Part of every cache key: bump when the way libraries are built or loaded changes.
 CACHE_FORMAT = "csim-3"
-_STDERR_LIMIT = 6000
 BUILD_PRODUCT_SUFFIXES = (".so", ".o")
 
 
@@ -182,17 +181,38 @@ def _run_parallel(commands: list[list[str]], cwd: Path, workdir: Path, jobs: int
     return results
 
 
+# g++'s own words when the machine ran out of memory (cc1plus killed by the kernel's OOM killer, or
+# refused memory), so that the one line says so instead of "exit 1".
+_OUT_OF_MEMORY = ("virtual memory exhausted", "out of memory", "cannot allocate memory", "Killed signal terminated program")
+
+
 def _failure(what: str, cmd: list[str], result: _ChildResult) -> BackendError:
-    """The command and g++'s error lines first (ap_types emits pages of deprecation warnings under
-    C++20 and later that would bury them), then the end of its output."""
+    """One line: what failed, why in g++'s first error line, and where its whole output is (the
+    command and every line g++ wrote: ap_types emits pages of deprecation warnings under C++20 and
+    later that would bury the error on a terminal)."""
     text = result.stderr.strip()
     errors = [line for line in text.splitlines() if " error: " in line or "error:" in line.split(" ")[0:2]]
-    tail = text[-_STDERR_LIMIT:]
-    if len(tail) < len(text):
-        tail = "...\n" + tail
-    head = "\n".join(errors[:20])
-    body = f"{head}\n--- compiler output (end) ---\n{tail}" if head else tail
-    return BackendError(f"C simulation {what} failed (exit {result.returncode}): {' '.join(cmd)}\n{body}")
+    log = _write_failure_log(what, cmd, result)
+    if result.returncode < 0 or any(marker.lower() in text.lower() for marker in _OUT_OF_MEMORY):
+        if result.returncode < 0:
+            reason = f"g++ was killed by signal {-result.returncode} (out of memory?)"
+        else:
+            reason = "g++ ran out of memory"
+    else:
+        reason = errors[0].strip() if errors else (text.splitlines()[-1].strip() if text else "no message")
+    return BackendError(f"C simulation {what} failed (g++ exit {result.returncode}): {reason}; g++'s output is in {log}")
+
+
+def _write_failure_log(what: str, cmd: list[str], result: _ChildResult) -> Path | str:
+    """`<cache>/logs/csim-<time>-<pid>.log` (beside the cache, never in it: nothing half-built stays there)."""
+    logs = cache_dir().parent / "logs"
+    path = logs / f"csim-{what}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"$ {' '.join(cmd)}\nexit {result.returncode}\n{result.stderr}")
+    except OSError as error:
+        return f"nowhere ({error.strerror or error} writing {path})"
+    return path
 
 
 def _publish_dir(src: Path, dst: Path) -> None:

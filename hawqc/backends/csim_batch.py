@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hawqc.errors import BackendError
+from hawqc.errors import BackendError, UserInputError
 
 # Below this many samples per thread, starting threads (and loading library copies) costs more than
 # it saves.
@@ -65,7 +65,7 @@ def default_threads() -> int:
         except ValueError:
             threads = 0
         if threads < 1:
-            raise BackendError(f"{THREADS_ENV}={value!r}: expected a positive thread count")
+            raise UserInputError(f"{THREADS_ENV}={value!r}: expected a positive thread count")
         return threads
     return len(os.sched_getaffinity(0))
 

@@ -45,10 +45,16 @@ class LayerSettings:
 
 @dataclass(frozen=True)
 class HlsSettings:
-    """Everything about the hardware a backend needs beyond the graph and its types.
+    """Everything about the hardware a backend needs beyond the graph and its types
+    (`hawqc --strategy --reuse-factor --part --clock-period --config`).
 
-    `part` / `clock_period` None keep the hls4ml backend's own default (written into the project's
-    scripts either way). `source` names the settings file in messages about `layers`.
+    Attributes:
+        strategy: "latency" or "resource": hls4ml's dense / convolution kernels, every layer.
+        reuse_factor: multiplications that share one multiplier, every layer.
+        part: the FPGA part; None keeps the hls4ml backend's default.
+        clock_period: the target clock period in ns; None keeps the hls4ml backend's default.
+        layers: per-layer overrides (`LayerSettings`), by the layer names of the report.
+        source: how messages about `layers` name where they came from (a settings file).
     """
 
     strategy: str = "latency"

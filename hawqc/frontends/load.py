@@ -18,7 +18,14 @@ PYTORCH_SUFFIXES = frozenset({".pt", ".pth"})
 @dataclass(frozen=True)
 class PyTorchOptions:
     """How to turn a `.pt` / `.pth` file into a model (`--model-factory`, `--input-shape`,
-    `--allow-pickle`)."""
+    `--allow-pickle`).
+
+    Attributes:
+        model_factory: builds the model the state_dict loads into: "package.module:function" or
+            "path/to/file.py:function".
+        input_shape: the example input's shape, e.g. (1, 16).
+        allow_pickle: read a pickled whole module (this executes code from the file).
+    """
 
     model_factory: str | None = None
     input_shape: tuple[int, ...] | None = None

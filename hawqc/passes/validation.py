@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import UnsupportedModelError, UserInputError, VerificationError
+from hawqc.errors import DifferenceFound, UnsupportedModelError, UserInputError, VerificationError
 from hawqc.ir.layout import Permutation, compose, invert, is_identity, layout_permutations
 from hawqc.passes.instrumentation import PassInstrumentation
 
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from hawqc.passes.manager import PassRecord
 
 
-class TranslationValidationError(VerificationError):
-    """A pass changed what the model computes."""
+class TranslationValidationError(DifferenceFound, VerificationError):
+    """A pass changed what the model computes: verification found a difference (exit code 1)."""
 
 
 @dataclass
