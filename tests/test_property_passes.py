@@ -138,30 +138,6 @@ def dense_sums_are_exact(graph: GeneratedGraph, inputs: dict[str, np.ndarray]) -
     return True
 
 
-def conv_sums_are_exact(graph: GeneratedGraph, inputs: dict[str, np.ndarray]) -> bool:
-    """Whether every Conv sums exactly in float32, in any order, on `inputs`: a bound, with the
-    largest input times the largest sum of one output channel's weight magnitudes, on the grid of
-    the lowest bits of any input and any weight."""
-
-    def conv(node: ir.Node) -> bool:
-        return node.op_type == "Conv" and node.domain in ("", "ai.onnx")
-
-    for x, w, _ in operand_values(graph, inputs, conv):
-        e = lowest_bit(x) + lowest_bit(w)
-        channel_sums = np.abs(w.astype(np.float64)).reshape(len(w), -1).sum(axis=-1)
-        if np.abs(x.astype(np.float64)).max() * channel_sums.max() > np.ldexp(1.0, e + 24):
-            return False
-    return True
-
-
-def lowest_bit(values: np.ndarray) -> int:
-    """The exponent of the lowest set bit of any element (float32 or float64); 999 if all are 0."""
-    mantissa, exponent = np.frexp(np.abs(values.astype(np.float64)))
-    codes = (mantissa * 2.0**53).astype(np.int64)  # each value is codes * 2**(exponent - 53)
-    lowest = exponent - 53 + np.log2(np.maximum(codes & -codes, 1)).astype(np.int64)
-    return int(np.where(codes > 0, lowest, 999).min(initial=999))
-
-
 # Ops through which a flattened image reaches a dense layer in the generated graphs, elementwise.
 _PASS_THROUGH = frozenset({"Identity", "Relu", "Div", "Mul", "Quant", "IntQuant", "BipolarQuant"})
 
@@ -203,14 +179,6 @@ KNOWN_BUGS: dict[str, KnownBug] = {
         frozenset({"channels-last"}),
         lambda graph, inputs: "cnn" in graph.features and not dense_sums_are_exact(graph, inputs),
         "test_property_regressions.py::test_channels_last_keeps_a_dense_layers_float32_sum_after_a_flatten",
-    ),
-    # The semantic executor's float32 Conv depends on how its input is stored (numpy's matmul runs
-    # BLAS, with fused multiply-adds, on contiguous operands and its own loop on strided views), so
-    # the same Conv on data stored channels-last rounds differently unless its sums are exact.
-    "the executor's float32 Conv depends on the memory layout": KnownBug(
-        frozenset({"channels-last"}),
-        lambda graph, inputs: "cnn" in graph.features and not conv_sums_are_exact(graph, inputs),
-        "test_property_regressions.py::test_semantic_float_conv_does_not_depend_on_the_layout",
     ),
 }
 
