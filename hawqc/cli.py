@@ -1,7 +1,8 @@
 """The command line: `hawqc` (compile a model) and `hawqc-opt` (run a pipeline on IR).
 
 A user's mistake ends in one line on stderr and exit code 2; a verification mismatch in exit code
-1; only a bug in hawqc shows a traceback. Both commands take the same pass-manager flags.
+1; Ctrl-C and SIGTERM in one line and exit code 130; only a bug in hawqc shows a traceback. Both
+commands take the same pass-manager flags.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from hawqc.cli_hardware import add_hardware_options, hardware_settings
@@ -31,7 +35,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv) -> int:
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_interrupts():
             warnings.showwarning = _one_line_warning(parser.prog)
             return body(args)
     except HawqcError as err:
@@ -40,6 +44,24 @@ def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (kill, a batch system's time limit, a stopped container) is Ctrl-C: the same cleanup
+    (the output directory is left as it was, temporaries are removed), one line, exit 130."""
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler; there SIGTERM keeps its default
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_warning(prog: str):
