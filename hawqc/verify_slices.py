@@ -94,9 +94,9 @@ def sample_bytes(model: ir.Model) -> int:
     return (held + patches) * _VALUE_BYTES + inputs * _INPUT_BYTES + outputs * _OUTPUT_BYTES
 
 
-def slice_size(model: ir.Model, budget: int = SLICE_BYTES) -> int:
-    """Samples per slice: as many as fit in `budget`, at least one."""
-    return max(1, budget // max(1, sample_bytes(model)))
+def slice_size(model: ir.Model, budget: int | None = None) -> int:
+    """Samples per slice: as many as fit in `budget` (default `SLICE_BYTES`), at least one."""
+    return max(1, (budget or SLICE_BYTES) // max(1, sample_bytes(model)))
 
 
 @dataclass
