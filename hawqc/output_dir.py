@@ -47,7 +47,6 @@ from pathlib import Path
 from hawqc import temporaries
 from hawqc.errors import UserInputError
 
-OLD_STEM_SUFFIX = ".hawqc-old"
 LOCK_SUFFIX = ".hawqc-lock"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -189,7 +188,7 @@ class OutputDirectory:
         """Under the lock, what killed compiles into this directory left: a project renamed aside
         (only where exchanging was impossible) is put back if nothing replaced it; temporaries go."""
         name = self.final.name
-        for aside, fd in temporaries.abandoned(self.parent, name + OLD_STEM_SUFFIX):
+        for aside, fd in temporaries.abandoned(self.parent, name, mark=temporaries.ASIDE):
             try:
                 if not self.final.exists():
                     os.rename(aside, self.final)
@@ -240,7 +239,7 @@ class OutputDirectory:
             raise UserInputError(f"{self.given}: cannot move the new project into place ({error.strerror or error})") from None
 
     def _replace_in_two_steps(self) -> None:
-        aside = self.parent / temporaries.temporary_name(self.final.name + OLD_STEM_SUFFIX)
+        aside = self.parent / temporaries.temporary_name(self.final.name, mark=temporaries.ASIDE)
         os.rename(self.final, aside)
         try:
             fd = temporaries.hold(aside)

@@ -29,17 +29,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MARK = "hawqc-tmp"
-_NAME = re.compile(rf"^\.(?P<stem>.+)\.{MARK}-(?P<pid>\d+)-(?P<token>[0-9a-f]+)(?P<suffix>(\.\w+)*)$")
+# A kind of its own for what must not be mistaken for a temporary: an old project renamed aside
+# (`hawqc.output_dir`), which is put back rather than removed.
+ASIDE = "hawqc-old"
+_NAME = re.compile(
+    rf"^\.(?P<stem>.+)\.(?P<mark>{MARK}|{ASIDE})-(?P<pid>\d+)-(?P<token>[0-9a-f]+)(?P<suffix>(\.\w+)*)$"
+)
 
 
-def temporary_name(stem: str, suffix: str = "") -> str:
+def temporary_name(stem: str, suffix: str = "", mark: str = MARK) -> str:
     """A fresh name for a temporary of this process: `.<stem>.hawqc-tmp-<pid>-<token><suffix>`."""
-    return f".{stem}.{MARK}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
-
-
-def owner_pid(name: str) -> int | None:
-    match = _NAME.match(name)
-    return int(match["pid"]) if match else None
+    return f".{stem}.{mark}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,16 +80,17 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def abandoned(parent: Path, stem: str | None = None) -> Iterator[tuple[Path, int]]:
-    """The abandoned temporaries in `parent` (of `stem`, or of any), each yielded with its lock held
-    (the caller closes the descriptor once it has removed or reused the temporary)."""
+def abandoned(parent: Path, stem: str | None = None, mark: str = MARK) -> Iterator[tuple[Path, int]]:
+    """The abandoned temporaries (or, with `mark=ASIDE`, asides) in `parent`, of `stem` or of any,
+    each yielded with its lock held (the caller closes the descriptor once it has removed or
+    reused it)."""
     try:
         names = os.listdir(parent)
     except OSError:
         return
     for name in names:
         match = _NAME.match(name)
-        if match is None or (stem is not None and match["stem"] != stem):
+        if match is None or match["mark"] != mark or (stem is not None and match["stem"] != stem):
             continue
         pid = int(match["pid"])
         if pid == os.getpid() or _pid_alive(pid):

@@ -143,7 +143,7 @@ def run_in_slices(
     name, output = hardware.input_names[0], hardware.output_names[0]
     run = SlicedRun()
     keep = total if user_inputs is not None else None
-    with bar(total, "verifying (hardware mode, semantic mode, C simulation)") as advance:
+    with bar(total, "verifying") as advance:
         for x in _slices(model, samples, seed, size, user_inputs):
             expected = hardware.run({name: x})[output]
             meaning = semantic.run({name: x})[output]

@@ -188,14 +188,17 @@ def test_a_project_renamed_aside_by_a_killed_compile_is_put_back(tmp_path, capsy
     """Killed between the two renames (where the file system cannot exchange): -o is missing, the
     old project is aside, the new one in its temporary. The next compile puts the old one back."""
     pid = dead_pid()
-    aside = tmp_path / f".proj.hawqc-old.hawqc-tmp-{pid}-0123abcd"
+    aside = tmp_path / f".proj.hawqc-old-{pid}-0123abcd"
     before = make_old_project(aside)
     staging = tmp_path / f".proj.hawqc-tmp-{pid}-4567abcd"
     make_old_project(staging)
     (tmp_path / ".proj.hawqc-lock").touch()
+    # The staging of a compile into a directory that happens to be called proj.hawqc-old is not an aside.
+    other = tmp_path / f".proj.hawqc-old.hawqc-tmp-{pid}-89abcdef"
+    make_old_project(other)
     code, _, err = run_cli(capsys, main, JET_TAGGER, "-o", tmp_path / "proj")
     assert code == 2 and "not empty (use --force" in one_error_line(err)
-    assert snapshot(tmp_path / "proj") == before and leftovers(tmp_path) == []
+    assert snapshot(tmp_path / "proj") == before and leftovers(tmp_path) == [other.name]
 
 
 # --- interrupted, killed, concurrent --------------------------------------------------------------

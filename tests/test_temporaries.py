@@ -62,13 +62,19 @@ def test_only_temporaries_whose_owner_is_gone_are_removed(tmp_path, holder):
     holder(locked)
     ours = tmp_path / temporary_name("proj")
     ours.mkdir()
-    unrelated = [tmp_path / ".proj.hawqc-lock", tmp_path / "proj", tmp_path / f".other.hawqc-tmp-{dead}-00ee"]
-    unrelated[0].touch(), unrelated[1].mkdir(), unrelated[2].mkdir()
+    # An old project renamed aside is not a temporary: it may have to be put back.
+    aside = tmp_path / f".proj.hawqc-old-{dead}-00ff"
+    unrelated = [tmp_path / ".proj.hawqc-lock", tmp_path / "proj", aside, tmp_path / f".other.hawqc-tmp-{dead}-00ee"]
+    unrelated[0].touch(), unrelated[1].mkdir(), unrelated[2].mkdir(), unrelated[3].mkdir()
 
     assert remove_abandoned(tmp_path, "proj") == [abandoned]
     assert remove_abandoned(tmp_path, "out.onnx") == [abandoned_file]
     assert all(p.exists() for p in (alive_pid, locked, ours, *unrelated))
-    assert remove_abandoned(tmp_path) == [unrelated[2]]  # any stem
+    assert remove_abandoned(tmp_path) == [unrelated[3]]  # any stem
+    found = list(temporaries.abandoned(tmp_path, "proj", mark=temporaries.ASIDE))
+    assert [path for path, _ in found] == [aside]
+    for _, fd in found:
+        os.close(fd)
 
 
 def test_a_temporary_is_kept_while_its_owner_holds_it_and_removed_after(tmp_path, holder):
