@@ -254,7 +254,10 @@ class OutputDirectory:
             if fd is not None:
                 os.close(fd)
         # The old project is garbage now: under a temporary's name, never to be put back.
-        os.rename(aside, self.staging)
+        try:
+            os.rename(aside, self.staging)
+        except OSError:
+            self.staging = aside  # removed all the same, just under the other name
 
     def _clean_up(self) -> None:
         if self.staging is not None:
