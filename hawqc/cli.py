@@ -2,7 +2,7 @@
 
 Every error is one line on stderr and an exit code (`hawqc.errors`): 1 a verification found a
 difference, 2 the user's mistake, 3 a failing tool or a bug in hawqc (its traceback goes to a file
-the line names), 130 interrupted. Both commands take the same pass-manager flags.
+the line names), 130 interrupted (Ctrl-C or SIGTERM). Both commands take the same pass-manager flags.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from hawqc.cli_hardware import add_hardware_options, hardware_settings
@@ -32,7 +35,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv) -> int:
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_interrupts():
             warnings.showwarning = _one_line_warning(parser.prog)
             return body(args)
     except HawqcError as err:
@@ -72,6 +75,24 @@ def _write_crash_report(err: BaseException, directory: Path | None) -> Path | st
     except OSError as write_error:
         return f"nowhere: {write_error.strerror or write_error} writing {path}"
     return path
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (kill, a batch system's time limit, a stopped container) is Ctrl-C: the same cleanup
+    (the output directory is left as it was, temporaries are removed), one line, exit 130."""
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler; there SIGTERM keeps its default
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_warning(prog: str):

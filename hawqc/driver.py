@@ -1,9 +1,10 @@
 """The compile driver: model file -> passes -> backend project -> C simulation -> verification.
 
-`compile_model` is what `hawqc MODEL -o OUTDIR` and `hawqc.compile(...)` run. It owns the
-all-or-nothing rule for the output directory: either OUTDIR ends up holding a complete project and
-its report, or it is left exactly as it was (an existing directory replaced with `--force` is
-restored if the compile fails).
+`compile_model` is what `hawqc MODEL -o OUTDIR` and `hawqc.compile(...)` run. It keeps the
+all-or-nothing rule for the output directory (`hawqc.output_dir`): the project and its report are
+written into a temporary sibling of OUTDIR and moved into place at the very end, so OUTDIR holds
+either what it held before or the complete new project, whatever happens in between (an error,
+Ctrl-C, SIGTERM, SIGKILL).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 import inspect
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +32,12 @@ from hawqc.ir.layout import describe_layouts
 from hawqc.layer_table import build_table
 from hawqc.mismatch_trace import trace_mismatch
 from hawqc.passes.manager import PassManager, PassRecord
-from hawqc.progress import in_steps, spinner
+from hawqc.output_dir import OutputDirectory
+from hawqc.progress import spinner
 from hawqc.report import CompileReport
-from hawqc.sim.inputs import draw_inputs
 from hawqc.user_data import UserData, check_files, compare_expected, load_user_data, write_test_bench
-from hawqc.verify import VerifyResult, compare, compare_modes
+from hawqc.verify import VerifyResult
+from hawqc.verify_slices import run_in_slices
 
 # The named pipeline every backend needs in front of it: a clean graph whose dense layers are
 # MatMul + Add (see hawqc.passes.registry).
@@ -140,10 +141,8 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     if options.io_type not in ("io_parallel", "io_stream"):
         raise UserInputError(f"--io-type must be io_parallel or io_stream, got {options.io_type!r}")
     check_semantics(options.hawq_export_semantics)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserInputError(f"{outdir}: exists and is not a directory")
-    if outdir.exists() and any(outdir.iterdir()) and not options.force:
-        raise UserInputError(f"{outdir}: directory is not empty (use --force to replace it)")
+    output = OutputDirectory(outdir, force=options.force, reads=(model_path, options.inputs, options.outputs))
+    output.check()
     check_files(options.inputs, options.outputs)
     default_precision = check_float_options(options.default_precision, options.tolerance)
     if options.inputs is not None and options.verify_samples:
@@ -154,19 +153,21 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     if options.configure_passes is not None:
         options.configure_passes(manager)
 
-    model = load_model(model_path, options.pytorch)
-    hawq_export = None
-    if options.hawq_export_semantics == "hawq":
-        hawq_export = read_as_hawq(model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed)
-    records = manager.run(model)
-    float_parts = None if default_precision is None else apply_default_precision(model, default_precision)
-    user = None if options.inputs is None else load_user_data(model, options.inputs, options.outputs)
+    # From here on one compile at a time writes OUTDIR, and nothing shows there before the end.
+    with output.writing() as staging:
+        model = load_model(model_path, options.pytorch)
+        hawq_export = None
+        if options.hawq_export_semantics == "hawq":
+            hawq_export = read_as_hawq(model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed)
+        records = manager.run(model)
+        float_parts = None if default_precision is None else apply_default_precision(model, default_precision)
+        user = None if options.inputs is None else load_user_data(model, options.inputs, options.outputs)
 
-    with _ReplacedOnFailure(outdir):
         lowering_start = time.perf_counter()
         project = backend.lower(
-            model, outdir, project_name=options.project_name, io_type=options.io_type, **_settings_argument(backend, options)
+            model, staging, project_name=options.project_name, io_type=options.io_type, **_settings_argument(backend, options)
         )
+        output.rewrite_paths()
         report = CompileReport.new(
             model=str(model_path),
             backend=backend.name,
@@ -187,9 +188,11 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             command = options.command or _compile_command(model_path, options)
             result = verify_project(
                 model, project, options.verify_samples, options.seed, report, user=user, command=command,
-                tolerance=options.tolerance,
+                tolerance=options.tolerance, shown_outdir=output.final,
             )  # fmt: skip
-        report.write(outdir / "hawqc_report.json")
+        report.write(staging / "hawqc_report.json")
+        output.commit()
+    project = dataclasses.replace(project, outdir=output.final)
     return CompileResult(outdir, model, records, report, result, project, hawq_export=hawq_export, float_parts=float_parts)
 
 
@@ -217,74 +220,48 @@ def verify_project(
     user: UserData | None = None,
     command: tuple[str, ...] | None = None,
     tolerance: float | None = None,
+    shown_outdir: Path | None = None,
+    slice_samples: int | None = None,
 ) -> VerifyResult:
     """Run `samples` inputs (or the user's) through the C simulation and hardware mode, which must
-    agree bit for bit, and compare hardware mode with semantic mode (the QONNX meaning); on a
-    difference, trace the first differing sample layer by layer (hawqc.mismatch_trace); with the
-    user's expected outputs, compare the C simulation with them; write the test bench from the
-    user's data; record everything in the report."""
+    agree bit for bit, and compare hardware mode with semantic mode (the QONNX meaning), a slice of
+    samples at a time in bounded memory (hawqc.verify_slices); on a difference, trace the first
+    differing sample layer by layer (hawqc.mismatch_trace); with the user's expected outputs,
+    compare the C simulation with them; write the test bench (the user's data, or the first drawn
+    samples); record everything in the report. `shown_outdir`: where the project will be when the
+    user reads the report (see `trace_mismatch`)."""
     from hawqc.backends.csim import compile_csim
     from hawqc.ir.precision import infer_types
     from hawqc.sim import Executor
 
-    hardware = Executor(model, mode="hardware")
-    name, output = hardware.input_names[0], hardware.output_names[0]
-    inputs = draw_inputs(model, samples, seed) if user is None else {name: user.inputs}
-    expected = in_steps(lambda x: hardware.run({name: x})[output], inputs[name], "hardware mode")
-    semantic = in_steps(lambda x: Executor(model).run({name: x})[output], inputs[name], "semantic mode")
+    # Planned first: a model hardware mode cannot run is refused before g++ runs.
+    hardware, semantic = Executor(model, mode="hardware"), Executor(model)
+    with spinner("compiling the C simulation (g++)"):
+        csim = compile_csim(project)
+    run = run_in_slices(
+        model, hardware, semantic, csim, samples, seed,
+        user_inputs=None if user is None else user.inputs, slice_samples=slice_samples,
+    )  # fmt: skip
     precision = infer_types(model)
-    output_type = precision.types.get(output)
+    output_type = precision.types.get(hardware.output_names[0])
     declared = sorted({*precision.float_inexact, *getattr(precision, "inexact", {})})
-    modes = compare_modes(
-        semantic,
-        expected,
+    modes = run.hardware_vs_semantic.modes(
         None if output_type is None else 2.0**output_type.lsb_exponent,
         tuple(declared),
         tolerance,
         None if precision.float_parts is None else str(precision.float_parts.fixed),
     )
-    with spinner("compiling the C simulation (g++)"):
-        csim = compile_csim(project)
-    simulated = in_steps(csim.predict, inputs[name], "C simulation")
-    result = compare(expected, simulated, against="hardware", modes=modes)
+    result = run.csim_vs_hardware.result(against="hardware", modes=modes)
     if not result.bit_exact and project.trace_points:  # a plugin backend's project may not be traceable
         with spinner("tracing the first differing sample layer by layer"):
-            trace = trace_mismatch(model, project, inputs[name], result.first_mismatch, command)
+            trace = trace_mismatch(
+                model, project, run.first_mismatch_input, result.first_mismatch, command, shown_outdir=shown_outdir
+            )
         result = dataclasses.replace(result, trace=trace)
-    if user is not None:
-        if user.outputs is not None:
-            result = dataclasses.replace(result, expected=compare_expected(user.outputs, simulated, user.output_file))
-        write_test_bench(project.outdir, user.inputs, simulated if user.outputs is None else user.outputs)
+    bench_inputs, simulated = run.bench()
+    if user is not None and user.outputs is not None:
+        result = dataclasses.replace(result, expected=compare_expected(user.outputs, simulated, user.output_file))
+    write_test_bench(project.outdir, bench_inputs, simulated if user is None or user.outputs is None else user.outputs)
     report.verify = result.as_dict()
     report.csim = csim.stats()
     return result
-
-
-class _ReplacedOnFailure:
-    """Write into `outdir`; on failure put back what was there (nothing, or the old directory)."""
-
-    def __init__(self, outdir: Path) -> None:
-        self.outdir = outdir
-        self.backup: Path | None = None
-        self.existed_empty = False
-
-    def __enter__(self) -> None:
-        if self.outdir.exists() and any(self.outdir.iterdir()):
-            self.backup = self.outdir.with_name(f".{self.outdir.name}.hawqc-old")
-            if self.backup.exists():
-                shutil.rmtree(self.backup)
-            self.outdir.rename(self.backup)
-        self.existed_empty = self.outdir.exists()
-        self.outdir.mkdir(parents=True, exist_ok=True)
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            if self.backup is not None:
-                shutil.rmtree(self.backup)
-            return False
-        shutil.rmtree(self.outdir, ignore_errors=True)
-        if self.backup is not None:
-            self.backup.rename(self.outdir)
-        elif self.existed_empty:
-            self.outdir.mkdir()
-        return False

@@ -101,16 +101,21 @@ def reproduce_command(command: tuple[str, ...] | None, outdir: Path, input_file:
 def trace_mismatch(
     model: ir.Model,
     project: LoweredProject,
-    inputs: np.ndarray,
+    x: np.ndarray,
     sample: int,
     command: tuple[str, ...] | None,
+    *,
+    shown_outdir: Path | None = None,
 ) -> MismatchTrace:
-    """Trace sample `sample` of `inputs` (the verification inputs, project layout) through the C
-    simulation and hardware mode; save it under `<project>/mismatch/` and say where they part."""
+    """Trace `x`, sample `sample` of the verification inputs (shape (1, ...), project layout),
+    through the C simulation and hardware mode; save it under `<project>/mismatch/` and say where
+    they part. `shown_outdir`: where the project will be when the user reads this (the output
+    directory, while the project is still written in its temporary sibling); the saved paths and
+    the reproducer name it."""
     from hawqc.sim import Executor
 
     hardware = Executor(model, mode="hardware")
-    x = np.asarray(inputs[sample : sample + 1])
+    x = np.asarray(x)
     values = hardware.run({hardware.input_names[0]: x}, keep_intermediates=True)
     traced = trace_layers(project, x)
     ops = {planned.name: planned.op for planned in project.plan.layers} if project.plan else {}
@@ -136,12 +141,13 @@ def trace_mismatch(
     input_file = directory / "input.npy"
     np.save(input_file, _as_user_layout(model, hardware.input_names[0], x))
     np.savez(directory / "layers.npz", **saved)
+    shown = (shown_outdir or project.outdir) / MISMATCH_DIR
     trace = MismatchTrace(
         sample=sample,
         first_layer=first,
         layers=tuple(comparisons),
-        directory=str(directory),
-        command=reproduce_command(command, directory, input_file),
+        directory=str(shown),
+        command=reproduce_command(command, shown, shown / input_file.name),
     )
     (directory / "trace.json").write_text(json.dumps(trace.as_dict(), indent=2) + "\n")
     return trace

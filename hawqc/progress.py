@@ -1,5 +1,8 @@
 """Progress on the terminal for the slow steps: compiling a C simulation, running verification.
 
+Verification runs in slices whatever the terminal (`hawqc.verify_slices`); on a terminal the slices
+are also small enough for a bar that moves.
+
 Shown only when stderr is a terminal (rich, transient: the bars vanish when done), so pipes, logs
 and tests see nothing; `HAWQC_NO_PROGRESS=1` turns them off on a terminal too.
 """
@@ -10,8 +13,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-import numpy as np
 
 # Enough steps for a smooth bar, few enough that a vectorized step stays large.
 _STEPS = 50
@@ -41,19 +42,23 @@ def spinner(description: str) -> Iterator[None]:
         yield
 
 
-def in_steps(run: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, description: str) -> np.ndarray:
-    """`run(samples)`, computed in slices along the first axis under a progress bar on a terminal
-    (every function given here computes each sample on its own, so slicing changes no result)."""
-    if not enabled() or len(samples) < 2:
-        return run(samples)
+def slice_length(total: int, largest: int) -> int:
+    """Samples per slice: at most `largest` (what memory allows), and on a terminal at most a
+    fiftieth of the total, so that the bar moves."""
+    if enabled():
+        largest = min(largest, -(-total // _STEPS))
+    return max(1, largest)
+
+
+@contextmanager
+def bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A bar over `total` samples on a terminal; yields `advance(done)` (a no-op elsewhere)."""
+    if not enabled() or total < 2:
+        yield lambda done: None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    size = max(1, -(-len(samples) // _STEPS))
-    parts = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with _progress(*columns) as progress:
-        task = progress.add_task(description, total=len(samples))
-        for start in range(0, len(samples), size):
-            parts.append(run(samples[start : start + size]))
-            progress.advance(task, len(parts[-1]))
-    return np.concatenate(parts)
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.advance(task, done)

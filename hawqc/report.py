@@ -9,6 +9,7 @@ from typing import Any
 
 from hawqc import __version__
 from hawqc.passes.manager import PassRecord
+from hawqc.temporaries import replace_atomically
 
 
 @dataclass
@@ -66,9 +67,8 @@ class CompileReport:
         return asdict(self)
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        text = json.dumps(self.as_dict(), indent=2) + "\n"
+        replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def _layer_dict(layer: Any) -> dict[str, Any]:

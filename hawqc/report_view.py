@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from hawqc.errors import UserInputError
 from hawqc.layer_table import compact_type
+from hawqc.temporaries import replace_atomically
 
 REPORT_FILE = "hawqc_report.json"
 # The default table fits a 100-column terminal; a pipe or a log gets that width too, so that what a
@@ -140,7 +141,7 @@ def plot(table: dict[str, Any], path: Path, title: str = "") -> None:
     bops.set_ylabel("BOPs")
     bops.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

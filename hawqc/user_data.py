@@ -11,7 +11,10 @@ The project's test bench (`tb_data/tb_input_features.dat`, `tb_data/tb_output_pr
 written from the same data, in hls4ml's format (one sample per line, flat in the project's C order,
 values separated and followed by a space: what hls4ml's writer makes of an .npy file and what the
 generated `<project>_test.cpp` reads). The predictions are the expected outputs where given, else
-the C simulation's.
+the C simulation's. `--verify N` (drawn inputs) fills the test bench too, with its first samples
+and their C simulation outputs, capped (`bench_samples`): at most `TB_MAX_SAMPLES` samples and
+`TB_MAX_VALUES` input values (a testbench file of ~20 MB at most; a co-simulation of more samples
+than that takes hours), at least one sample.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from hawqc.ir.layout import layout_permutations
 TB_DIR = "tb_data"
 TB_INPUTS = "tb_input_features.dat"
 TB_OUTPUTS = "tb_output_predictions.dat"
+# The test bench of `--verify N`: its first samples, at most this many, and at most this many input
+# values in all (at least one sample).
+TB_MAX_SAMPLES = 1000
+TB_MAX_VALUES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,11 @@ def _dat(array: np.ndarray) -> str:
     rows = np.asarray(array, dtype=np.float64).reshape(len(array), -1)
     # repr of a float64 is its shortest exact spelling; hls4ml's writer uses str() (the same since numpy 1.14).
     return "".join("".join(f"{float(v)!r} " for v in row) + "\n" for row in rows)
+
+
+def bench_samples(values_per_sample: int, samples: int) -> int:
+    """How many of `samples` drawn samples go into the test bench (see the module's docstring)."""
+    return max(1, min(samples, TB_MAX_SAMPLES, TB_MAX_VALUES // max(1, values_per_sample)))
 
 
 def write_test_bench(outdir: Path, inputs: np.ndarray, predictions: np.ndarray) -> None:

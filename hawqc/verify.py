@@ -92,6 +92,66 @@ class ModeComparison:
         )
 
 
+@dataclass
+class Differences:
+    """Two outputs compared sample by sample (as float64), added up over slices of samples in
+    order: what `compare` and `compare_modes` report, the same whether the samples come at once
+    or a slice at a time."""
+
+    samples: int = 0
+    mismatched_samples: int = 0
+    max_abs_diff: float = 0.0
+    first_mismatch: int | None = None  # index among all samples added
+
+    def add(self, reference: np.ndarray, other: np.ndarray, *, what: str = "C simulation") -> int | None:
+        """Add a slice; returns the index in it of its first differing sample, if any."""
+        reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+        other = np.asarray(other, dtype=np.float64).reshape(len(other), -1)
+        if reference.shape != other.shape:
+            # The backend wrote a project whose output is not the model's: hawqc's bug, said plainly.
+            raise BackendError(f"output shapes differ: reference {reference.shape}, {what} {other.shape}")
+        differs = np.any(reference != other, axis=1)
+        bad = np.flatnonzero(differs)
+        if reference.size:
+            # np.maximum, not max(): a NaN difference stays NaN, as one max over everything gives.
+            self.max_abs_diff = float(np.maximum(self.max_abs_diff, np.abs(reference - other).max()))
+        first = int(bad[0]) if bad.size else None
+        if first is not None and self.first_mismatch is None:
+            self.first_mismatch = self.samples + first
+        self.samples += len(reference)
+        self.mismatched_samples += int(bad.size)
+        return first
+
+    def modes(
+        self,
+        output_lsb: float | None,
+        declared_inexact: tuple[str, ...],
+        tolerance: float | None = None,
+        float_parts: str | None = None,
+    ) -> ModeComparison:
+        """As hardware mode against semantic mode."""
+        return ModeComparison(
+            samples=self.samples,
+            mismatched_samples=self.mismatched_samples,
+            max_abs_diff=self.max_abs_diff,
+            max_lsb_diff=None if output_lsb is None else self.max_abs_diff / output_lsb,
+            declared_inexact=tuple(declared_inexact),
+            tolerance=tolerance,
+            float_parts=float_parts,
+        )
+
+    def result(self, *, against: str = "hardware", modes: ModeComparison | None = None) -> VerifyResult:
+        """As the C simulation against the reference."""
+        return VerifyResult(
+            samples=self.samples,
+            mismatched_samples=self.mismatched_samples,
+            max_abs_diff=self.max_abs_diff,
+            first_mismatch=self.first_mismatch,
+            reference=against,
+            modes=modes,
+        )
+
+
 def compare_modes(
     semantic: np.ndarray,
     hardware: np.ndarray,
@@ -100,20 +160,9 @@ def compare_modes(
     tolerance: float | None = None,
     float_parts: str | None = None,
 ) -> ModeComparison:
-    semantic = np.asarray(semantic, dtype=np.float64).reshape(len(semantic), -1)
-    hardware = np.asarray(hardware, dtype=np.float64).reshape(len(hardware), -1)
-    differs = np.any(semantic != hardware, axis=1)
-    diff = np.abs(semantic - hardware)
-    max_diff = float(diff.max()) if diff.size else 0.0
-    return ModeComparison(
-        samples=len(semantic),
-        mismatched_samples=int(differs.sum()),
-        max_abs_diff=max_diff,
-        max_lsb_diff=None if output_lsb is None else max_diff / output_lsb,
-        declared_inexact=tuple(declared_inexact),
-        tolerance=tolerance,
-        float_parts=float_parts,
-    )
+    differences = Differences()
+    differences.add(semantic, hardware, what="hardware mode")
+    return differences.modes(output_lsb, declared_inexact, tolerance, float_parts)
 
 
 @dataclass(frozen=True)
@@ -179,21 +228,6 @@ class VerifyResult:
 def compare(
     reference: np.ndarray, simulated: np.ndarray, *, against: str = "hardware", modes: ModeComparison | None = None
 ) -> VerifyResult:
-    reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
-    simulated = np.asarray(simulated, dtype=np.float64).reshape(len(simulated), -1)
-    if reference.shape != simulated.shape:
-        # The backend wrote a project whose output is not the model's: hawqc's bug, said plainly.
-        raise BackendError(
-            f"output shapes differ: reference {reference.shape}, C simulation {simulated.shape}"
-        )
-    differs = np.any(reference != simulated, axis=1)
-    bad = np.flatnonzero(differs)
-    diff = np.abs(reference - simulated)
-    return VerifyResult(
-        samples=len(reference),
-        mismatched_samples=int(differs.sum()),
-        max_abs_diff=float(diff.max()) if diff.size else 0.0,
-        first_mismatch=int(bad[0]) if bad.size else None,
-        reference=against,
-        modes=modes,
-    )
+    differences = Differences()
+    differences.add(reference, simulated)
+    return differences.result(against=against, modes=modes)

@@ -8,7 +8,6 @@ import json
 import math
 import re
 
-import numpy as np
 import pytest
 
 from conftest import JET_TAGGER
@@ -126,19 +125,17 @@ def test_report_of_an_old_report_without_a_table_exits_2(tmp_path, capsys):
 
 
 def test_progress_only_on_a_terminal(monkeypatch, capsys):
-    samples = np.arange(120.0).reshape(60, 2)
-    calls = []
-
-    def run(x):
-        calls.append(len(x))
-        return x * 2
-
-    np.testing.assert_array_equal(progress.in_steps(run, samples, "work"), samples * 2)
-    assert calls == [60]  # not a terminal: one call, nothing printed
+    # Off a terminal the slices are as large as memory allows and there is no bar; on one they are
+    # also small enough (a fiftieth of the total) for a bar that moves.
+    assert progress.slice_length(1000, 400) == 400
+    with progress.bar(1000, "work") as advance:
+        advance(400)
     monkeypatch.setattr(progress, "enabled", lambda: True)
-    calls.clear()
-    np.testing.assert_array_equal(progress.in_steps(run, samples, "work"), samples * 2)
-    assert len(calls) > 1 and sum(calls) == 60  # on a terminal: in slices under a bar
+    assert progress.slice_length(1000, 400) == 20 and progress.slice_length(1000, 5) == 5
+    assert progress.slice_length(10, 400) == 1
+    with progress.bar(1000, "work") as advance:
+        for _ in range(50):
+            advance(20)
     assert capsys.readouterr().out == ""
 
 

@@ -37,6 +37,10 @@ class Backend(Protocol):
     ) -> LoweredProject:
         """Write a project for `model` into `outdir` and describe it.
 
+        `outdir` is a fresh temporary directory beside the user's output directory, renamed into
+        place once the compile is done (`hawqc.output_dir`); where a project file spells its own
+        absolute path, the driver rewrites it to the final one.
+
         A backend that also takes `settings: hawqc.backends.hls_settings.HlsSettings` (strategy,
         reuse factors, part, clock) gets them when the user gives any; one without is refused then."""
         ...

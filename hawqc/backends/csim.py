@@ -6,7 +6,9 @@ g++ directly with the flags of that script (see each backend's `CSimRecipe`) so 
   headers, the bridge, the flags, the compiler's version), under
   `${HAWQC_CACHE_DIR:-~/.cache/hawqc}/csim/<hash>.so`, so repeated runs and tests do not recompile;
   concurrent writers are safe: each builds in its own temporary directory and publishes with an
-  atomic rename (two writers of one hash produce the same bytes, the last rename wins);
+  atomic rename (two writers of one hash produce the same bytes, the last rename wins); a build
+  directory of a killed run (`.<hash>.hawqc-tmp-<pid>-...`) is removed by the next build once its
+  owner is gone (`hawqc.temporaries`);
 - compile the translation units in parallel;
 - link in a batched entry point (`csim_batch.py`: the loop over samples in C++, run over threads);
 - measure each g++ child (wall time, CPU time, peak RSS);
@@ -19,9 +21,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,11 +34,15 @@ from hawqc.backends import csim_units
 from hawqc.backends.csim_batch import PRIVATE_STATICS_FLAG, BatchedLibrary, batch_source
 from hawqc.backends.project import CSimRecipe, LoweredProject
 from hawqc.errors import BackendError
+from hawqc.temporaries import owned_directory, remove_abandoned, remove_old_unowned
 
 CACHE_ENV = "HAWQC_CACHE_DIR"
 # Part of every cache key: bump when the way libraries are built or loaded changes.
 CACHE_FORMAT = "csim-3"
 BUILD_PRODUCT_SUFFIXES = (".so", ".o")
+# Build directories as hawqc named them before they carried their owner's pid (tempfile.mkdtemp).
+_UNOWNED_BUILD_DIR = re.compile(r"^\.[0-9a-f]{32}\.[a-z0-9_]{8}$")
+_DAY = 24 * 3600
 
 
 def cache_dir() -> Path:
@@ -165,20 +171,36 @@ def _run_parallel(commands: list[list[str]], cwd: Path, workdir: Path, jobs: int
     running: list[tuple[subprocess.Popen, Path]] = []
     pending = list(enumerate(commands))
     failed = False
-    while pending or running:
-        while pending and len(running) < jobs and not failed:
-            i, cmd = pending.pop(0)
-            running.append(_start(cmd, cwd, workdir / f"stderr{i}.txt"))
-        if not running:
-            break
-        proc, err = running.pop(0)
-        result = _finish(proc, err)
-        results.append(result)
-        if result.returncode != 0 and not failed:
-            failed = True
-            for other, _ in running:
-                other.kill()
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and not failed:
+                i, cmd = pending.pop(0)
+                running.append(_start(cmd, cwd, workdir / f"stderr{i}.txt"))
+            if not running:
+                break
+            proc, err = running[0]
+            result = _finish(proc, err)
+            running.pop(0)
+            results.append(result)
+            if result.returncode != 0 and not failed:
+                failed = True
+                for other, _ in running:
+                    other.kill()
+    except BaseException:
+        stop_children(proc for proc, _ in running)
+        raise
     return results
+
+
+def stop_children(processes) -> None:
+    """Kill and reap g++ children when an interrupt (Ctrl-C, SIGTERM) ends the build: they would
+    go on writing into a build directory that is being removed."""
+    for proc in processes:
+        proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except (subprocess.TimeoutExpired, ChildProcessError):
+            pass
 
 
 # g++'s own words when the machine ran out of memory (cc1plus killed by the kernel's OOM killer, or
@@ -228,8 +250,9 @@ def _build(project: LoweredProject, flags: list[str], key: str, root: Path, cxx:
     recipe = project.csim
     outdir = project.outdir
     root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
+    remove_abandoned(root)
+    remove_old_unowned(root, _UNOWNED_BUILD_DIR, _DAY)
+    with owned_directory(root, key) as workdir:
         defines = []
         weights = root / f"{key}.weights"
         if recipe.runtime_weights_dir is not None:
@@ -257,8 +280,6 @@ def _build(project: LoweredProject, flags: list[str], key: str, root: Path, cxx:
             precompiled_header=built.pch,
             units=built.units,
         )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class CSim:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hawqc.errors import BackendError, UserInputError
+from hawqc.temporaries import owned_directory
 
 # Below this many samples per thread, starting threads (and loading library copies) costs more than
 # it saves.
@@ -101,13 +102,10 @@ class BatchedLibrary:
         while len(self._batch) < count:
             # dlopen returns the already loaded library for the same file (it compares device and
             # inode), so each copy is a file of its own; it is removed once mapped.
-            scratch = Path(tempfile.mkdtemp(prefix="hawqc-csim-copy-"))
-            try:
+            with owned_directory(Path(tempfile.gettempdir()), "hawqc-csim-copy") as scratch:
                 copy = scratch / f"copy{len(self._batch)}.so"
                 shutil.copyfile(self.library, copy)
                 lib = ctypes.CDLL(str(copy), mode=os.RTLD_LOCAL)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
             self._handles.append(lib)
             self._batch.append(self._bind_batch(lib))
         return self._batch[:count]

@@ -31,6 +31,7 @@ import numpy as np
 
 from hawqc.backends.project import LoweredProject, TracePoint
 from hawqc.errors import BackendError
+from hawqc.temporaries import owned_directory
 
 # What the bridge template has in allocate_trace_storage right where hls4ml inserts the buffers.
 _ALLOCATE_ANCHOR = "nnet::trace_type_size = element_size;"
@@ -103,8 +104,8 @@ def trace_layers(project: LoweredProject, inputs: np.ndarray) -> dict[str, np.nd
     sizes: dict[str, int] = {}
     for point in project.trace_points:
         sizes.setdefault(point.layer, point.elements)  # hls4ml keys a buffer by layer: the first variable
-    with tempfile.TemporaryDirectory(prefix="hawqc-trace-") as tmp:
-        traced = instrumented_copy(project, Path(tmp) / "project")
+    with owned_directory(Path(tempfile.gettempdir()), "hawqc-trace") as tmp:
+        traced = instrumented_copy(project, tmp / "project")
         library = compile_csim(traced).library
     lib = ctypes.CDLL(str(library), mode=os.RTLD_LOCAL)
     run = getattr(lib, f"{project.project_name}_double")

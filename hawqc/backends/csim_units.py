@@ -69,51 +69,55 @@ def _run(tasks: list[Task], pch_task: Task | None, pch_out: Path | None, pch: cs
          cwd: Path, workdir: Path, jobs: int) -> tuple[list, bool, str]:
     """Run the tasks, `jobs` at a time, those that need the precompiled header once it is there
     (after `pch_task`, if given, built and published). (results, all succeeded, stderr of a failure)."""
-    from hawqc.backends.csim import _ChildResult, _start
+    from hawqc.backends.csim import _ChildResult, _start, stop_children
 
     pending = ([pch_task] if pch_task else []) + list(tasks)
     running: list[tuple[Task, subprocess.Popen, Path]] = []
     results: list[_ChildResult] = []
     pch_ready = pch_task is None
     n = 0
-    while pending or running:
-        while len(running) < jobs:
-            task = next((t for t in pending if pch_ready or not t.needs_pch), None)
-            if task is None:
-                break
-            pending.remove(task)
-            proc, err = _start(task.command, cwd, workdir / f"stderr-{n}.txt")
-            n += 1
-            running.append((task, proc, err))
-        if not running:
-            return results, False, "nothing left to run"
-        done = None
-        while done is None:
-            for entry in running:
-                pid, status, usage = os.wait4(entry[1].pid, os.WNOHANG)
-                if pid:
-                    done = (entry, status, usage)
+    try:
+        while pending or running:
+            while len(running) < jobs:
+                task = next((t for t in pending if pch_ready or not t.needs_pch), None)
+                if task is None:
                     break
-            else:
-                time.sleep(0.005)
-        (task, proc, err), status, usage = done
-        running.remove((task, proc, err))
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        result = _ChildResult(
-            returncode=proc.returncode,
-            cpu_seconds=usage.ru_utime + usage.ru_stime,
-            peak_rss_bytes=usage.ru_maxrss * 1024,
-            stderr=err.read_text(errors="replace"),
-        )
-        results.append(result)
-        if result.returncode != 0:
-            for _, other, _ in running:
-                other.kill()
-                other.wait()
-            return results, False, result.stderr
-        if task is pch_task:
-            csim_pch.publish(pch_out, pch)
-            pch_ready = True
+                pending.remove(task)
+                proc, err = _start(task.command, cwd, workdir / f"stderr-{n}.txt")
+                n += 1
+                running.append((task, proc, err))
+            if not running:
+                return results, False, "nothing left to run"
+            done = None
+            while done is None:
+                for entry in running:
+                    pid, status, usage = os.wait4(entry[1].pid, os.WNOHANG)
+                    if pid:
+                        done = (entry, status, usage)
+                        break
+                else:
+                    time.sleep(0.005)
+            (task, proc, err), status, usage = done
+            running.remove((task, proc, err))
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            result = _ChildResult(
+                returncode=proc.returncode,
+                cpu_seconds=usage.ru_utime + usage.ru_stime,
+                peak_rss_bytes=usage.ru_maxrss * 1024,
+                stderr=err.read_text(errors="replace"),
+            )
+            results.append(result)
+            if result.returncode != 0:
+                for _, other, _ in running:
+                    other.kill()
+                    other.wait()
+                return results, False, result.stderr
+            if task is pch_task:
+                csim_pch.publish(pch_out, pch)
+                pch_ready = True
+    except BaseException:
+        stop_children(proc for _, proc, _ in running)
+        raise
     return results, True, ""
 
 

@@ -30,6 +30,7 @@ from hawqc.backends.synthesis_reports import (
     read_vivado_csynth,
 )
 from hawqc.errors import BackendError, UserInputError
+from hawqc.temporaries import replace_atomically
 
 LOG_NAME = "hawqc_build.log"
 REPORT_NAME = "hawqc_report.json"
@@ -176,6 +177,5 @@ def _store(report_path: Path, synthesis: dict[str, Any]) -> None:
     """Add (or replace) the `synthesis` section; the rest of the report stays as compile wrote it."""
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report["synthesis"] = synthesis
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(report_path)
+    text = json.dumps(report, indent=2) + "\n"
+    replace_atomically(report_path, lambda tmp: tmp.write_text(text))

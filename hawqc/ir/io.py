@@ -155,13 +155,16 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 def write_model(model: ir.Model, path: str | Path) -> None:
     """Write `model` to `path`, as text if the suffix says so. Writes atomically (temp + rename)."""
+    from hawqc.temporaries import replace_atomically
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     if is_text_path(path):
-        tmp.write_text(to_text(model))
+        text = to_text(model)
+        replace_atomically(path, lambda tmp: tmp.write_text(text))
     else:
-        onnx.save_model(to_proto(model), str(tmp))
-    tmp.replace(path)
+        proto = to_proto(model)
+        # format= : onnx would go by the temporary's name.
+        replace_atomically(path, lambda tmp: onnx.save_model(proto, str(tmp), format="protobuf"))
 
 
 def _first_line(err: BaseException) -> str:

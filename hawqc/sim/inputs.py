@@ -7,6 +7,9 @@ anywhere in between (exercising the input conversion's rounding); the first two 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_ir as ir
 
@@ -28,26 +31,62 @@ def input_range(model: ir.Model, value: ir.Value) -> tuple[np.ndarray, np.ndarra
     return None
 
 
+def _batched_shape(value: ir.Value, count: int) -> tuple[int, ...]:
+    return (count, *[d if isinstance(d, int) else 1 for d in list(value.shape)[1:]])
+
+
+def _placed(samples: np.ndarray, kind: np.ndarray, bounds, start: int, count: int) -> np.ndarray:
+    """Samples `start...` of `count`: uniform draws moved onto the grid or a tie by their kind."""
+    # Broadcast against the batched shape: exporters spell per-channel parameters with the
+    # batch dimension ([1, C], [1, C, 1, 1]) as often as without it ([C]).
+    low, high, lsb = (np.broadcast_to(b, samples.shape) for b in bounds)
+    # Every other sample on the grid or on a half-LSB tie: those are where roundings differ.
+    grid = np.round(samples / lsb) * lsb
+    ties = np.clip(grid + 0.5 * lsb, low, high)
+    samples = np.where(kind == 0, grid, np.where(kind == 1, ties, samples))
+    if count >= 2:
+        for index, end in ((0, low), (1, high)):
+            if start <= index < start + len(samples):
+                samples[index - start] = end[0]
+    return samples.astype(np.float32)
+
+
 def draw_inputs(model: ir.Model, count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """`count` samples for every graph input, inside its input quantizer's range."""
     rng = np.random.default_rng(seed)
     inputs = {}
     for value in model.graph.inputs:
-        shape = (count, *[d if isinstance(d, int) else 1 for d in list(value.shape)[1:]])
+        shape = _batched_shape(value, count)
         bounds = input_range(model, value)
         if bounds is None:
             inputs[value.name] = rng.standard_normal(shape).astype(np.float32)
             continue
-        # Broadcast against the batched shape: exporters spell per-channel parameters with the
-        # batch dimension ([1, C], [1, C, 1, 1]) as often as without it ([C]).
-        low, high, lsb = (np.broadcast_to(b, shape) for b in bounds)
-        samples = rng.uniform(low, high, size=shape)
-        # Every other sample on the grid or on a half-LSB tie: those are where roundings differ.
-        grid = np.round(samples / lsb) * lsb
-        ties = np.clip(grid + 0.5 * lsb, low, high)
+        samples = rng.uniform(*(np.broadcast_to(b, shape) for b in bounds[:2]), size=shape)
         kind = rng.integers(0, 3, size=(count,) + (1,) * (len(shape) - 1))
-        samples = np.where(kind == 0, grid, np.where(kind == 1, ties, samples))
-        if count >= 2:
-            samples[0], samples[1] = low[0], high[0]
-        inputs[value.name] = samples.astype(np.float32)
+        inputs[value.name] = _placed(samples, kind, bounds, 0, count)
     return inputs
+
+
+def draw_input_slices(model: ir.Model, count: int, seed: int, size: int) -> Iterator[np.ndarray]:
+    """The first graph input's samples of `draw_inputs(model, count, seed)`, bit for bit, `size` at
+    a time (the last slice may be shorter), never all `count` at once.
+
+    That works because of how numpy's PCG64 stream is used: `uniform` takes one 64-bit output per
+    value, in C order, and drawing it in pieces continues the same stream; the kinds are drawn after
+    all `count` samples' uniforms, so a second generator jumped ahead by that many outputs
+    (`advance`) draws them piece by piece. `standard_normal` (an input without a quantizer) just
+    continues its stream."""
+    value = model.graph.inputs[0]
+    sample_shape = _batched_shape(value, 1)[1:]
+    bounds = input_range(model, value)
+    values = np.random.default_rng(seed)
+    kinds = np.random.default_rng(seed)
+    kinds.bit_generator.advance(count * math.prod(sample_shape))
+    for start in range(0, count, size):
+        shape = (min(size, count - start), *sample_shape)
+        if bounds is None:
+            yield values.standard_normal(shape).astype(np.float32)
+            continue
+        samples = values.uniform(*(np.broadcast_to(b, shape) for b in bounds[:2]), size=shape)
+        kind = kinds.integers(0, 3, size=(shape[0],) + (1,) * len(sample_shape))
+        yield _placed(samples, kind, bounds, start, count)

@@ -1,0 +1,163 @@
+"""Verification in bounded memory: the samples go through hardware mode, semantic mode and the C
+simulation a slice at a time, whatever N and whatever the terminal.
+
+A slice holds as many samples as keep its working set under `SLICE_BYTES`, estimated from the
+shapes in the IR (`sample_bytes`), and at least one. The drawn inputs are made a slice at a time
+too (`hawqc.sim.inputs.draw_input_slices`: bit for bit the samples `draw_inputs` gives for the same
+seed and N, so a seed still reproduces a run and a mismatch's saved input is the same sample), and
+only what the result needs outlives its slice: the counts and largest differences
+(`hawqc.verify.Differences`), the first differing sample's input (for the trace), and the first
+samples, which go into the project's test bench (`hawqc.user_data.bench_samples`). So
+`--verify 1000000000` runs in the memory of one slice; it takes the time a billion samples take.
+Streaming rather than refusing a large N: results do not depend on the slicing, so there is no
+reason to make a user split a long run by hand.
+
+The user's own data (`--inputs`) is in memory already; its slices bound the executors' and the C
+simulation's working sets, and the C simulation's outputs are kept (every one goes into the test
+bench and is compared with `--outputs`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from hawqc.progress import bar, slice_length
+from hawqc.sim.inputs import draw_input_slices
+from hawqc.user_data import bench_samples
+from hawqc.verify import Differences
+
+# What one slice may hold: the executors' intermediate values and the verification's own arrays.
+SLICE_BYTES = 256 << 20
+# Bytes per value an executor may hold: hardware mode's longdouble where float64 is too narrow.
+_VALUE_BYTES = 16
+# Per input value: the float32 sample, the C simulation's float64 copy, hardware mode's cast.
+_INPUT_BYTES = 4 + 8 + 16
+# Per output value: hardware, semantic and C simulation outputs, and two comparisons' float64
+# copies and differences.
+_OUTPUT_BYTES = 8 + 4 + 8 + 2 * 3 * 8
+
+
+def _per_sample(value: ir.Value) -> int | None:
+    dims = list(value.shape or ())[1:] if value.shape is not None else None
+    if dims is None or not all(isinstance(d, int) for d in dims):
+        return None
+    return math.prod(dims)
+
+
+def _runtime_values(model: ir.Model) -> list[ir.Value]:
+    """Values computed from the data (not folded from constants), in no particular order."""
+    graph = model.graph
+    live = {v for v in graph.inputs if v.name not in graph.initializers}
+    nodes = list(graph)
+    while True:
+        grown = False
+        for node in nodes:
+            if any(v in live for v in node.inputs if v is not None):
+                for out in node.outputs:
+                    if out not in live:
+                        live.add(out)
+                        grown = True
+        if not grown:
+            return list(live)
+
+
+def _patches(node: ir.Node) -> int:
+    """Values of a convolution's im2col patches per sample (`hawqc.sim.ops_conv`): one kernel window
+    of the input channels for every output position."""
+    if node.op_type != "Conv" or node.inputs[1] is None or node.inputs[1].shape is None:
+        return 0
+    out = _per_sample(node.outputs[0])
+    weight = [d for d in node.inputs[1].shape.dims if isinstance(d, int)]
+    if out is None or len(weight) != len(node.inputs[1].shape.dims) or not weight[0]:
+        return 0
+    return out // weight[0] * math.prod(weight[1:]) * max(1, node.attributes.get_int("group", 1))
+
+
+def sample_bytes(model: ir.Model) -> int:
+    """A bound on what verifying one sample holds: every value computed from the data (the
+    executor frees values after their last reader; counting all of them covers skip connections
+    held across a U-Net), the largest convolution's patches, and the slice's own input and outputs.
+    A value of unknown shape counts as the largest known one."""
+    values = _runtime_values(model)
+    sizes = [_per_sample(v) for v in values]
+    known = [s for s in sizes if s is not None]
+    largest = max(known, default=1)
+    held = sum(largest if s is None else s for s in sizes)
+    patches = max((_patches(node) for node in model.graph), default=0)
+    inputs = sum(_per_sample(v) or largest for v in model.graph.inputs if v.name not in model.graph.initializers)
+    outputs = sum(_per_sample(v) or largest for v in model.graph.outputs)
+    return (held + patches) * _VALUE_BYTES + inputs * _INPUT_BYTES + outputs * _OUTPUT_BYTES
+
+
+def slice_size(model: ir.Model, budget: int | None = None) -> int:
+    """Samples per slice: as many as fit in `budget` (default `SLICE_BYTES`), at least one."""
+    return max(1, (budget or SLICE_BYTES) // max(1, sample_bytes(model)))
+
+
+@dataclass
+class SlicedRun:
+    """What outlives the slices of one verification run."""
+
+    csim_vs_hardware: Differences = field(default_factory=Differences)
+    hardware_vs_semantic: Differences = field(default_factory=Differences)
+    # The first sample where the C simulation and hardware mode differ, shape (1, ...), project layout.
+    first_mismatch_input: np.ndarray | None = None
+    # The test bench: the first samples' inputs and C simulation outputs (all of them for user data).
+    bench_inputs: list[np.ndarray] = field(default_factory=list)
+    bench_outputs: list[np.ndarray] = field(default_factory=list)
+    slices: int = 0
+
+    def bench(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.bench_inputs), np.concatenate(self.bench_outputs)
+
+
+def _slices(model: ir.Model, samples: int, seed: int, size: int, user_inputs: np.ndarray | None) -> Iterator[np.ndarray]:
+    if user_inputs is None:
+        yield from draw_input_slices(model, samples, seed, size)
+        return
+    for start in range(0, len(user_inputs), size):
+        yield user_inputs[start : start + size]
+
+
+def run_in_slices(
+    model: ir.Model,
+    hardware,
+    semantic,
+    csim,
+    samples: int,
+    seed: int,
+    *,
+    user_inputs: np.ndarray | None = None,
+    slice_samples: int | None = None,
+) -> SlicedRun:
+    """Verify `samples` drawn inputs (or `user_inputs`): each slice through `hardware` and
+    `semantic` (`hawqc.sim.Executor`s of `model`) and `csim.predict`. `slice_samples` overrides the
+    size the model's shapes give (tests use it to force many slices)."""
+    total = samples if user_inputs is None else len(user_inputs)
+    size = slice_length(total, slice_samples or slice_size(model))
+    name, output = hardware.input_names[0], hardware.output_names[0]
+    run = SlicedRun()
+    keep = total if user_inputs is not None else None
+    with bar(total, "verifying") as advance:
+        for x in _slices(model, samples, seed, size, user_inputs):
+            expected = hardware.run({name: x})[output]
+            meaning = semantic.run({name: x})[output]
+            simulated = csim.predict(x)
+            first = run.csim_vs_hardware.add(expected, simulated)
+            run.hardware_vs_semantic.add(meaning, expected, what="hardware mode")
+            if first is not None and run.first_mismatch_input is None:
+                run.first_mismatch_input = np.array(x[first : first + 1])
+            if keep is None:
+                keep = bench_samples(math.prod(x.shape[1:]), total)
+            kept = sum(len(part) for part in run.bench_inputs)
+            if kept < keep:
+                run.bench_inputs.append(np.array(x[: keep - kept]))
+                run.bench_outputs.append(np.array(simulated[: keep - kept]))
+            run.slices += 1
+            advance(len(x))
+    return run
