@@ -995,6 +995,8 @@ class _Analysis:
             raise UnsupportedModelError(f"{describe(node)}: weight of shape {list(w_codes.shape)} is no convolution kernel")
         out_channels, kernel, per_group = w_codes.shape[0], tuple(w_codes.shape[1:-1]), w_codes.shape[-1]
         group = int(_attr(node, "group", 1))
+        if group < 1:
+            raise UnsupportedModelError(f"{describe(node)}: group {group} must be at least 1")
         declared = _ints_attr(node, "kernel_shape")
         if declared is not None and tuple(declared) != kernel:
             raise UnsupportedModelError(f"{describe(node)}: kernel_shape {declared} does not match the weight {list(w_codes.shape)}")
