@@ -385,8 +385,11 @@ def _read_text(path: Path) -> str:
 
 
 def _read_stdin() -> str:
+    """ONNX text is UTF-8 whatever the locale says (Python's stdin may escape undecodable bytes
+    into surrogates, which onnx's parser then refuses with a message about its own arguments)."""
+    buffer = getattr(sys.stdin, "buffer", None)
     try:
-        return sys.stdin.read()
+        return sys.stdin.read() if buffer is None else buffer.read().decode("utf-8")
     except UnicodeDecodeError as err:
         raise UserInputError(f"<stdin>: not UTF-8 text (byte {err.start})") from None
 
