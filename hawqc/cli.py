@@ -151,8 +151,13 @@ def _report(records, args: argparse.Namespace) -> None:
 
 
 def load_pass_plugins(paths: Sequence[Path]) -> None:
-    """Import each file; it registers its passes (with `hawqc.register_pass`) as it is imported."""
-    for path in paths:
+    """Import each file once (a file named twice would register its passes twice); it registers
+    its passes (with `hawqc.register_pass`) as it is imported."""
+    loaded: set[Path] = set()
+    for path in map(Path, paths):
+        if path.resolve() in loaded:
+            continue
+        loaded.add(path.resolve())
         if path.is_dir():
             raise UserInputError(f"{path}: is a directory, expected a pass plugin file (.py)")
         if not path.is_file():

@@ -209,3 +209,37 @@ def test_an_edited_report_is_one_line_naming_the_file_and_the_entry(compiled, tm
 def test_an_unedited_report_still_shows(compiled, capsys):
     code, out, _ = run_cli(capsys, main, "report", compiled)
     assert code == 0 and "fc1_matmul" in out
+
+
+def test_a_pass_plugin_named_twice_is_loaded_once(tmp_path, capsys):
+    plugin = tmp_path / "nop.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\nfrom typing import ClassVar\nimport hawqc\n\n"
+        "@hawqc.register_pass\n@dataclass(frozen=True)\nclass Nop(hawqc.Pass):\n"
+        "    name: ClassVar[str] = 'nop-twice'\n"
+        "    def run(self, model):\n        return False\n"
+    )
+    try:
+        code, out, err = run_cli(capsys, opt_main, JET_TAGGER, "--load-pass-plugin", plugin,
+                                 "--load-pass-plugin", tmp_path / "." / "nop.py", "-p", "nop-twice")  # fmt: skip
+    finally:
+        from hawqc.passes.registry import default_registry
+
+        default_registry().passes.pop("nop-twice", None)
+    assert code == 0 and err == "" and "Quant" in out
+
+
+def test_a_convolution_with_group_zero_is_named(tmp_path, capsys):
+    inits = [numpy_helper.from_array(np.float32(0.5), "s"), numpy_helper.from_array(np.float32(0), "z"),
+             numpy_helper.from_array(np.float32(4), "b"), numpy_helper.from_array(np.full((3, 2, 3, 3), 0.5, np.float32), "w")]  # fmt: skip
+    quant = {"domain": QONNX_DOMAIN, "signed": 1, "narrow": 0, "rounding_mode": "ROUND"}
+    nodes = [helper.make_node("Quant", ["x", "s", "z", "b"], ["xq"], name="qx", **quant),
+             helper.make_node("Quant", ["w", "s", "z", "b"], ["wq"], name="qw", **quant),
+             helper.make_node("Conv", ["xq", "wq"], ["y"], name="conv", group=0)]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)  # fmt: skip
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(QONNX_DOMAIN, 1)]), path)
+    code, _, err = run_cli(capsys, main, path, "-o", tmp_path / "proj")
+    assert code == 2 and "node 'conv'" in one_error_line(err) and "group 0 must be at least 1" in err
+    assert not (tmp_path / "proj").exists()

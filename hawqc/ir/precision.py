@@ -259,7 +259,7 @@ def quant_params(node: ir.Node) -> QuantParams:
     if np.any(zeropt != 0):
         raise UnsupportedModelError(f"{describe(node)}: non-zero zero point is not supported")
     if bitwidth.size != 1 or float(bitwidth.reshape(())) != int(bitwidth.reshape(())):
-        raise UnsupportedModelError(f"{describe(node)}: bit width must be one integer, got {bitwidth!r}")
+        raise UnsupportedModelError(f"{describe(node)}: bit width must be one integer, got {bitwidth.reshape(-1).tolist()}")
     for s in np.unique(scale):
         if power_of_two_exponent(float(s)) is None:
             raise UnsupportedModelError(f"{describe(node)}: scale {float(s)!r} is not a power of two")
