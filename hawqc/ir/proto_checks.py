@@ -3,9 +3,10 @@
 onnx_ir builds one value per name, so a file that defines a name twice comes out as something else:
 of two initializers of one name the last silently wins (onnx's checker refuses such a file, and
 `--verify` cannot catch it: the reference executor reads the same IR), and two nodes writing one
-name fail inside onnx_ir with a message that names neither. A standard node with too few inputs or
-an attribute of the wrong type would only fail deep inside a pass. Both are the file's fault and
-are said here, naming the value or node (`hawqc.ir.io` adds the file).
+name fail inside onnx_ir with a message that names neither. A tensor whose data does not fit its
+shape fails only when a pass first reads it, and a standard node with too few inputs or an
+attribute of the wrong type deep inside a pass. All are the file's fault and are said here, naming
+the value or node (`hawqc.ir.io` adds the file).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def check_unique_names(graph: onnx.GraphProto) -> None:
         defined[info.name] = f"graph input '{info.name}'"
     initializers: set[str] = set()
     for tensor in (*graph.initializer, *(sparse.values for sparse in graph.sparse_initializer)):
+        if not tensor.name:
+            raise UserInputError("an initializer has no name")  # onnx_ir would drop it with a warning
         if tensor.name in initializers:
             raise UserInputError(f"initializer '{tensor.name}' is defined twice (which one is meant is ambiguous)")
         initializers.add(tensor.name)
