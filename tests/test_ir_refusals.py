@@ -25,7 +25,7 @@ Q = QONNX_DOMAIN
 
 def quantizer(op: str = "Quant", shape=(1, 4), **params) -> onnx.ModelProto:
     """y = op(x, parameters...) with per-tensor defaults; `params` replaces any of them by name."""
-    defaults = {"Quant": {"s": 0.5, "z": 0.0, "b": 4.0}, "BipolarQuant": {"s": 0.5},
+    defaults = {"Quant": {"s": 0.5, "z": 0.0, "b": 4.0}, "IntQuant": {"s": 0.5, "z": 0.0, "b": 4.0}, "BipolarQuant": {"s": 0.5},
                 "Trunc": {"s": 0.5, "z": 0.0, "b": 8.0, "o": 4.0}}[op]  # fmt: skip
     values = {**defaults, **params}
     inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in values.items()]
@@ -70,6 +70,7 @@ def refusal(tmp_path, model: onnx.ModelProto) -> str:
         ("Quant", {"s": np.full((2, 1, 4), 0.5)}, "scale 's' of shape [2, 1, 4] does not broadcast"),  # would change y's shape
         ("Quant", {"b": [4.0, 4.0]}, "bit width 'b' must be a scalar, got shape [2]"),
         ("Quant", {"b": np.nan}, "bit width is NaN"),
+        ("IntQuant", {"s": np.full((4, 1), 0.5)}, "scale 's' of shape [4, 1] does not broadcast to input 'x' of shape [1, 4]"),
         ("BipolarQuant", {"s": np.full(7, 0.5)}, "scale 's' of shape [7] does not broadcast"),
         ("Trunc", {"s": np.full(7, 0.5)}, "scale 's' of shape [7] does not broadcast"),
         ("Trunc", {"z": np.zeros(7)}, "zero point 'z' of shape [7] does not broadcast"),
