@@ -173,13 +173,30 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
                        help="import a Python file that registers passes (repeatable)")  # fmt: skip
 
 
+def _check_pass_flags(args: argparse.Namespace) -> None:
+    """The pass-manager flags, checked before any model is read (plugins loaded: they add names)."""
+    from hawqc.passes.registry import default_registry
+
+    if args.validate < 0:
+        raise UserInputError(f"--validate must be a non-negative count, got {args.validate}")
+    registry = default_registry()
+    for flag, names in (("--print-ir-before", args.print_ir_before), ("--print-ir-after", args.print_ir_after)):
+        for name in sorted(names):
+            if registry.is_pipeline(name):
+                raise UserInputError(f"{flag}: '{name}' is a pipeline; name the passes in it")
+            try:
+                registry.lookup(name)
+            except UserInputError as err:
+                raise UserInputError(f"{flag}: {err}") from None
+    if args.reproducer_dir is not None and args.reproducer_dir.exists() and not args.reproducer_dir.is_dir():
+        raise UserInputError(f"--reproducer-dir {args.reproducer_dir}: exists and is not a directory")
+
+
 def _configure(manager, args: argparse.Namespace) -> None:
     """Attach what the flags ask for to a parsed PassManager."""
     from hawqc.passes.instrumentation import IRPrinter
     from hawqc.passes.reproducer import default_reproducer_dir
 
-    if args.validate < 0:
-        raise UserInputError(f"--validate must be a non-negative count, got {args.validate}")
     manager.verify_each = not args.no_verify_ir
     manager.reproducer_dir = args.reproducer_dir or default_reproducer_dir()
     for plugin in args.load_pass_plugin:
@@ -204,8 +221,15 @@ def _report(records, args: argparse.Namespace) -> None:
 
 
 def load_pass_plugins(paths: Sequence[Path]) -> None:
-    """Import each file; it registers its passes (with `hawqc.register_pass`) as it is imported."""
-    for path in paths:
+    """Import each file once (a file named twice would register its passes twice); it registers
+    its passes (with `hawqc.register_pass`) as it is imported."""
+    loaded: set[Path] = set()
+    for path in map(Path, paths):
+        if path.resolve() in loaded:
+            continue
+        loaded.add(path.resolve())
+        if path.is_dir():
+            raise UserInputError(f"{path}: is a directory, expected a pass plugin file (.py)")
         if not path.is_file():
             raise UserInputError(f"{path}: no such pass plugin file")
         spec = importlib.util.spec_from_file_location(f"hawqc_plugin_{path.stem}", path)
@@ -319,6 +343,7 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
     from hawqc.driver import CompileOptions, compile_model
 
     load_pass_plugins(args.load_pass_plugin)
+    _check_pass_flags(args)
     options = CompileOptions(
         backend=args.backend,
         pipeline=args.pipeline,
@@ -421,7 +446,12 @@ def _opt(args: argparse.Namespace) -> int:
         return 0
     if args.input is None:
         raise UserInputError("no input file given (a path, or - for ONNX text on stdin)")
+    _check_pass_flags(args)
     if not args.split_input_file:
+        if args.output:
+            from hawqc.ir.io import check_writable
+
+            check_writable(args.output)  # before the passes run, not after
         model, records = _opt_one(args, args.input)
         _report(records, args)
         _emit(model, args)
@@ -429,7 +459,7 @@ def _opt(args: argparse.Namespace) -> int:
     if args.output:
         raise UserInputError("--split-input-file writes to stdout; it cannot be combined with -o")
     # Each chunk is compiled on its own; a failing chunk is reported and the others still run.
-    text = sys.stdin.read() if args.input == "-" else _read_text(Path(args.input))
+    text = _read_stdin() if args.input == "-" else _read_text(Path(args.input))
     status, printed = 0, []
     line = 1
     for index, chunk in enumerate(SPLIT_MARKER.split(text)):
@@ -448,9 +478,21 @@ def _opt(args: argparse.Namespace) -> int:
 
 
 def _read_text(path: Path) -> str:
+    from hawqc.ir.io import read_text_file
+
     if not path.is_file():
         raise UserInputError(f"{path}: no such file")
-    return path.read_text()
+    return read_text_file(path)
+
+
+def _read_stdin() -> str:
+    """ONNX text is UTF-8 whatever the locale says (Python's stdin may escape undecodable bytes
+    into surrogates, which onnx's parser then refuses with a message about its own arguments)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    try:
+        return sys.stdin.read() if buffer is None else buffer.read().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"<stdin>: not UTF-8 text (byte {err.start})") from None
 
 
 def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
@@ -468,7 +510,7 @@ def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
     if text is not None:
         model = load_onnx_text(text, source=source, verify_ir=verify_ir)
     elif source == "-":
-        model = load_onnx_text(sys.stdin.read(), source="<stdin>", verify_ir=verify_ir)
+        model = load_onnx_text(_read_stdin(), source="<stdin>", verify_ir=verify_ir)
     else:
         model = load_model(source, pytorch, verify_ir=verify_ir)
     if args.hawq_export_semantics == "hawq":

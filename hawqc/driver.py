@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import onnx_ir as ir
 from hawqc.backends.base import get_backend
 from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
+from hawqc.backends.project_name import check_name_free, check_project_name
 from hawqc.bops import bops_summary
 from hawqc.errors import UserInputError
 from hawqc.float_parts_option import FloatPartsOutcome, apply_default_precision, check_float_options
@@ -138,6 +138,9 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     backend = get_backend(options.backend)
     if options.verify_samples < 0:
         raise UserInputError(f"--verify must be a non-negative count, got {options.verify_samples}")
+    if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
+        # numpy's generators take any non-negative integer and nothing else (hawqc.sim.inputs).
+        raise UserInputError(f"--seed must be a non-negative integer, got {options.seed!r}")
     if options.io_type not in ("io_parallel", "io_stream"):
         raise UserInputError(f"--io-type must be io_parallel or io_stream, got {options.io_type!r}")
     check_semantics(options.hawq_export_semantics)
@@ -147,8 +150,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     default_precision = check_float_options(options.default_precision, options.tolerance)
     if options.inputs is not None and options.verify_samples:
         raise UserInputError("--inputs verifies every sample of its file; leave out --verify N")
-    if not re.fullmatch(r"[A-Za-z_]\w*", options.project_name):
-        raise UserInputError(f"--project-name {options.project_name!r} is not a C identifier")
+    check_project_name(options.project_name)
     manager = PassManager.parse(options.pipeline)
     if options.configure_passes is not None:
         options.configure_passes(manager)
@@ -156,6 +158,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     # From here on one compile at a time writes OUTDIR, and nothing shows there before the end.
     with output.writing() as staging:
         model = load_model(model_path, options.pytorch)
+        check_name_free(options.project_name, model)
         hawq_export = None
         if options.hawq_export_semantics == "hawq":
             hawq_export = read_as_hawq(model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed)

@@ -99,16 +99,82 @@ def render_table(table: dict[str, Any], file: TextIO | None = None, *, wide: boo
 
 
 def load_report(outdir: Path) -> dict[str, Any]:
+    """The report hawqc wrote into `outdir`, with every entry `hawqc report` reads checked: the file
+    may have been edited by hand, and a missing key is said naming the file and the entry."""
     path = outdir / REPORT_FILE
     if not path.is_file():
         raise UserInputError(f"{path}: no such file (is {outdir} a project hawqc wrote?)")
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
     except json.JSONDecodeError as err:
         raise UserInputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("layer_table"), dict):
+    if not isinstance(report, dict):
+        raise UserInputError(f"{path}: expected a JSON object, got a {type(report).__name__}")
+    if not isinstance(report.get("layer_table"), dict):
         raise UserInputError(f"{path}: has no layer table (written by an older hawqc: compile again)")
+    problem = _table_problem(report["layer_table"]) or _fields_problem(report, _REPORT_FIELDS, "")
+    if problem is not None:
+        raise UserInputError(f"{path}: {problem}")
     return report
+
+
+# What `render_table`, `plot` and the plot's title read, and the JSON each must be (as
+# `hawqc.layer_table.build_table` writes it).
+_FIELD_KINDS = {
+    "string": lambda v: isinstance(v, str),
+    "string or null": lambda v: v is None or isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "integer or null": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "number or null": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
+    "list of integers": lambda v: isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in v),
+}
+_ROW_FIELDS = {
+    "name": "string", "op": "string", "input_shape": "list of integers", "output_shape": "list of integers",
+    "weight": "string or null", "accum": "string or null", "result": "string or null",
+    "multiplications": "number or null", "bops": "number or null", "reuse_factor": "integer or null",
+    "latency_cycles": "number or null",
+}  # fmt: skip
+_TOTAL_FIELDS = {
+    "layers": "integer", "multiplications": "number or null", "bops": "number or null",
+    "latency_cycles_estimate": "number or null",
+}  # fmt: skip
+_TABLE_FIELDS = {"latency_note": "string"}
+_REPORT_FIELDS = {"model": "string", "backend": "string"}  # optional: only the plot's title reads them
+
+
+def _fields_problem(entry: dict[str, Any], fields: dict[str, str], where: str, *, required: bool = False) -> str | None:
+    """What is wrong with `entry`'s fields, named by their path in the file (`where.key`)."""
+    for key, kind in fields.items():
+        path = f"{where}.{key}" if where else key
+        if key not in entry:
+            if required:
+                return f"{where}: missing key '{key}'"
+        elif not _FIELD_KINDS[kind](entry[key]):
+            return f"{path}: expected {kind}, got {json.dumps(entry[key])[:40]}"
+    return None
+
+
+def _table_problem(table: dict[str, Any]) -> str | None:
+    rows = table.get("layers")
+    if not isinstance(rows, list):
+        return "layer_table.layers: expected a list of layers" if "layers" in table else "layer_table: missing key 'layers'"
+    for index, row in enumerate(rows):
+        where = f"layer_table.layers[{index}]"
+        if not isinstance(row, dict):
+            return f"{where}: expected an object with keys {', '.join(_ROW_FIELDS)}"
+        problem = _fields_problem(row, _ROW_FIELDS, where, required=True)
+        if problem is not None:
+            return problem
+    totals = table.get("totals")
+    if not isinstance(totals, dict):
+        return "layer_table.totals: expected an object" if "totals" in table else "layer_table: missing key 'totals'"
+    return _fields_problem(totals, _TOTAL_FIELDS, "layer_table.totals", required=True) or _fields_problem(
+        table, _TABLE_FIELDS, "layer_table", required=True
+    )
 
 
 def _bits(text: str | None) -> int:
@@ -122,6 +188,8 @@ def plot(table: dict[str, Any], path: Path, title: str = "") -> None:
         raise UserInputError(f"{path}: --plot writes a PNG; name the file .png")
     if not path.parent.is_dir():
         raise UserInputError(f"{path.parent}: no such directory for --plot")
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a directory; --plot writes a PNG file")
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -143,5 +211,7 @@ def plot(table: dict[str, Any], path: Path, title: str = "") -> None:
     fig.tight_layout()
     try:
         replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot write ({err.strerror or type(err).__name__})") from None
     finally:
         plt.close(fig)

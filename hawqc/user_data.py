@@ -63,7 +63,11 @@ def check_files(inputs: Path | None, outputs: Path | None) -> None:
 def _read(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+    except OSError as err:
+        if err.errno is None:  # numpy's own "not an .npy file"
+            raise UserInputError(f"{path}: not a readable .npy array ({err})") from None
+        raise UserInputError(f"{path}: cannot read ({err.strerror})") from None
+    except (ValueError, EOFError) as err:
         raise UserInputError(f"{path}: not a readable .npy array ({err})") from None
     if not isinstance(array, np.ndarray):
         raise UserInputError(f"{path}: not a .npy array (an .npz archive?)")

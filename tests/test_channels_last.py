@@ -413,7 +413,7 @@ def test_graph_without_image_ops_is_left_alone():
 def test_unsupported_op_names_the_node():
     cnn = Cnn(np.random.default_rng(0), spatial=(4, 4))
     h = cnn.conv(cnn.input_quant(), 2)
-    y = cnn.node("ReduceMean", [h, cnn.constant(np.array([2, 3]), "axes")], (1, 2, 1, 1))
+    y = cnn.node("ReduceMean", [h], (1, 2, 1, 1), axes=[2, 3])  # opset 17: axes is an attribute
     model = cnn.model(y)
     with pytest.raises(UnsupportedModelError, match=r"node 'reducemean\d+' \(ReduceMean\) reads or writes an image"):
         ChannelsLast().run(model)

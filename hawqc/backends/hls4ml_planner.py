@@ -54,6 +54,8 @@ ONNX_DOMAINS = ("", "ai.onnx")
 RESHAPES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
 # Standard ops whose channels-first meaning hawqc does not lower.
 CHANNELS_FIRST_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"})
+# hls4ml 1.3.0's `FixInputPrecision` (bit_exact.py) takes over any input type wider than this.
+MAX_INPUT_WIDTH = 100
 
 
 def exact_type(values: np.ndarray) -> FixedType:
@@ -231,6 +233,17 @@ class Planner:
             raise UnsupportedModelError(f"{describe(node)}: no type inferred for {value.name!r}")
         return fixed
 
+    def input_type(self, value: ir.Value, node: ir.Node) -> FixedType:
+        """The input layer's type; hls4ml 1.3.0 rewrites an input type wider than 100 bits
+        (`FixInputPrecision`) and fails on the graphs hawqc gives it, with a Python error."""
+        fixed = self.typed(value, node)
+        if fixed.width > MAX_INPUT_WIDTH:
+            raise UnsupportedModelError(
+                f"{describe(node)}: the input type {fixed} is {fixed.width} bits wide; hls4ml takes at most "
+                f"{MAX_INPUT_WIDTH} (a bit width that large is likely a mistake)"
+            )
+        return fixed
+
     def accumulator(self, value: ir.Value, node: ir.Node) -> FixedType:
         fixed = self.precision.accumulators.get(value.name)
         if fixed is None:
@@ -377,7 +390,7 @@ class Planner:
         shape = self.feature_dims(x, node)
         name = self.plan.unique_name(x.name)
         out = node.outputs[0]
-        planned = Planned(name, "Input", describe(node), layers.input_layer(name, shape), {"result": self.typed(out, node)})
+        planned = Planned(name, "Input", describe(node), layers.input_layer(name, shape), {"result": self.input_type(out, node)})
         self.add_layer(planned, out, shape)
         self.plan.input_name, self.plan.input_shape = name, shape
 
@@ -386,7 +399,7 @@ class Planner:
         reader = next(iter(x.consumers()))
         shape = self.feature_dims(x, reader)
         name = self.plan.unique_name(x.name)
-        planned = Planned(name, "Input", f"graph input {x.name!r}", layers.input_layer(name, shape), {"result": self.typed(x, reader)})
+        planned = Planned(name, "Input", f"graph input {x.name!r}", layers.input_layer(name, shape), {"result": self.input_type(x, reader)})
         self.add_layer(planned, x, shape)
         self.plan.input_name, self.plan.input_shape = name, shape
 

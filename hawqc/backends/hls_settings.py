@@ -32,6 +32,11 @@ STRATEGIES = ("latency", "resource")
 # the Tcl scripts hls4ml writes the part into (`set part "..."`).
 _PART = re.compile(r"[A-Za-z0-9_.\-]+")
 _FILE_KEYS = ("layers", "reuse_factor", "strategy")
+# hls4ml's Resource kernels count the reuse factor in a C `int` (`const int rufactor`); beyond it
+# the generated constant wraps and the project builds something else.
+MAX_REUSE_FACTOR = 2**31 - 1
+# No HLS flow targets clocks outside these (in ns): a value out here is a unit mistake (s, ps, MHz).
+MIN_CLOCK_PERIOD, MAX_CLOCK_PERIOD = 0.01, 1e6
 _LAYER_KEYS = ("reuse_factor", "strategy")
 
 
@@ -71,6 +76,11 @@ class HlsSettings:
             raise UserInputError(f"--part {self.part!r}: a part name is letters, digits, '-', '.' and '_'")
         if self.clock_period is not None and not (0 < self.clock_period < float("inf")):
             raise UserInputError(f"--clock-period must be a positive number of nanoseconds, got {self.clock_period}")
+        if self.clock_period is not None and not (MIN_CLOCK_PERIOD <= self.clock_period <= MAX_CLOCK_PERIOD):
+            raise UserInputError(
+                f"--clock-period {self.clock_period} ns is outside {MIN_CLOCK_PERIOD:g}..{MAX_CLOCK_PERIOD:g} ns "
+                "(100 GHz..1 kHz); the period is in nanoseconds"
+            )
 
     def reuse_factor_of(self, layer: str) -> int:
         own = self.layers.get(layer)
@@ -96,6 +106,8 @@ def check_strategy(value: object, where: str) -> str:
 def check_reuse_factor(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserInputError(f"{where}: reuse factor must be a positive integer, got {value!r}")
+    if value > MAX_REUSE_FACTOR:
+        raise UserInputError(f"{where}: reuse factor {value} is above {MAX_REUSE_FACTOR} (hls4ml's kernels hold it in a C int)")
     return value
 
 
@@ -135,9 +147,11 @@ def _layer_settings(entry: dict[str, Any], where: str) -> LayerSettings:
 
 
 def _load(path: Path) -> Any:
+    from hawqc.ir.io import read_text_file
+
     if not path.is_file():
         raise UserInputError(f"{path}: no such settings file")
-    text = path.read_text()
+    text = read_text_file(path)
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)

@@ -22,5 +22,16 @@ def is_qonnx_domain(domain: str) -> bool:
     return domain in QONNX_DOMAIN_ALIASES
 
 
+def is_known_domain(domain: str) -> bool:
+    """ONNX's own ops (`""`, also spelled `ai.onnx`), QONNX's under any of its names, and the
+    channels-last ops: nothing else has a meaning hawqc knows."""
+    return domain in ("", "ai.onnx", CHANNELS_LAST_DOMAIN) or is_qonnx_domain(domain)
+
+
+def known_domains_text() -> str:
+    aliases = ", ".join(sorted(QONNX_DOMAIN_ALIASES - {QONNX_DOMAIN}))
+    return f"'' (ONNX), '{QONNX_DOMAIN}' (also written {aliases}), '{CHANNELS_LAST_DOMAIN}'"
+
+
 def is_quant(op_type: str, domain: str) -> bool:
     return op_type in QUANT_OPS and is_qonnx_domain(domain)

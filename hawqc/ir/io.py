@@ -15,6 +15,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from hawqc.errors import UserInputError
+from hawqc.ir.proto_checks import check_model_proto
 from hawqc.ir.quant_annotation import (
     mirrored_in_model_metadata,
     restore_from_model_metadata,
@@ -39,28 +40,96 @@ def read_model(path: str | Path) -> ir.Model:
     if path.is_dir():
         raise UserInputError(f"{path}: is a directory, expected an .onnx or .onnxtxt file")
     if is_text_path(path):
-        return parse_text(path.read_text(), source=str(path))
+        return parse_text(read_text_file(path), source=str(path))
     try:
-        proto = onnx.load_model(str(path), load_external_data=True)
-    except (DecodeError, RuntimeWarning, ValueError, OSError) as err:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot read ({err.strerror or _first_line(err)})") from None
+    except (DecodeError, RuntimeWarning, ValueError) as err:
         raise UserInputError(f"{path}: not an ONNX model ({_first_line(err)})") from None
     if not proto.graph.node and not proto.graph.input:
         # protobuf happily decodes many non-ONNX byte strings into an empty message.
         raise UserInputError(f"{path}: not an ONNX model (no graph found)")
+    _load_external_data(proto, path)
+    return _from_proto(proto, str(path), "malformed ONNX model")
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of a file the user named; UserInputError naming it if it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot read ({err.strerror or _first_line(err)})") from None
+
+
+def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Tensors stored beside the model (onnx's external data), read from the model's directory;
+    a missing or short data file is the model's fault and names both files."""
+    external = [t for t in _tensors(proto.graph) if onnx.external_data_helper.uses_external_data(t)]
+    for tensor in external:
+        try:
+            location = onnx.external_data_helper.ExternalDataInfo(tensor).location
+        except ValueError as err:
+            raise UserInputError(f"{path}: tensor '{tensor.name}': bad external data entry ({_first_line(err)})") from None
+        if not (path.parent / location).is_file():
+            raise UserInputError(
+                f"{path}: the external data file '{location}' of tensor '{tensor.name}' is missing "
+                f"(looked for {path.parent / location})"
+            )
+    if not external:
+        return
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except (onnx.checker.ValidationError, ValueError, OSError) as err:
+        raise UserInputError(f"{path}: cannot read its external data ({_first_line(err)})") from None
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor of a graph that can hold data: initializers and tensor attributes, subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
+def _from_proto(proto: onnx.ModelProto, source: str, malformed: str) -> ir.Model:
+    try:
+        check_model_proto(proto)
+    except UserInputError as err:
+        raise UserInputError(f"{source}: {err}") from None
     try:
         return ir.from_proto(proto)
     except Exception as err:  # onnx_ir raises assorted errors on malformed protos
-        raise UserInputError(f"{path}: malformed ONNX model ({_first_line(err)})") from None
+        raise UserInputError(f"{source}: {malformed} ({_first_line(err)})") from None
 
 
 def parse_text(text: str, *, source: str = "<text>") -> ir.Model:
     try:
-        model = ir.from_onnx_text(text)
+        proto = onnx.parser.parse_model(text)
     except Exception as err:  # onnx's C++ parser raises a bare Exception/ValueError/RuntimeError
         raise UserInputError(f"{source}: cannot parse ONNX text ({_first_line(err)})") from None
+    _drop_parser_integer_copies(proto.graph)
+    model = _from_proto(proto, source, "cannot parse ONNX text")
     # ONNX text keeps only the model's metadata: value annotations travel there (quant_annotation).
     restore_from_model_metadata(model)
     return model
+
+
+def _drop_parser_integer_copies(graph: onnx.GraphProto) -> None:
+    """onnx's parser reads `alpha: float = 1` into both the float and the integer field of the
+    attribute; onnx's node checker then refuses the node. The declared type says which one is meant."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.FLOAT and attribute.HasField("i"):
+                attribute.ClearField("i")
 
 
 def to_text(model: ir.Model) -> str:
@@ -153,18 +222,33 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
+def check_writable(path: str | Path) -> Path:
+    """What can be said about an output file before anything is computed: its directory exists
+    and it is not itself a directory. UserInputError naming the path otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{path}: is a directory, expected a file name (.onnx or .onnxtxt)")
+    if not path.parent.is_dir():
+        raise UserInputError(f"{path}: no such directory {path.parent}")
+    return path
+
+
 def write_model(model: ir.Model, path: str | Path) -> None:
-    """Write `model` to `path`, as text if the suffix says so. Writes atomically (temp + rename)."""
+    """Write `model` to `path`, as text if the suffix says so. Writes atomically (temp + rename):
+    a failed write leaves no file behind, and an existing one as it was."""
     from hawqc.temporaries import replace_atomically
 
-    path = Path(path)
-    if is_text_path(path):
-        text = to_text(model)
-        replace_atomically(path, lambda tmp: tmp.write_text(text))
-    else:
-        proto = to_proto(model)
-        # format= : onnx would go by the temporary's name.
-        replace_atomically(path, lambda tmp: onnx.save_model(proto, str(tmp), format="protobuf"))
+    path = check_writable(path)
+    try:
+        if is_text_path(path):
+            text = to_text(model)
+            replace_atomically(path, lambda tmp: tmp.write_text(text))
+        else:
+            proto = to_proto(model)
+            # format= : onnx would go by the temporary's name.
+            replace_atomically(path, lambda tmp: onnx.save_model(proto, str(tmp), format="protobuf"))
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot write ({err.strerror or _first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:

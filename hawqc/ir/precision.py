@@ -259,7 +259,7 @@ def quant_params(node: ir.Node) -> QuantParams:
     if np.any(zeropt != 0):
         raise UnsupportedModelError(f"{describe(node)}: non-zero zero point is not supported")
     if bitwidth.size != 1 or float(bitwidth.reshape(())) != int(bitwidth.reshape(())):
-        raise UnsupportedModelError(f"{describe(node)}: bit width must be one integer, got {bitwidth!r}")
+        raise UnsupportedModelError(f"{describe(node)}: bit width must be one integer, got {bitwidth.reshape(-1).tolist()}")
     for s in np.unique(scale):
         if power_of_two_exponent(float(s)) is None:
             raise UnsupportedModelError(f"{describe(node)}: scale {float(s)!r} is not a power of two")
@@ -995,6 +995,8 @@ class _Analysis:
             raise UnsupportedModelError(f"{describe(node)}: weight of shape {list(w_codes.shape)} is no convolution kernel")
         out_channels, kernel, per_group = w_codes.shape[0], tuple(w_codes.shape[1:-1]), w_codes.shape[-1]
         group = int(_attr(node, "group", 1))
+        if group < 1:
+            raise UnsupportedModelError(f"{describe(node)}: group {group} must be at least 1")
         declared = _ints_attr(node, "kernel_shape")
         if declared is not None and tuple(declared) != kernel:
             raise UnsupportedModelError(f"{describe(node)}: kernel_shape {declared} does not match the weight {list(w_codes.shape)}")

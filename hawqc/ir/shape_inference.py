@@ -190,3 +190,26 @@ def _more_specific(new: ir.Shape, old: ir.Shape | None) -> bool:
     known_new = sum(isinstance(dim, int) for dim in new)
     known_old = sum(isinstance(dim, int) for dim in old)
     return known_new > known_old
+
+
+def why_not_inferred(node: ir.Node, opset_version: int) -> str | None:
+    """onnx's reason for leaving a standard node's output shapes unknown (strict inference of that
+    node alone, on its inputs' types and constant values), or None if it gives none. The inference
+    of the whole graph runs non-strict, so that one unknown shape does not stop the rest."""
+    if node.domain not in ("", "ai.onnx") or any(value is None or value.type is None for value in node.inputs if value is not None):
+        return None
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset_version, "")
+        types = {value.name: ir.serde.serialize_value(value).type for value in node.inputs if value is not None}
+        data = {
+            value.name: ir.serde.serialize_tensor(value.const_value)
+            for value in node.inputs
+            if value is not None and value.const_value is not None
+        }
+        onnx.shape_inference.infer_node_outputs(
+            schema, ir.serde.serialize_node(node), types, data, opset_imports=[onnx.helper.make_opsetid("", opset_version)]
+        )
+    except (onnx.shape_inference.InferenceError, onnx.defs.SchemaError, RuntimeError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return text.replace("[ShapeInferenceError] ", "").replace("[TypeInferenceError] ", "")
+    return None

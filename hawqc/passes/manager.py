@@ -187,15 +187,21 @@ class _Run:
         except HawqcError as err:
             if self.snapshot is None or isinstance(err, UserInputError):
                 raise
-            command = write_reproducer(
-                self.manager.reproducer_dir,
-                self.snapshot,
-                self.succeeded,
-                instance,
-                self.manager.text,
-                err,
-                self.manager.reproducer_flags,
-            )
+            try:
+                command = write_reproducer(
+                    self.manager.reproducer_dir,
+                    self.snapshot,
+                    self.succeeded,
+                    instance,
+                    self.manager.text,
+                    err,
+                    self.manager.reproducer_flags,
+                )
+            except OSError as write_error:  # the pass's error matters more than the reproducer
+                raise type(err)(
+                    f"{err}; no reproducer: cannot write into {self.manager.reproducer_dir} "
+                    f"({write_error.strerror or type(write_error).__name__})"
+                ) from err
             raise type(err)(f"{err}; reproduce with: {command}") from err
         self.records.append(record)
         self.succeeded.append(instance)

@@ -13,6 +13,7 @@ records changed since the pipeline's input, and transposes the outputs back befo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,11 @@ class TranslationValidator(PassInstrumentation):
     def before_pipeline(self, model: ir.Model) -> None:
         from hawqc.sim.inputs import draw_inputs
 
-        self._inputs = draw_inputs(model, self.samples, self.seed)
+        _check_fits_in_memory(model, self.samples)
+        try:
+            self._inputs = draw_inputs(model, self.samples, self.seed)
+        except MemoryError:
+            raise UserInputError(f"--validate {self.samples}: not enough memory for that many inputs") from None
         self._layouts = layout_permutations(model)
         try:
             self._reference = self._run(model, self._inputs)
@@ -125,3 +130,21 @@ def _bits(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "f":
         return array.view(np.dtype(f"u{array.dtype.itemsize}"))
     return array
+
+
+def _check_fits_in_memory(model: ir.Model, samples: int) -> None:
+    """N inputs are drawn and run at once (as float64 while drawn): a count whose inputs alone
+    exceed the machine's memory is refused before anything runs."""
+    elements = 0
+    for value in model.graph.inputs:
+        elements += int(np.prod([d if isinstance(d, int) else 1 for d in list(value.shape or ())[1:]], dtype=np.float64))
+    needed = float(samples) * elements * 8
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: nothing to compare with
+        return
+    if needed > memory:
+        raise UserInputError(
+            f"--validate {samples}: the inputs alone need {needed / 2**30:,.1f} GiB, more than this "
+            f"machine's {memory / 2**30:,.1f} GiB of memory"
+        )
