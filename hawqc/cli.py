@@ -39,7 +39,7 @@ def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
             warnings.showwarning = _one_line_warning(parser.prog)
             return body(args)
     except HawqcError as err:
-        print(f"{parser.prog}: {err.label}: {err}", file=sys.stderr)
+        print(f"{parser.prog}: {err.label}: {_as_flags(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
@@ -52,6 +52,39 @@ def _guarded(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         print(f"{parser.prog}: internal error: {type(err).__name__}: {_first_line(err)} "
               f"(a bug in hawqc; traceback in {where})", file=sys.stderr)  # fmt: skip
         return EXIT_FAILURE
+
+
+# The Python names of what the flags set (`CompileOptions`, `HlsSettings`, `PyTorchOptions`, the pass
+# manager's validation), as a `UserInputError` names them, and the flags that spell them here.
+_FLAGS = {
+    "verify_samples": "--verify",
+    "seed": "--seed",
+    "io_type": "--io-type",
+    "force=True": "--force",
+    "inputs": "--inputs",
+    "outputs": "--outputs",
+    "tolerance": "--tolerance",
+    "default_precision": "--default-precision",
+    "hawq_export_semantics": "--hawq-export-semantics",
+    "project_name": "--project-name",
+    "strategy": "--strategy",
+    "reuse_factor": "--reuse-factor",
+    "part": "--part",
+    "clock_period": "--clock-period",
+    "model_factory": "--model-factory",
+    "input_shape": "--input-shape",
+    "allow_pickle=True": "--allow-pickle",
+    "options.pytorch (model factory, input shape, pickle opt-in)": "--model-factory, --input-shape and --allow-pickle",
+    "validate": "--validate",
+    "hawq_export_semantics='hawq'": "--hawq-export-semantics hawq",
+}
+
+
+def _as_flags(err: HawqcError) -> str:
+    """The message, an option named by its flag."""
+    if isinstance(err, UserInputError):
+        return err.spelled(lambda name: _FLAGS.get(name, name))
+    return str(err)
 
 
 def _first_line(err: BaseException) -> str:
@@ -468,7 +501,7 @@ def _opt(args: argparse.Namespace) -> int:
         try:
             model, records = _opt_one(args, source, text=chunk)
         except HawqcError as err:
-            print(f"hawqc-opt: {err.label}: {err}", file=sys.stderr)
+            print(f"hawqc-opt: {err.label}: {_as_flags(err)}", file=sys.stderr)
             status = max(status, err.exit_code)
             continue
         _report(records, args)

@@ -253,12 +253,12 @@ def test_a_file_without_the_pattern_is_one_line_naming_the_option(exports, tmp_p
     assert "--hawq-export-semantics hawq: no HAWQ-export requantization" in err and "without the option" in err
     assert not (tmp_path / "proj").exists()
     # The older exporter (no activation Quants): not this pattern either.
-    with pytest.raises(UserInputError, match="--hawq-export-semantics hawq"):
+    with pytest.raises(UserInputError, match="hawq_export_semantics='hawq'"):
         read_as_hawq(hawqc.load(exports["mlp-old-branch"]["path"]), source="old")
 
 
 def test_unknown_semantics_is_refused(exports, tmp_path):
-    with pytest.raises(UserInputError, match="--hawq-export-semantics must be one of file, hawq"):
+    with pytest.raises(UserInputError, match="^hawq_export_semantics must be one of file, hawq"):
         compile_model(exports["mlp"]["path"], tmp_path / "proj", CompileOptions(hawq_export_semantics="float"))
 
 
