@@ -326,26 +326,28 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
 
 
 def _measure(original: ir.Model, normalized: ir.Model, reading: HawqExportReading, samples: int, seed: int) -> HawqExportReading:
+    """Count the samples where the file's arithmetic gives other codes or outputs than HAWQ's, in
+    slices (`hawqc.sim.slicing`): `--verify 1000000000` measures on that many samples in the memory
+    of one slice. The samples are `draw_inputs(original, samples, seed)`, drawn a slice at a time."""
     from hawqc.sim.executor import Executor
-    from hawqc.sim.inputs import draw_inputs
+    from hawqc.sim.inputs import draw_input_slices
+    from hawqc.sim.slicing import slice_size
 
-    inputs = draw_inputs(original, samples, seed)
-    file_values = Executor(original).run(inputs, keep_intermediates=True)
-    hawq_values = Executor(normalized).run(inputs, keep_intermediates=True)
-    other_codes = np.zeros(samples, dtype=bool)
-    for requantization in reading.requantizations:
-        name = requantization.codes
-        file_codes = np.rint(file_values[name].astype(np.float64) / requantization.activation_scale)
-        other_codes |= (file_codes != hawq_values[name]).reshape(samples, -1).any(axis=1)
-    output = original.graph.outputs[0].name
-    hawq_output = hawq_values[normalized.graph.outputs[0].name].astype(np.float32) * np.float32(reading.output_scale)
-    other_outputs = (file_values[output] != hawq_output).reshape(samples, -1).any(axis=1)
+    name = original.graph.inputs[0].name
+    file_run, hawq_run = Executor(original), Executor(normalized)
+    other_codes = other_outputs = 0
+    for x in draw_input_slices(original, samples, seed, slice_size(original)):
+        file_values = file_run.run({name: x}, keep_intermediates=True)
+        hawq_values = hawq_run.run({name: x}, keep_intermediates=True)
+        codes_differ = np.zeros(len(x), dtype=bool)
+        for requantization in reading.requantizations:
+            codes = requantization.codes
+            file_codes = np.rint(file_values[codes].astype(np.float64) / requantization.activation_scale)
+            codes_differ |= (file_codes != hawq_values[codes]).reshape(len(x), -1).any(axis=1)
+        output = original.graph.outputs[0].name
+        hawq_output = hawq_values[normalized.graph.outputs[0].name].astype(np.float32) * np.float32(reading.output_scale)
+        other_codes += int(codes_differ.sum())
+        other_outputs += int((file_values[output] != hawq_output).reshape(len(x), -1).any(axis=1).sum())
     return HawqExportReading(
-        reading.requantizations,
-        reading.input_scale,
-        reading.output_scale,
-        samples,
-        int(other_codes.sum()),
-        int(other_outputs.sum()),
+        reading.requantizations, reading.input_scale, reading.output_scale, samples, other_codes, other_outputs
     )
-
