@@ -31,8 +31,8 @@ from hawqc.frontends.load import PyTorchOptions, load_model
 from hawqc.ir.layout import describe_layouts
 from hawqc.layer_table import build_table
 from hawqc.mismatch_trace import trace_mismatch
-from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.output_dir import OutputDirectory
+from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.progress import spinner
 from hawqc.report import CompileReport
 from hawqc.user_data import UserData, check_files, compare_expected, load_user_data, write_test_bench
