@@ -51,8 +51,9 @@ class StandIn:
 def run(variant: str, samples: int, side: int) -> None:
     from hawqc.sim import Executor
     from hawqc.sim.inputs import draw_inputs
+    from hawqc.sim.slicing import slice_size
     from hawqc.verify import compare, compare_modes
-    from hawqc.verify_slices import run_in_slices, slice_size
+    from hawqc.verify_slices import run_in_slices
 
     model = make_model(side)
     hardware, semantic = Executor(model, mode="hardware"), Executor(model)

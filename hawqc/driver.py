@@ -24,15 +24,15 @@ from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.backends.project_name import check_name_free, check_project_name
 from hawqc.bops import bops_summary
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError, UserInputError
 from hawqc.float_parts_option import FloatPartsOutcome, apply_default_precision, check_float_options
 from hawqc.frontends.hawq_export import HawqExportReading, check_semantics, read_as_hawq
 from hawqc.frontends.load import PyTorchOptions, load_model
 from hawqc.ir.layout import describe_layouts
 from hawqc.layer_table import build_table
 from hawqc.mismatch_trace import trace_mismatch
-from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.output_dir import OutputDirectory
+from hawqc.passes.manager import PassManager, PassRecord
 from hawqc.progress import spinner
 from hawqc.report import CompileReport
 from hawqc.user_data import UserData, check_files, compare_expected, load_user_data, write_test_bench
@@ -137,19 +137,19 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     # Everything that can be checked without writing is checked before anything is written.
     backend = get_backend(options.backend)
     if options.verify_samples < 0:
-        raise UserInputError(f"--verify must be a non-negative count, got {options.verify_samples}")
+        raise OptionError(f"{{}} must be a non-negative count, got {options.verify_samples}", "verify_samples")
     if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
         # numpy's generators take any non-negative integer and nothing else (hawqc.sim.inputs).
-        raise UserInputError(f"--seed must be a non-negative integer, got {options.seed!r}")
+        raise OptionError(f"{{}} must be a non-negative integer, got {options.seed!r}", "seed")
     if options.io_type not in ("io_parallel", "io_stream"):
-        raise UserInputError(f"--io-type must be io_parallel or io_stream, got {options.io_type!r}")
+        raise OptionError(f"{{}} must be io_parallel or io_stream, got {options.io_type!r}", "io_type")
     check_semantics(options.hawq_export_semantics)
     output = OutputDirectory(outdir, force=options.force, reads=(model_path, options.inputs, options.outputs))
     output.check()
     check_files(options.inputs, options.outputs)
     default_precision = check_float_options(options.default_precision, options.tolerance)
     if options.inputs is not None and options.verify_samples:
-        raise UserInputError("--inputs verifies every sample of its file; leave out --verify N")
+        raise OptionError("{} verifies every sample of its file; leave out {}", ("inputs", "verify_samples"))
     check_project_name(options.project_name)
     manager = PassManager.parse(options.pipeline)
     if options.configure_passes is not None:

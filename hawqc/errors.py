@@ -14,6 +14,8 @@ one line, exit code 3, its traceback written to a file the line names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 EXIT_OK = 0
 EXIT_DIFFERENCE = 1
 EXIT_USER_ERROR = 2
@@ -30,10 +32,42 @@ class HawqcError(Exception):
 
 
 class UserInputError(HawqcError):
-    """The user's model, file or option is wrong or unreadable (exit code 2)."""
+    """The user's model, file or option is wrong or unreadable (exit code 2).
+
+    A message about an argument of the Python API, which is a flag on the command line, names it as
+    Python does (`verify_samples must be ...`), and the command line spells it as its flag instead
+    (`--verify must be ...`, `hawqc.cli`): `message` holds `{}` where a name goes and `option` is
+    the Python name (of `CompileOptions`, `HlsSettings`, `PyTorchOptions`...), or a tuple of them,
+    one per `{}`."""
 
     exit_code = EXIT_USER_ERROR
     label = "error"
+
+    def __init__(self, message: str, *, option: str | tuple[str, ...] | None = None) -> None:
+        self.template = message
+        self.options = () if option is None else (option,) if isinstance(option, str) else tuple(option)
+        super().__init__(self.spelled(lambda name: name))
+
+    @property
+    def option(self) -> str | None:
+        """The (first) option the message names, by its Python name."""
+        return self.options[0] if self.options else None
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each option (in the order of the `{}`s) named `spell(python_name)`."""
+        text = self.template
+        for name in self.options:
+            text = text.replace("{}", spell(name), 1)
+        return text
+
+
+class OptionError(UserInputError):
+    """A wrong argument of the Python API (a flag on the command line): `OptionError(message, option)`,
+    see `UserInputError`. Raised again with the message alone (as the pass manager does to add
+    where it happened), it is a plain message."""
+
+    def __init__(self, message: str, option: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(message, option=option)
 
 
 class UnsupportedModelError(UserInputError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError
 from hawqc.ir import default_precision
 from hawqc.ir.default_precision import FloatParts
 from hawqc.ir.qtypes import FixedType
@@ -22,10 +22,10 @@ from hawqc.ir.qtypes import FixedType
 def check_float_options(spelling: str | None, tolerance: float | None) -> FixedType | None:
     """The parsed default precision (None without the option); UserInputError naming the option."""
     if tolerance is not None and (not math.isfinite(tolerance) or tolerance < 0):
-        raise UserInputError(f"--tolerance must be a non-negative number of output LSBs, got {tolerance!r}")
+        raise OptionError(f"{{}} must be a non-negative number of output LSBs, got {tolerance!r}", "tolerance")
     if spelling is None:
         return None
-    return default_precision.parse_default_precision(spelling)
+    return default_precision.parse_default_precision(spelling, option="default_precision")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hawqc import temporaries
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError, UserInputError
 
 LOCK_SUFFIX = ".hawqc-lock"
 _RENAME_EXCHANGE = 2
@@ -120,7 +120,7 @@ class OutputDirectory:
         except OSError as error:
             raise UserInputError(f"{self.given}: cannot read the directory ({error.strerror})") from None
         if not empty and not self.force:
-            raise UserInputError(f"{self.given}: directory is not empty (use --force to replace it)")
+            raise OptionError(f"{self.given}: directory is not empty (use {{}} to replace it)", "force=True")
 
     # --- writing ------------------------------------------------------------------------------------
 

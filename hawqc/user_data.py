@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError, UserInputError
 from hawqc.ir.layout import layout_permutations
 
 TB_DIR = "tb_data"
@@ -50,7 +50,7 @@ class UserData:
 def check_files(inputs: Path | None, outputs: Path | None) -> None:
     """What can be said before the model is loaded: files exist and are named .npy."""
     if outputs is not None and inputs is None:
-        raise UserInputError(f"{outputs}: --outputs needs --inputs (the inputs those outputs belong to)")
+        raise OptionError(f"{outputs}: {{}} needs {{}} (the inputs those outputs belong to)", ("outputs", "inputs"))
     for path in (inputs, outputs):
         if path is None:
             continue

@@ -1,8 +1,8 @@
 """Verification in bounded memory: the samples go through hardware mode, semantic mode and the C
 simulation a slice at a time, whatever N and whatever the terminal.
 
-A slice holds as many samples as keep its working set under `SLICE_BYTES`, estimated from the
-shapes in the IR (`sample_bytes`), and at least one. The drawn inputs are made a slice at a time
+A slice holds as many samples as keep its working set under `hawqc.sim.slicing.SLICE_BYTES`,
+estimated from the shapes in the IR (`sample_bytes`), and at least one. The drawn inputs are made a slice at a time
 too (`hawqc.sim.inputs.draw_input_slices`: bit for bit the samples `draw_inputs` gives for the same
 seed and N, so a seed still reproduces a run and a mismatch's saved input is the same sample), and
 only what the result needs outlives its slice: the counts and largest differences
@@ -28,75 +28,9 @@ import onnx_ir as ir
 
 from hawqc.progress import bar, slice_length
 from hawqc.sim.inputs import draw_input_slices
+from hawqc.sim.slicing import slice_size
 from hawqc.user_data import bench_samples
 from hawqc.verify import Differences
-
-# What one slice may hold: the executors' intermediate values and the verification's own arrays.
-SLICE_BYTES = 256 << 20
-# Bytes per value an executor may hold: hardware mode's longdouble where float64 is too narrow.
-_VALUE_BYTES = 16
-# Per input value: the float32 sample, the C simulation's float64 copy, hardware mode's cast.
-_INPUT_BYTES = 4 + 8 + 16
-# Per output value: hardware, semantic and C simulation outputs, and two comparisons' float64
-# copies and differences.
-_OUTPUT_BYTES = 8 + 4 + 8 + 2 * 3 * 8
-
-
-def _per_sample(value: ir.Value) -> int | None:
-    dims = list(value.shape or ())[1:] if value.shape is not None else None
-    if dims is None or not all(isinstance(d, int) for d in dims):
-        return None
-    return math.prod(dims)
-
-
-def _runtime_values(model: ir.Model) -> list[ir.Value]:
-    """Values computed from the data (not folded from constants), in no particular order."""
-    graph = model.graph
-    live = {v for v in graph.inputs if v.name not in graph.initializers}
-    nodes = list(graph)
-    while True:
-        grown = False
-        for node in nodes:
-            if any(v in live for v in node.inputs if v is not None):
-                for out in node.outputs:
-                    if out not in live:
-                        live.add(out)
-                        grown = True
-        if not grown:
-            return list(live)
-
-
-def _patches(node: ir.Node) -> int:
-    """Values of a convolution's im2col patches per sample (`hawqc.sim.ops_conv`): one kernel window
-    of the input channels for every output position."""
-    if node.op_type != "Conv" or node.inputs[1] is None or node.inputs[1].shape is None:
-        return 0
-    out = _per_sample(node.outputs[0])
-    weight = [d for d in node.inputs[1].shape.dims if isinstance(d, int)]
-    if out is None or len(weight) != len(node.inputs[1].shape.dims) or not weight[0]:
-        return 0
-    return out // weight[0] * math.prod(weight[1:]) * max(1, node.attributes.get_int("group", 1))
-
-
-def sample_bytes(model: ir.Model) -> int:
-    """A bound on what verifying one sample holds: every value computed from the data (the
-    executor frees values after their last reader; counting all of them covers skip connections
-    held across a U-Net), the largest convolution's patches, and the slice's own input and outputs.
-    A value of unknown shape counts as the largest known one."""
-    values = _runtime_values(model)
-    sizes = [_per_sample(v) for v in values]
-    known = [s for s in sizes if s is not None]
-    largest = max(known, default=1)
-    held = sum(largest if s is None else s for s in sizes)
-    patches = max((_patches(node) for node in model.graph), default=0)
-    inputs = sum(_per_sample(v) or largest for v in model.graph.inputs if v.name not in model.graph.initializers)
-    outputs = sum(_per_sample(v) or largest for v in model.graph.outputs)
-    return (held + patches) * _VALUE_BYTES + inputs * _INPUT_BYTES + outputs * _OUTPUT_BYTES
-
-
-def slice_size(model: ir.Model, budget: int | None = None) -> int:
-    """Samples per slice: as many as fit in `budget` (default `SLICE_BYTES`), at least one."""
-    return max(1, (budget or SLICE_BYTES) // max(1, sample_bytes(model)))
 
 
 @dataclass

@@ -116,8 +116,8 @@ def test_a_bad_settings_file_is_one_line_naming_file_and_key(case: str, tmp_path
 
 
 BAD_FLAGS = {
-    "strategy": (["--strategy", "fast"], "--strategy: strategy must be one of latency, resource, got 'fast'"),
-    "reuse": (["--reuse-factor", "0"], "--reuse-factor: reuse factor must be a positive integer, got 0"),
+    "strategy": (["--strategy", "fast"], "--strategy must be one of latency, resource, got 'fast'"),
+    "reuse": (["--reuse-factor", "0"], "--reuse-factor must be a positive integer, got 0"),
     "part": (["--part", "xc vu"], "--part 'xc vu': a part name is letters"),
     "clock": (["--clock-period", "-1"], "--clock-period must be a positive number of nanoseconds, got -1.0"),
     "project": (["--project-name", "1st"], "--project-name '1st' is not a C identifier"),

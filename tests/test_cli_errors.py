@@ -40,7 +40,7 @@ def _quant_with_scale(shape) -> onnx.ModelProto:
     "args, message",
     [
         (["--seed", "-1", "--verify", "5"], "--seed must be a non-negative integer, got -1"),
-        (["--reuse-factor", str(2**31)], "reuse factor 2147483648 is above 2147483647"),
+        (["--reuse-factor", str(2**31)], "--reuse-factor 2147483648 is above 2147483647"),
         (["--clock-period", "1e-300"], "--clock-period 1e-300 ns is outside"),
         (["--clock-period", "1e300"], "--clock-period 1e+300 ns is outside"),
         (["--project-name", "int"], "--project-name 'int' is a C++ keyword"),

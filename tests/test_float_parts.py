@@ -65,7 +65,7 @@ def test_spellings(text, expected):
 
 @pytest.mark.parametrize("text", ["fixed<16>", "float", "fixed<1,1>", "fixed<40,6>", "fixed<16,6,ROUND>", "fixed<16,6,RND,CLAMP>"])
 def test_bad_spellings_name_the_option(text):
-    with pytest.raises(UserInputError, match="^--default-precision"):
+    with pytest.raises(UserInputError, match="^default_precision"):
         default_precision.parse_default_precision(text)
 
 

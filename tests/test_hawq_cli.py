@@ -113,7 +113,7 @@ def test_allow_pickle_loads_the_module_and_warns(saved, tmp_path, capsys):
     text = tmp_path / "whole.onnxtxt"
     code, _, err = run_cli(capsys, opt_main, saved["whole"], "--allow-pickle", "--input-shape", "1,16", "-o", text)
     assert code == 0, err
-    assert err.strip() == f"hawqc-opt: warning: --allow-pickle: loading {saved['whole']} executes code from the file"
+    assert err.strip() == f"hawqc-opt: warning: pickle allowed: loading {saved['whole']} executes code from the file"
     expected = tmp_path / "expected.onnxtxt"
     hawqc.save(hawqc.lift(calibrated_tiny_mlp(), torch.zeros(1, 16)), expected)
     assert text.read_text() == expected.read_text()

@@ -191,6 +191,23 @@ def test_the_files_float32_arithmetic_differs_and_is_counted(exports, readings):
     assert 0 <= reading.samples_with_other_codes <= differing
 
 
+def test_the_measurement_runs_in_slices_with_the_same_counts(exports, readings, monkeypatch):
+    """A memory budget of one sample: every sample a slice of its own, the counts of one batch."""
+    from hawqc.sim import slicing
+
+    monkeypatch.setattr(slicing, "SLICE_BYTES", 1)
+    batches = []
+    real_run = Executor.run
+    monkeypatch.setattr(Executor, "run", lambda self, inputs, **kw: batches.append(len(next(iter(inputs.values())))) or real_run(self, inputs, **kw))
+    sliced = read_as_hawq(hawqc.load(exports["mlp"]["path"]), source="mlp", samples=40)
+    whole = readings["mlp"][1]
+    assert batches == [1] * 80 and sliced.samples == 40
+    monkeypatch.setattr(slicing, "SLICE_BYTES", 1 << 40)
+    once = read_as_hawq(hawqc.load(exports["mlp"]["path"]), source="mlp", samples=40)
+    assert (sliced.samples_with_other_codes, sliced.samples_with_other_outputs) == (once.samples_with_other_codes, once.samples_with_other_outputs)
+    assert whole.samples_with_other_outputs > 0
+
+
 def test_mlp_cli_compiles_bit_exact_and_reports_the_reading(exports, tmp_path, capsys):
     out = tmp_path / "proj"
     argv = [str(exports["mlp"]["path"]), "-o", str(out), "--verify", "300", "--hawq-export-semantics", "hawq"]
@@ -253,12 +270,12 @@ def test_a_file_without_the_pattern_is_one_line_naming_the_option(exports, tmp_p
     assert "--hawq-export-semantics hawq: no HAWQ-export requantization" in err and "without the option" in err
     assert not (tmp_path / "proj").exists()
     # The older exporter (no activation Quants): not this pattern either.
-    with pytest.raises(UserInputError, match="--hawq-export-semantics hawq"):
+    with pytest.raises(UserInputError, match="hawq_export_semantics='hawq'"):
         read_as_hawq(hawqc.load(exports["mlp-old-branch"]["path"]), source="old")
 
 
 def test_unknown_semantics_is_refused(exports, tmp_path):
-    with pytest.raises(UserInputError, match="--hawq-export-semantics must be one of file, hawq"):
+    with pytest.raises(UserInputError, match="^hawq_export_semantics must be one of file, hawq"):
         compile_model(exports["mlp"]["path"], tmp_path / "proj", CompileOptions(hawq_export_semantics="float"))
 
 

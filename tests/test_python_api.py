@@ -58,3 +58,45 @@ def test_paths_may_be_strings(tmp_path) -> None:
     model = hawqc.load(str(JET_TAGGER))
     hawqc.save(model, str(tmp_path / "copy.onnx"))
     assert hawqc.load(tmp_path / "copy.onnx").graph.num_nodes() == model.graph.num_nodes()
+
+
+@pytest.mark.parametrize(
+    "make, python_name, flag, flag_value",
+    [
+        (lambda: hawqc.compile(JET_TAGGER, "p", hawqc.CompileOptions(verify_samples=-1)), "verify_samples must be", "--verify", "-1"),
+        (lambda: hawqc.compile(JET_TAGGER, "p", hawqc.CompileOptions(seed=-1)), "seed must be", "--seed", "-1"),
+        (lambda: hawqc.compile(JET_TAGGER, "p", hawqc.CompileOptions(io_type="io_serial")), "io_type must be", "--io-type", "io_serial"),
+        (lambda: hawqc.compile(JET_TAGGER, "p", hawqc.CompileOptions(project_name="int")), "project_name 'int'", "--project-name", "int"),
+        (lambda: hawqc.compile(JET_TAGGER, "p", hawqc.CompileOptions(tolerance=-1.0)), "tolerance must be", "--tolerance", "-1"),
+        (lambda: hawqc.compile(JET_TAGGER, "p", hawqc.CompileOptions(default_precision="fixed<1>")), "default_precision 'fixed<1>'", "--default-precision", "fixed<1>"),
+        (lambda: hawqc.HlsSettings(clock_period=-1.0), "clock_period must be", "--clock-period", "-1"),
+        (lambda: hawqc.HlsSettings(reuse_factor=0), "reuse_factor must be", "--reuse-factor", "0"),
+        (lambda: hawqc.HlsSettings(strategy="fast"), "strategy must be", "--strategy", "fast"),
+        (lambda: hawqc.HlsSettings(part="a b"), "part 'a b'", "--part", "a b"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_argument_in_python_and_the_flag_on_the_command_line(
+    make, python_name, flag, flag_value, tmp_path, monkeypatch, capsys
+) -> None:
+    from conftest import one_error_line, run_cli
+
+    from hawqc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hawqc.UserInputError) as info:
+        make()
+    assert str(info.value).startswith(python_name) and "--" not in str(info.value)
+    code, _, err = run_cli(capsys, main, JET_TAGGER, "-o", tmp_path / "proj", f"{flag}={flag_value}")
+    line = one_error_line(err)
+    assert code == 2 and line.startswith(f"hawqc: error: {flag}"), line
+    assert f"error: {python_name}" not in line
+
+
+def test_a_pickled_module_names_its_opt_in_for_python_and_the_command_line(tmp_path) -> None:
+    from hawqc.errors import UserInputError
+
+    err = UserInputError("x.pt: pickled; pass {} if you trust it", option="allow_pickle=True")
+    assert str(err) == "x.pt: pickled; pass allow_pickle=True if you trust it"
+    from hawqc.cli_run import as_flags
+
+    assert as_flags(err) == "x.pt: pickled; pass --allow-pickle if you trust it"

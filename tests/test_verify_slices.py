@@ -12,13 +12,14 @@ import pytest
 from cnn_models import CnnBuilder
 from conftest import JET_TAGGER, REPO, run_cli
 
-from hawqc import user_data, verify_slices
+from hawqc import user_data
 from hawqc.backends import csim
 from hawqc.cli import main
 from hawqc.driver import CompileOptions, compile_model, verify_project
 from hawqc.frontends.load import load_model
 from hawqc.passes.manager import PassManager
 from hawqc.sim import executor as executor_module
+from hawqc.sim import slicing
 from hawqc.sim.inputs import draw_input_slices, draw_inputs, input_range
 
 DIGITS_CNN = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"
@@ -95,11 +96,11 @@ def test_slices_are_sized_from_the_shapes_of_the_model():
     jet, small, large = compiled_model(JET_TAGGER), image_model(8), image_model(256)
     # One 256x256 sample: three 16-channel maps and the 3x3x3 patches of 65,536 positions, 16 bytes each.
     values = 3 * 256 * 256 * 16 + 256 * 256 * 27
-    assert verify_slices.sample_bytes(large) >= values * 16
-    assert verify_slices.sample_bytes(small) * 1000 < verify_slices.sample_bytes(large)
-    assert verify_slices.slice_size(large) * verify_slices.sample_bytes(large) <= verify_slices.SLICE_BYTES
-    assert verify_slices.slice_size(large) < 20 < verify_slices.slice_size(small) < verify_slices.slice_size(jet)
-    assert verify_slices.slice_size(large, budget=1) == 1  # at least one sample
+    assert slicing.sample_bytes(large) >= values * 16
+    assert slicing.sample_bytes(small) * 1000 < slicing.sample_bytes(large)
+    assert slicing.slice_size(large) * slicing.sample_bytes(large) <= slicing.SLICE_BYTES
+    assert slicing.slice_size(large) < 20 < slicing.slice_size(small) < slicing.slice_size(jet)
+    assert slicing.slice_size(large, budget=1) == 1  # at least one sample
 
 
 # --- verifying in slices -------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_slices_give_the_result_of_one_batch(jet_project, monkeypatch, differ_at
 
 def test_off_a_terminal_the_command_line_verifies_in_slices_too(tmp_path, capsys, monkeypatch):
     # A memory budget of one sample: each of the 12 samples is a slice of its own.
-    monkeypatch.setattr(verify_slices, "SLICE_BYTES", 1)
+    monkeypatch.setattr(slicing, "SLICE_BYTES", 1)
     batches = recorded_batches(monkeypatch)
     code, out, _ = run_cli(capsys, main, JET_TAGGER, "-o", tmp_path / "proj", "--verify", "12")
     assert code == 0 and "verify: 12/12 samples bit-exact" in out

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError, UserInputError
 
 STRATEGIES = ("latency", "resource")
 # Vendor part names are letters, digits, dashes, dots and underscores; anything else would break
@@ -67,15 +67,15 @@ class HlsSettings:
     part: str | None = None
     clock_period: float | None = None
     layers: Mapping[str, LayerSettings] = field(default_factory=dict)
-    source: str = "--config"
+    source: str = "HlsSettings"
 
     def __post_init__(self) -> None:
-        check_strategy(self.strategy, "--strategy")
-        check_reuse_factor(self.reuse_factor, "--reuse-factor")
+        check_strategy(self.strategy)
+        check_reuse_factor(self.reuse_factor)
         if self.part is not None and not _PART.fullmatch(self.part):
-            raise UserInputError(f"--part {self.part!r}: a part name is letters, digits, '-', '.' and '_'")
+            raise OptionError(f"{{}} {self.part!r}: a part name is letters, digits, '-', '.' and '_'", "part")
         if self.clock_period is not None and not (0 < self.clock_period < float("inf")):
-            raise UserInputError(f"--clock-period must be a positive number of nanoseconds, got {self.clock_period}")
+            raise OptionError(f"{{}} must be a positive number of nanoseconds, got {self.clock_period}", "clock_period")
         if self.clock_period is not None and not (MIN_CLOCK_PERIOD <= self.clock_period <= MAX_CLOCK_PERIOD):
             raise UserInputError(
                 f"--clock-period {self.clock_period} ns is outside {MIN_CLOCK_PERIOD:g}..{MAX_CLOCK_PERIOD:g} ns "
@@ -97,18 +97,29 @@ class HlsSettings:
                 raise UserInputError(f"{self.source}: layers.{name}: no such layer; layers: {', '.join(known)}")
 
 
-def check_strategy(value: object, where: str) -> str:
+def check_strategy(value: object, where: str | None = None) -> str:
+    """`value` lowercased if it names a strategy; else an error naming `where` (a settings file's
+    entry), or the option `strategy` itself."""
     if not isinstance(value, str) or value.lower() not in STRATEGIES:
-        raise UserInputError(f"{where}: strategy must be one of {', '.join(STRATEGIES)}, got {value!r}")
+        problem = f"must be one of {', '.join(STRATEGIES)}, got {value!r}"
+        if where is None:
+            raise OptionError(f"{{}} {problem}", "strategy")
+        raise UserInputError(f"{where}: strategy {problem}")
     return value.lower()
 
 
-def check_reuse_factor(value: object, where: str) -> int:
+def check_reuse_factor(value: object, where: str | None = None) -> int:
+    """`value` if it is a reuse factor hls4ml can take; else an error naming `where` (a settings
+    file's entry), or the option `reuse_factor` itself."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserInputError(f"{where}: reuse factor must be a positive integer, got {value!r}")
-    if value > MAX_REUSE_FACTOR:
-        raise UserInputError(f"{where}: reuse factor {value} is above {MAX_REUSE_FACTOR} (hls4ml's kernels hold it in a C int)")
-    return value
+        problem = f"must be a positive integer, got {value!r}"
+    elif value > MAX_REUSE_FACTOR:
+        problem = f"{value} is above {MAX_REUSE_FACTOR} (hls4ml's kernels hold it in a C int)"
+    else:
+        return value
+    if where is None:
+        raise OptionError(f"{{}} {problem}", "reuse_factor")
+    raise UserInputError(f"{where}: reuse factor {problem}")
 
 
 def read_settings_file(path: Path) -> tuple[LayerSettings, dict[str, LayerSettings]]:
@@ -177,14 +188,14 @@ def settings_from_options(
     """Command-line values over the settings file's model-wide values over the defaults."""
     model_wide, per_layer = (LayerSettings(), {}) if config_file is None else read_settings_file(Path(config_file))
     if strategy is not None:
-        strategy = check_strategy(strategy, "--strategy")
+        strategy = check_strategy(strategy)
     if reuse_factor is not None:
-        reuse_factor = check_reuse_factor(reuse_factor, "--reuse-factor")
+        reuse_factor = check_reuse_factor(reuse_factor)
     return HlsSettings(
         strategy=strategy or model_wide.strategy or "latency",
         reuse_factor=reuse_factor or model_wide.reuse_factor or 1,
         part=part,
         clock_period=clock_period,
         layers=per_layer,
-        source=str(config_file) if config_file is not None else "--config",
+        source=str(config_file) if config_file is not None else "HlsSettings",
     )

@@ -13,7 +13,7 @@ import re
 
 import onnx_ir as ir
 
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError
 
 # A file name is at most 255 bytes; hls4ml appends suffixes such as `_bridge.cpp` and `_prj`.
 MAX_LENGTH = 128
@@ -38,13 +38,13 @@ _RESERVED_PATTERN = re.compile(r"[wbs]\d+|config\d+|layer\d+_\w*|\w*_t|ap_\w*|AP
 def check_project_name(name: str) -> str:
     """`name` if it can name the project; UserInputError naming `--project-name` otherwise."""
     if not re.fullmatch(r"[A-Za-z_]\w*", name):
-        raise UserInputError(f"--project-name {name!r} is not a C identifier")
+        raise OptionError(f"{{}} {name!r} is not a C identifier", "project_name")
     if len(name) > MAX_LENGTH:
-        raise UserInputError(f"--project-name is {len(name)} characters long; at most {MAX_LENGTH} (it names files)")
+        raise OptionError(f"{{}} is {len(name)} characters long; at most {MAX_LENGTH} (it names files)", "project_name")
     if name in _CPP_KEYWORDS:
-        raise UserInputError(f"--project-name {name!r} is a C++ keyword")
+        raise OptionError(f"{{}} {name!r} is a C++ keyword", "project_name")
     if name in _RESERVED or _RESERVED_PATTERN.fullmatch(name):
-        raise UserInputError(f"--project-name {name!r} is a name the generated C++ uses itself; choose another")
+        raise OptionError(f"{{}} {name!r} is a name the generated C++ uses itself; choose another", "project_name")
     return name
 
 
@@ -52,4 +52,4 @@ def check_name_free(name: str, model: ir.Model) -> None:
     """The generated top function's input argument is named after the graph's input."""
     for value in model.graph.inputs:
         if value.name == name:
-            raise UserInputError(f"--project-name {name!r} is also the name of the model's input; choose another")
+            raise OptionError(f"{{}} {name!r} is also the name of the model's input; choose another", "project_name")

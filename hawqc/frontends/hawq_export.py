@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import UnsupportedModelError, UserInputError
+from hawqc.errors import OptionError, UnsupportedModelError, UserInputError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.dyadic import dyadic
@@ -65,7 +65,8 @@ from hawqc.passes.hawq_export_layers import (
 )
 
 SEMANTICS = ("file", "hawq")
-OPTION = "--hawq-export-semantics hawq"
+# How the refusals below name the option that asked for this reading (the command line: its flag).
+OPTION = "hawq_export_semantics='hawq'"
 READING_KEY = "hawqc.hawq_export.reading"
 # Codes entering a layer are enumerated by nobody here: the matcher's limit only bounds the
 # round-trip check of the codes a Div gives back, which is linear in the number of codes.
@@ -74,7 +75,7 @@ CODE_LIMIT = 1 << 24
 
 def check_semantics(semantics: str) -> None:
     if semantics not in SEMANTICS:
-        raise UserInputError(f"--hawq-export-semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
+        raise OptionError(f"{{}} must be one of {', '.join(SEMANTICS)}, got {semantics!r}", "hawq_export_semantics")
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,8 @@ def read_as_hawq(model: ir.Model, *, source: str = "the model", samples: int = 1
     layers = [layer for node in graph if (layer := _layer(node)) is not None]
     if not layers:
         raise UserInputError(
-            f"{source}: {OPTION}: no HAWQ-export requantization (Mul(k) -> Relu? -> Quant(s_a) -> Div(s_a)) "
-            f"found; compile this file without the option"
+            f"{source}: {{}}: no HAWQ-export requantization (Mul(k) -> Relu? -> Quant(s_a) -> Div(s_a)) "
+            f"found; compile this file without the option", option=OPTION
         )
     input_quant, input_divs = _input_quantizer(graph, source)
     output = _output_layer(graph, source)
@@ -142,12 +143,12 @@ def read_as_hawq(model: ir.Model, *, source: str = "the model", samples: int = 1
         div = selection_source(core.inputs[0]).producer()
         if div not in code_divs:
             raise UnsupportedModelError(
-                f"{describe(core)}: {OPTION}: its input is not the codes of a HAWQ-export activation "
-                f"(Quant(s_a) -> Div(s_a))"
+                f"{describe(core)}: {{}}: its input is not the codes of a HAWQ-export activation "
+                f"(Quant(s_a) -> Div(s_a))", option=OPTION
             )
     leftover = [node for node in graph if node.op_type == "Div" and node.domain == "" and node not in code_divs]
     if leftover:
-        raise UnsupportedModelError(f"{describe(leftover[0])}: {OPTION}: a Div that is not part of a HAWQ-export layer")
+        raise UnsupportedModelError(f"{describe(leftover[0])}: {{}}: a Div that is not part of a HAWQ-export layer", option=OPTION)
 
     original = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if samples else None
     requantizations = tuple(_rewrite_layer(graph, layer) for layer in layers)
@@ -176,8 +177,8 @@ def _layer(node: ir.Node) -> Layer | None:
         return None
     if layer.divisor.reshape(-1).view(np.uint32)[0] != layer.quant.scale.reshape(-1).view(np.uint32)[0]:
         raise UnsupportedModelError(
-            f"{describe(layer.readers[0])}: {OPTION}: divides by {float(layer.divisor.reshape(-1)[0])!r}, not by "
-            f"the activation scale {float(layer.quant.scale.reshape(-1)[0])!r} of {describe(node)}"
+            f"{describe(layer.readers[0])}: {{}}: divides by {float(layer.divisor.reshape(-1)[0])!r}, not by "
+            f"the activation scale {float(layer.quant.scale.reshape(-1)[0])!r} of {describe(node)}", option=OPTION
         )
     return layer
 
@@ -186,18 +187,18 @@ def _input_quantizer(graph: ir.Graph, source: str) -> tuple[ir.Node, list[ir.Nod
     """The graph input's `Quant(x, s_in)` and the Divs by `s_in` that turn it into codes."""
     data_inputs = [value for value in graph.inputs if value.name not in graph.initializers]
     if len(data_inputs) != 1:
-        raise UnsupportedModelError(f"{source}: {OPTION}: a HAWQ export has one input, this graph has {len(data_inputs)}")
+        raise UnsupportedModelError(f"{source}: {{}}: a HAWQ export has one input, this graph has {len(data_inputs)}", option=OPTION)
     uses = data_inputs[0].uses()
     node = uses[0][0] if len(uses) == 1 else None
     params = quant_params(node) if node is not None and uses[0][1] == 0 else None
     divs = reading_divs(node.outputs[0]) if params is not None else None
     if not divs:
         raise UnsupportedModelError(
-            f"{source}: {OPTION}: the graph input '{data_inputs[0].name}' is not read by a HAWQ-export input "
-            f"quantizer Quant(x, s_in) -> Div(s_in)"
+            f"{source}: {{}}: the graph input '{data_inputs[0].name}' is not read by a HAWQ-export input "
+            f"quantizer Quant(x, s_in) -> Div(s_in)", option=OPTION
         )
     if any(constant(div.inputs[1]).reshape(-1).view(np.uint32)[0] != params.scale.reshape(-1).view(np.uint32)[0] for div in divs):
-        raise UnsupportedModelError(f"{describe(divs[0])}: {OPTION}: does not divide by the input scale of {describe(node)}")
+        raise UnsupportedModelError(f"{describe(divs[0])}: {{}}: does not divide by the input scale of {describe(node)}", option=OPTION)
     return node, divs
 
 
@@ -207,7 +208,7 @@ def _output_layer(graph: ir.Graph, source: str) -> _OutputLayer:
     operands = scalar_operand(mul) if mul is not None and mul.op_type == "Mul" and mul.domain == "" else None
     if operands is None or not float(operands[1].reshape(-1)[0]) > 0:
         raise UnsupportedModelError(
-            f"{source}: {OPTION}: the graph output is not a HAWQ-export last layer's Mul(acc, s_w * s_prev)"
+            f"{source}: {{}}: the graph output is not a HAWQ-export last layer's Mul(acc, s_w * s_prev)", option=OPTION
         )
     accumulator, k = operands
     core = accumulator.producer()
@@ -215,7 +216,7 @@ def _output_layer(graph: ir.Graph, source: str) -> _OutputLayer:
         data = [value for value in core.inputs if constant(value) is None]
         core = data[0].producer() if len(data) == 1 else None
     if core is None or core.domain != "" or core.op_type not in ("MatMul", "Conv") or constant(core.inputs[1]) is None:
-        raise UnsupportedModelError(f"{describe(mul)}: {OPTION}: not the Mul of a MatMul / Conv layer's accumulator")
+        raise UnsupportedModelError(f"{describe(mul)}: {{}}: not the Mul of a MatMul / Conv layer's accumulator", option=OPTION)
     return _OutputLayer(core, mul, accumulator, float(k.reshape(-1)[0]))
 
 
@@ -325,26 +326,28 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
 
 
 def _measure(original: ir.Model, normalized: ir.Model, reading: HawqExportReading, samples: int, seed: int) -> HawqExportReading:
+    """Count the samples where the file's arithmetic gives other codes or outputs than HAWQ's, in
+    slices (`hawqc.sim.slicing`): `--verify 1000000000` measures on that many samples in the memory
+    of one slice. The samples are `draw_inputs(original, samples, seed)`, drawn a slice at a time."""
     from hawqc.sim.executor import Executor
-    from hawqc.sim.inputs import draw_inputs
+    from hawqc.sim.inputs import draw_input_slices
+    from hawqc.sim.slicing import slice_size
 
-    inputs = draw_inputs(original, samples, seed)
-    file_values = Executor(original).run(inputs, keep_intermediates=True)
-    hawq_values = Executor(normalized).run(inputs, keep_intermediates=True)
-    other_codes = np.zeros(samples, dtype=bool)
-    for requantization in reading.requantizations:
-        name = requantization.codes
-        file_codes = np.rint(file_values[name].astype(np.float64) / requantization.activation_scale)
-        other_codes |= (file_codes != hawq_values[name]).reshape(samples, -1).any(axis=1)
-    output = original.graph.outputs[0].name
-    hawq_output = hawq_values[normalized.graph.outputs[0].name].astype(np.float32) * np.float32(reading.output_scale)
-    other_outputs = (file_values[output] != hawq_output).reshape(samples, -1).any(axis=1)
+    name = original.graph.inputs[0].name
+    file_run, hawq_run = Executor(original), Executor(normalized)
+    other_codes = other_outputs = 0
+    for x in draw_input_slices(original, samples, seed, slice_size(original)):
+        file_values = file_run.run({name: x}, keep_intermediates=True)
+        hawq_values = hawq_run.run({name: x}, keep_intermediates=True)
+        codes_differ = np.zeros(len(x), dtype=bool)
+        for requantization in reading.requantizations:
+            codes = requantization.codes
+            file_codes = np.rint(file_values[codes].astype(np.float64) / requantization.activation_scale)
+            codes_differ |= (file_codes != hawq_values[codes]).reshape(len(x), -1).any(axis=1)
+        output = original.graph.outputs[0].name
+        hawq_output = hawq_values[normalized.graph.outputs[0].name].astype(np.float32) * np.float32(reading.output_scale)
+        other_codes += int(codes_differ.sum())
+        other_outputs += int((file_values[output] != hawq_output).reshape(len(x), -1).any(axis=1).sum())
     return HawqExportReading(
-        reading.requantizations,
-        reading.input_scale,
-        reading.output_scale,
-        samples,
-        int(other_codes.sum()),
-        int(other_outputs.sum()),
+        reading.requantizations, reading.input_scale, reading.output_scale, samples, other_codes, other_outputs
     )
-

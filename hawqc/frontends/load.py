@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError
 
 PYTORCH_SUFFIXES = frozenset({".pt", ".pth"})
 
@@ -43,7 +43,7 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         dims = ()
     if not dims or any(d <= 0 for d in dims):
-        raise UserInputError(f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,16")
+        raise OptionError(f"{{}} {text!r}: expected comma-separated positive integers, e.g. 1,16", "input_shape")
     return dims
 
 
@@ -56,7 +56,7 @@ def load_model(path: str | Path, pytorch: PyTorchOptions | None = None, *, verif
 
         return load_pytorch(path, pytorch, verify_ir=verify_ir)
     if pytorch != PyTorchOptions():
-        raise UserInputError(f"{path}: --model-factory, --input-shape and --allow-pickle are for .pt / .pth models only")
+        raise OptionError(f"{path}: {{}} are for .pt / .pth models only", "options.pytorch (model factory, input shape, pickle opt-in)")
     from hawqc.frontends.onnx import load_onnx
 
     return load_onnx(path, verify_ir=verify_ir)

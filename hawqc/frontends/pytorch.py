@@ -28,7 +28,7 @@ from typing import Any
 import onnx_ir as ir
 import torch
 
-from hawqc.errors import HawqcError, UnsupportedModelError, UserInputError
+from hawqc.errors import HawqcError, OptionError, UnsupportedModelError, UserInputError
 from hawqc.frontends.load import PyTorchOptions
 
 
@@ -36,25 +36,25 @@ def load_factory(spec: str) -> Callable[[], Any]:
     """The function named by `package.module:function` or `path/to/file.py:function`."""
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name.isidentifier():
-        raise UserInputError(f"--model-factory {spec!r}: expected package.module:function or path/to/file.py:function")
+        raise OptionError(f"{{}} {spec!r}: expected package.module:function or path/to/file.py:function", "model_factory")
     if where.endswith(".py"):
         module = _import_file(Path(where), spec)
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as err:
-            raise UserInputError(f"--model-factory {spec!r}: cannot import {where} ({err})") from None
+            raise OptionError(f"{{}} {spec!r}: cannot import {where} ({err})", "model_factory") from None
         except Exception as err:
-            raise UserInputError(f"--model-factory {spec!r}: importing {where} failed ({_one_line(err)})") from None
+            raise OptionError(f"{{}} {spec!r}: importing {where} failed ({_one_line(err)})", "model_factory") from None
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise UserInputError(f"--model-factory {spec!r}: {where} has no function {name!r}")
+        raise OptionError(f"{{}} {spec!r}: {where} has no function {name!r}", "model_factory")
     return factory
 
 
 def _import_file(path: Path, spec: str):
     if not path.is_file():
-        raise UserInputError(f"--model-factory {spec!r}: {path}: no such file")
+        raise OptionError(f"{{}} {spec!r}: {path}: no such file", "model_factory")
     # Registered under its own name (unless taken) so that a pickled module whose classes live in
     # this file (`--allow-pickle`) unpickles, and dataclasses resolve their annotations.
     name = path.stem if path.stem not in sys.modules else f"hawqc_factory_{path.stem}"
@@ -65,7 +65,7 @@ def _import_file(path: Path, spec: str):
         module_spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[name]
-        raise UserInputError(f"--model-factory {spec!r}: importing {path} failed ({_one_line(err)})") from None
+        raise OptionError(f"{{}} {spec!r}: importing {path} failed ({_one_line(err)})", "model_factory") from None
     return module
 
 
@@ -81,15 +81,15 @@ def load_pytorch_model(path: str | Path, options: PyTorchOptions) -> torch.nn.Mo
         return contents.cpu().eval()
     state_dict = _state_dict(contents, path)
     if factory is None:
-        raise UserInputError(
-            f"{path}: holds a state_dict; give the model that loads it with --model-factory package.module:function"
+        raise OptionError(
+            f"{path}: holds a state_dict; give the model that loads it with {{}} package.module:function", "model_factory"
         )
     model = _build(factory, options.model_factory)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        raise UserInputError(f"{path}: does not fit the model of --model-factory {options.model_factory!r}: "
-                             f"{_key_mismatch(model, state_dict) or _first_problem(err)}") from None  # fmt: skip
+        raise OptionError(f"{path}: does not fit the model of {{}} {options.model_factory!r}: "
+                          f"{_key_mismatch(model, state_dict) or _first_problem(err)}", "model_factory") from None  # fmt: skip
     return model.cpu().eval()
 
 
@@ -98,13 +98,13 @@ def _read(path: Path, allow_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not allow_pickle:
-            raise UserInputError(
+            raise OptionError(
                 f"{path}: not a plain state_dict (a pickled module?); loading it executes code from the file: "
-                "save model.state_dict() instead, or pass --allow-pickle if you trust the file"
+                "save model.state_dict() instead, or pass {} if you trust the file", "allow_pickle=True"
             ) from None
     except Exception as err:
         raise UserInputError(f"{path}: cannot read as a PyTorch file ({_one_line(err)})") from None
-    warnings.warn(f"--allow-pickle: loading {path} executes code from the file", UserWarning, stacklevel=2)
+    warnings.warn(f"pickle allowed: loading {path} executes code from the file", UserWarning, stacklevel=2)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
@@ -126,10 +126,10 @@ def _build(factory: Callable[[], Any], spec: str) -> torch.nn.Module:
     except HawqcError:
         raise
     except Exception as err:
-        raise UserInputError(f"--model-factory {spec!r}: the factory raised {_one_line(err)}") from None
+        raise OptionError(f"{{}} {spec!r}: the factory raised {_one_line(err)}", "model_factory") from None
     if not isinstance(model, torch.nn.Module):
-        raise UserInputError(
-            f"--model-factory {spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module"
+        raise OptionError(
+            f"{{}} {spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module", "model_factory"
         )
     return model
 
@@ -174,7 +174,7 @@ def load_pytorch(path: str | Path, options: PyTorchOptions, *, verify_ir: bool =
     if not Path(path).is_file():
         raise UserInputError(f"{path}: no such file")
     if options.input_shape is None:
-        raise UserInputError(f"{path}: a PyTorch model needs --input-shape (e.g. --input-shape 1,16)")
+        raise OptionError(f"{path}: a PyTorch model needs {{}} (e.g. 1,16)", "input_shape")
     model = load_pytorch_model(path, options)
     example = torch.zeros(options.input_shape)
     shape = ",".join(map(str, options.input_shape))
@@ -184,7 +184,7 @@ def load_pytorch(path: str | Path, options: PyTorchOptions, *, verify_ir: bool =
     except HawqcError:
         raise
     except Exception as err:
-        raise UserInputError(f"{path}: the model does not run on --input-shape {shape} ({_one_line(err)})") from None
+        raise OptionError(f"{path}: the model does not run on {{}} {shape} ({_one_line(err)})", "input_shape") from None
     try:
         lifted = lift(model, example)
     except UnsupportedModelError as err:

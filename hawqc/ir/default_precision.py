@@ -43,7 +43,7 @@ from fractions import Fraction
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import UserInputError
+from hawqc.errors import OptionError
 from hawqc.ir.qtypes import ROUNDING_MODES, SATURATION_MODES, FixedType
 
 METADATA_KEY = "hawqc.default_precision"
@@ -60,24 +60,24 @@ _SPELLING = re.compile(
 )
 
 
-def parse_default_precision(text: str, option: str = "--default-precision") -> FixedType:
+def parse_default_precision(text: str, option: str = "default_precision") -> FixedType:
     """`fixed<W,I>`, `ufixed<W,I>` (also `ap_fixed` / `ap_ufixed`), optionally with a rounding and
     a saturation mode (`fixed<16,6,TRN,WRAP>`, `AP_` prefixes allowed); UserInputError naming the
     option otherwise."""
     match = _SPELLING.fullmatch(text.strip())
     usage = "expected e.g. fixed<16,6> or fixed<16,6,TRN,WRAP>"
     if match is None:
-        raise UserInputError(f"{option} {text!r}: not a fixed-point type ({usage})")
+        raise OptionError(f"{{}} {text!r}: not a fixed-point type ({usage})", option)
     width, integer = int(match["width"]), int(match["integer"])
     rounding = (match["rounding"] or DEFAULT_ROUNDING).upper()
     saturation = (match["saturation"] or DEFAULT_SATURATION).upper()
     if not 2 <= width <= 32:
-        raise UserInputError(f"{option} {text!r}: width must be 2..32 bits, got {width}")
+        raise OptionError(f"{{}} {text!r}: width must be 2..32 bits, got {width}", option)
     if rounding not in ROUNDING_MODES:
-        raise UserInputError(f"{option} {text!r}: unknown rounding mode {rounding} (known: {', '.join(sorted(ROUNDING_MODES))})")
+        raise OptionError(f"{{}} {text!r}: unknown rounding mode {rounding} (known: {', '.join(sorted(ROUNDING_MODES))})", option)
     if saturation not in SATURATION_MODES:
-        raise UserInputError(
-            f"{option} {text!r}: unknown saturation mode {saturation} (known: {', '.join(sorted(SATURATION_MODES))})"
+        raise OptionError(
+            f"{{}} {text!r}: unknown saturation mode {saturation} (known: {', '.join(sorted(SATURATION_MODES))})", option
         )
     return FixedType(width, integer, match["kind"] == "fixed", rounding, saturation)
 

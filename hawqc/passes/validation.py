@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import DifferenceFound, UnsupportedModelError, UserInputError, VerificationError
+from hawqc.errors import DifferenceFound, OptionError, UnsupportedModelError, UserInputError, VerificationError
 from hawqc.ir.layout import Permutation, compose, invert, is_identity, layout_permutations
 from hawqc.passes.instrumentation import PassInstrumentation
 
@@ -48,12 +48,12 @@ class TranslationValidator(PassInstrumentation):
         try:
             self._inputs = draw_inputs(model, self.samples, self.seed)
         except MemoryError:
-            raise UserInputError(f"--validate {self.samples}: not enough memory for that many inputs") from None
+            raise OptionError(f"{{}} {self.samples}: not enough memory for that many inputs", "validate") from None
         self._layouts = layout_permutations(model)
         try:
             self._reference = self._run(model, self._inputs)
         except UnsupportedModelError as err:
-            raise UserInputError(f"--validate: the semantic executor cannot run this model ({err})") from None
+            raise OptionError(f"{{}}: the semantic executor cannot run this model ({err})", "validate") from None
 
     def after_pass(self, pass_: Pass, model: ir.Model, record: PassRecord) -> None:
         changes = self._layout_changes(model, record)

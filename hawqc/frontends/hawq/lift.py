@@ -77,10 +77,10 @@ import onnx_ir as ir
 import torch
 
 from hawqc.errors import UnsupportedModelError
-from hawqc.ir.dyadic import dyadic
-from hawqc.ir.shape_inference import infer_shapes
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
+from hawqc.ir.dyadic import dyadic
+from hawqc.ir.shape_inference import infer_shapes
 
 FLOAT32_EXACT_INTEGERS = 2**24
 OUTPUT_SCALE_KEY = "hawqc.hawq.output_scale"
