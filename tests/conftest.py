@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import onnx_ir as ir
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,3 +47,16 @@ def one_error_line(err: str, prog: str = "hawqc") -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith(f"{prog}: error: ")
     return lines[0]
+
+
+def verify_on_vitis(graph: ir.Model, directory: Path, samples: int) -> None:
+    """Write `graph` (a retrained example), compile it for Vitis with `samples` drawn inputs, and
+    check C simulation == hardware mode == semantic mode on every one."""
+    from hawqc.driver import CompileOptions, compile_model
+    from hawqc.ir.io import write_model
+
+    path = directory / "retrained.onnx"
+    write_model(graph, path)
+    verify = compile_model(path, directory / "proj", CompileOptions(backend="vitis", verify_samples=samples)).verify
+    assert verify.samples == samples
+    assert verify.bit_exact and verify.modes.equal, verify.summary()

@@ -18,9 +18,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from conftest import REPO, load_example
+from conftest import REPO, load_example, verify_on_vitis
 
-from hawqc.driver import DEFAULT_PIPELINE, CompileOptions, compile_model
+from hawqc.driver import DEFAULT_PIPELINE
 from hawqc.ir.io import read_model, write_model
 from hawqc.ir.layout import layout_permutations
 from hawqc.ir.shape_inference import infer_shapes
@@ -111,12 +111,7 @@ def test_retrained_graph_has_the_committed_structure(trained, committed, tmp_pat
 @pytest.mark.slow
 def test_retrained_graph_compiles_and_verifies_bit_exact(trained, tmp_path) -> None:
     """Whatever numbers this CPU trained: C simulation == hardware mode == semantic mode (vitis)."""
-    path = tmp_path / "digits_cnn_hawq.onnx"
-    write_model(trained.graph, path)
-    options = CompileOptions(backend="vitis", verify_samples=VERIFY_SAMPLES)
-    verify = compile_model(path, tmp_path / "proj", options).verify
-    assert verify.samples == VERIFY_SAMPLES
-    assert verify.bit_exact and verify.modes.equal, verify.summary()
+    verify_on_vitis(trained.graph, tmp_path, VERIFY_SAMPLES)
 
 
 def test_committed_file_has_the_advertised_structure(committed) -> None:

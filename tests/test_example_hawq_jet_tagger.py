@@ -17,9 +17,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from conftest import REPO, load_example
+from conftest import REPO, load_example, verify_on_vitis
 
-from hawqc.driver import CompileOptions, compile_model
 from hawqc.ir.io import read_model, write_model
 from hawqc.sim.executor import Executor
 
@@ -92,12 +91,7 @@ def test_retrained_graph_has_the_committed_structure(trained, committed, tmp_pat
 @pytest.mark.slow
 def test_retrained_graph_compiles_and_verifies_bit_exact(trained, tmp_path) -> None:
     """Whatever numbers this CPU trained: C simulation == hardware mode == semantic mode (vitis)."""
-    path = tmp_path / "jet_tagger_hawq.onnx"
-    write_model(trained.graph, path)
-    options = CompileOptions(backend="vitis", verify_samples=VERIFY_SAMPLES)
-    verify = compile_model(path, tmp_path / "proj", options).verify
-    assert verify.samples == VERIFY_SAMPLES
-    assert verify.bit_exact and verify.modes.equal, verify.summary()
+    verify_on_vitis(trained.graph, tmp_path, VERIFY_SAMPLES)
 
 
 def test_committed_file_has_the_mixed_precision_of_the_paper(committed) -> None:
