@@ -29,6 +29,7 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_executor.py
 	$(PY) benchmarks/bench_csim_compile.py
+	$(PY) benchmarks/bench_verify_memory.py --samples 100
 
 clean:
 	rm -rf build .hawqc-cache lit_tests/Output .pytest_cache
