@@ -1,5 +1,5 @@
 """Peak memory of `--verify N` on a 256x256 image model: all samples at once (before) against the
-slices of `hawqc.verify_slices` (now), each in a fresh process, side by side.
+slices of `hawqc.flow.verify_slices` (now), each in a fresh process, side by side.
 
     .venv/bin/python benchmarks/bench_verify_memory.py [--samples 100] [--side 256]
 
@@ -49,11 +49,11 @@ class StandIn:
 
 
 def run(variant: str, samples: int, side: int) -> None:
+    from hawqc.flow.verify import compare, compare_modes
+    from hawqc.flow.verify_slices import run_in_slices
     from hawqc.sim import Executor
     from hawqc.sim.inputs import draw_inputs
     from hawqc.sim.slicing import slice_size
-    from hawqc.verify import compare, compare_modes
-    from hawqc.verify_slices import run_in_slices
 
     model = make_model(side)
     hardware, semantic = Executor(model, mode="hardware"), Executor(model)

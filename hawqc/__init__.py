@@ -14,21 +14,21 @@ naming the argument; every error hawqc raises on purpose is a `hawqc.HawqcError`
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from hawqc._version import __version__  # noqa: F401 (the package's version, as `hawqc.__version__`)
 
 # Public name -> (module, attribute): imported on first use, because `import hawqc` must stay cheap
 # (hls4ml and torch take seconds to import).
 _PUBLIC = {
-    "CompileOptions": ("hawqc.driver", "CompileOptions"),
-    "CompileResult": ("hawqc.driver", "CompileResult"),
+    "CompileOptions": ("hawqc.flow.driver", "CompileOptions"),
+    "CompileResult": ("hawqc.flow.driver", "CompileResult"),
     "HawqcError": ("hawqc.errors", "HawqcError"),
     "HlsSettings": ("hawqc.backends.hls_settings", "HlsSettings"),
     "Pass": ("hawqc.passes.base", "Pass"),
     "PassManager": ("hawqc.passes.manager", "PassManager"),
     "PassResult": ("hawqc.passes.base", "PassResult"),
-    "PyTorchOptions": ("hawqc.frontends.load", "PyTorchOptions"),
+    "PyTorchOptions": ("hawqc.frontends.pytorch_options", "PyTorchOptions"),
     "UserInputError": ("hawqc.errors", "UserInputError"),
-    "compile": ("hawqc.driver", "compile_model"),
+    "compile": ("hawqc.flow.driver", "compile_model"),
     "lift": ("hawqc.frontends.pytorch", "lift_model"),
     "load": ("hawqc.frontends.onnx", "load_onnx"),
     "option": ("hawqc.passes.base", "option"),

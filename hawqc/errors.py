@@ -36,7 +36,7 @@ class UserInputError(HawqcError):
 
     A message about an argument of the Python API, which is a flag on the command line, names it as
     Python does (`verify_samples must be ...`), and the command line spells it as its flag instead
-    (`--verify must be ...`, `hawqc.cli`): `message` holds `{}` where a name goes and `option` is
+    (`--verify must be ...`, `hawqc.cli.run`): `message` holds `{}` where a name goes and `option` is
     the Python name (of `CompileOptions`, `HlsSettings`, `PyTorchOptions`...), or a tuple of them,
     one per `{}`."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 MARK = "hawqc-tmp"
 # A kind of its own for what must not be mistaken for a temporary: an old project renamed aside
-# (`hawqc.output_dir`), which is put back rather than removed.
+# (`hawqc.flow.output_dir`), which is put back rather than removed.
 ASIDE = "hawqc-old"
 _NAME = re.compile(
     rf"^\.(?P<stem>.+)\.(?P<mark>{MARK}|{ASIDE})-(?P<pid>\d+)-(?P<token>[0-9a-f]+)(?P<suffix>(\.\w+)*)$"

@@ -52,7 +52,7 @@ def one_error_line(err: str, prog: str = "hawqc") -> str:
 def verify_on_vitis(graph: ir.Model, directory: Path, samples: int) -> None:
     """Write `graph` (a retrained example), compile it for Vitis with `samples` drawn inputs, and
     check C simulation == hardware mode == semantic mode on every one."""
-    from hawqc.driver import CompileOptions, compile_model
+    from hawqc.flow.driver import CompileOptions, compile_model
     from hawqc.ir.io import write_model
 
     path = directory / "retrained.onnx"

@@ -97,9 +97,9 @@ def test_a_compiler_child_reaped_elsewhere_does_not_crash_the_build(tmp_path):
     import os
     import sys
 
-    from hawqc.backends.csim import _finish, _start
+    from hawqc.backends.csim_process import finish_child, start_child
 
-    proc, err = _start([sys.executable, "-c", "pass"], tmp_path, tmp_path / "stderr.txt")
+    proc, err = start_child([sys.executable, "-c", "pass"], tmp_path, tmp_path / "stderr.txt")
     os.waitpid(proc.pid, 0)  # reaped behind the Popen's back
-    result = _finish(proc, err)
+    result = finish_child(proc, err)
     assert result.returncode == 0 and result.stderr == ""

@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO
 
 from hawqc.backends.hls_settings import settings_from_options
-from hawqc.driver import CompileOptions, compile_model
+from hawqc.flow.driver import CompileOptions, compile_model
 
 JET_TAGGER = REPO / "examples" / "jet_tagger" / "jet_tagger_hawq.onnx"
 DIGITS_CNN = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"

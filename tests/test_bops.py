@@ -1,4 +1,4 @@
-"""BOPs per layer (hawqc.bops) and in the compile report."""
+"""BOPs per layer (hawqc.report.bops) and in the compile report."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 from conftest import REPO
 
-from hawqc.bops import bops_formula, layer_bops
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.passes.manager import PassManager
+from hawqc.report.bops import bops_formula, layer_bops
 
 QUANT = 'qonnx.custom_op.general.Quant <signed: int = 1, narrow: int = 1, rounding_mode: string = "ROUND">'
 UQUANT = 'qonnx.custom_op.general.Quant <signed: int = 0, narrow: int = 0, rounding_mode: string = "ROUND">'

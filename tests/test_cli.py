@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import JET_TAGGER, one_error_line, run_cli, data_model
+from conftest import JET_TAGGER, data_model, one_error_line, run_cli
 
 from hawqc.cli import main, opt_main
 

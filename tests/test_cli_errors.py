@@ -160,7 +160,7 @@ def test_opt_output_into_a_really_read_only_directory(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    from hawqc.driver import CompileOptions, compile_model
+    from hawqc.flow.driver import CompileOptions, compile_model
 
     outdir = tmp_path_factory.mktemp("report") / "proj"
     compile_model(JET_TAGGER, outdir, CompileOptions())

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import REPO, data_model
+
 from hawqc.cli import main
 
 DIGITS_CNN = REPO / "examples" / "digits_cnn" / "digits_cnn.onnx"

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import JET_TAGGER
+
 from hawqc.backends import csim
 from hawqc.cli import main
 
@@ -121,7 +121,7 @@ def test_verification_inputs_cover_the_input_range_and_ties():
 
 def test_an_output_of_the_wrong_shape_is_a_backend_error_not_a_crash():
     from hawqc.errors import BackendError
-    from hawqc.verify import compare
+    from hawqc.flow.verify import compare
 
     with pytest.raises(BackendError, match="output shapes differ"):
         compare(np.zeros((4, 5), np.float32), np.zeros((4, 6)))

@@ -26,7 +26,7 @@ import torch
 from conftest import REPO, load_example
 from onnx import numpy_helper
 
-from hawqc.driver import CompileOptions, compile_model
+from hawqc.flow.driver import CompileOptions, compile_model
 
 EXAMPLE = REPO / "examples" / "binary_digits"
 BACKENDS = ("vitis", "vivado", "catapult")

@@ -23,7 +23,7 @@ from conftest import REPO, load_example
 from onnx import numpy_helper
 
 import hawqc
-from hawqc.driver import CompileOptions, compile_model
+from hawqc.flow.driver import CompileOptions, compile_model
 from hawqc.sim.executor import Executor
 from hawqc.sim.qonnx_oracle import QonnxOracle
 from hawqc.sim.quant import int_quant, quant_bounds, rounding_function

@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import REPO, load_example, verify_on_vitis
 
-from hawqc.driver import DEFAULT_PIPELINE
+from hawqc.flow.driver import DEFAULT_PIPELINE
 from hawqc.ir.io import read_model, write_model
 from hawqc.ir.layout import layout_permutations
 from hawqc.ir.shape_inference import infer_shapes

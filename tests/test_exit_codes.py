@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import JET_TAGGER, run_cli
 
-from hawqc import driver
 from hawqc.cli import main, opt_main
 from hawqc.errors import EXIT_DIFFERENCE, EXIT_FAILURE, EXIT_USER_ERROR, BackendError, UserInputError
+from hawqc.flow import driver
 
 BIN = Path(sys.executable).parent
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import JET_TAGGER, data_model
 
 from hawqc.cli import main

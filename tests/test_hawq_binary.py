@@ -21,15 +21,15 @@ import hawqc
 from hawqc.backends.base import get_backend
 from hawqc.backends.hls4ml_config_file import load_hls4ml_config
 from hawqc.backends.vendor_build import read_project
-from hawqc.driver import DEFAULT_PIPELINE
+from hawqc.flow.driver import DEFAULT_PIPELINE
 from hawqc.frontends.hawq import QuantAct, QuantBnConv2d, QuantLinear, freeze_model
 from hawqc.frontends.hawq.lift import OUTPUT_SCALE_KEY
 from hawqc.frontends.hawq.quant_functions import (
     BinaryQuantFunction,
     symmetric_linear_quantization_params,
 )
-from hawqc.layer_table import build_table
 from hawqc.passes.manager import PassManager
+from hawqc.report.layer_table import build_table
 from hawqc.sim.executor import Executor
 
 

@@ -25,7 +25,7 @@ The chains:
 that give HAWQ's output back. The graph's output is those codes.
 
 Stages: `hawqc.lift` -> semantic mode on the lifted graph (NCHW as lifted); the lifted graph
-written to a file and compiled by the driver (`hawqc.driver.compile_model`, the default pipeline,
+written to a file and compiled by the driver (`hawqc.flow.driver.compile_model`, the default pipeline,
 channels-last for the CNNs) -> hardware mode and semantic mode on the graph the backends get ->
 the C simulation of each backend's project (`compile_csim`, cached in `HAWQC_CACHE_DIR`) on the
 same inputs, transposed as the driver recorded. One project per (chain, backend), shared by the
@@ -49,7 +49,7 @@ from conftest import REPO, load_example
 
 import hawqc
 from hawqc.backends.csim import compile_csim
-from hawqc.driver import DEFAULT_PIPELINE, CompileOptions, CompileResult, compile_model
+from hawqc.flow.driver import DEFAULT_PIPELINE, CompileOptions, CompileResult, compile_model
 from hawqc.frontends.hawq.lift import OUTPUT_SCALE_KEY
 from hawqc.ir.layout import layout_permutations
 from hawqc.passes.manager import PassManager

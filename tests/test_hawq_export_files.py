@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from hawq_export_files import HAWQ_DOMAIN, export_cnn, export_mlp, round_trips, to_hawq_export
 
 import hawqc
-from hawq_export_files import HAWQ_DOMAIN, export_cnn, export_mlp, round_trips, to_hawq_export
-from hawqc.driver import CompileOptions, compile_model
 from hawqc.errors import UnsupportedModelError, UserInputError
+from hawqc.flow.driver import CompileOptions, compile_model
 from hawqc.sim.executor import Executor
 from hawqc.sim.inputs import draw_inputs
 

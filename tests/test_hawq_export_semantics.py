@@ -24,8 +24,8 @@ from hawq_export_files import export_cnn, export_mlp, round_trips, to_hawq_expor
 import hawqc
 from hawqc.backends.csim import compile_csim
 from hawqc.cli import main, opt_main
-from hawqc.driver import CompileOptions, compile_model
 from hawqc.errors import UnsupportedModelError, UserInputError
+from hawqc.flow.driver import CompileOptions, compile_model
 from hawqc.frontends.hawq.lift import OUTPUT_SCALE_KEY
 from hawqc.frontends.hawq.quant_functions import batch_frexp, requantization_ratio
 from hawqc.frontends.hawq_export import read_as_hawq

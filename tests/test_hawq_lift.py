@@ -20,8 +20,8 @@ from torch import nn
 
 from hawqc.backends.base import get_backend
 from hawqc.backends.csim import compile_csim
-from hawqc.driver import DEFAULT_PIPELINE
 from hawqc.errors import UnsupportedModelError
+from hawqc.flow.driver import DEFAULT_PIPELINE
 from hawqc.frontends.hawq import (
     QuantAct,
     QuantAveragePool2d,
@@ -33,8 +33,8 @@ from hawqc.frontends.hawq import (
     freeze_model,
 )
 from hawqc.frontends.hawq.lift import INEXACT_LAYERS_KEY, OUTPUT_SCALE_KEY, lift
-from hawqc.ir.dyadic import dyadic
 from hawqc.frontends.hawq.quant_functions import batch_frexp
+from hawqc.ir.dyadic import dyadic
 from hawqc.ir.io import to_text
 from hawqc.ir.shape_inference import infer_shapes
 from hawqc.ir.verifier import verify

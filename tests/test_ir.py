@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-
 from conftest import JET_TAGGER, REPO, data_model
+
 from hawqc.errors import UserInputError, VerificationError
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.ir.domains import QONNX_DOMAIN

@@ -9,13 +9,13 @@ import math
 import re
 
 import pytest
-
 from conftest import JET_TAGGER
-from hawqc import progress
+
 from hawqc.cli import main
-from hawqc.driver import CompileOptions, compile_model
-from hawqc.layer_table import build_table, latency_cycles
-from hawqc.report_view import render_table
+from hawqc.flow import progress
+from hawqc.flow.driver import CompileOptions, compile_model
+from hawqc.report.layer_table import build_table, latency_cycles
+from hawqc.report.view import render_table
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import shlex
 
 import numpy as np
 import pytest
-
 from conftest import JET_TAGGER
+
 from hawqc.backends.csim_trace import instrument_bridge, instrument_top_function, layer_values
 from hawqc.backends.project import TracePoint
-from hawqc.driver import CompileOptions, compile_model, verify_project
 from hawqc.errors import BackendError
-from hawqc.mismatch_trace import reproduce_command
+from hawqc.flow.driver import CompileOptions, compile_model, verify_project
+from hawqc.flow.mismatch_trace import reproduce_command
 
 TOP = """void myproject(input_t x[4], result_t out[2]) {
     layer2_t layer2_out[3];

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from conftest import JET_TAGGER, one_error_line, run_cli
 
-from hawqc import output_dir
 from hawqc.cli import main
-from hawqc.driver import CompileOptions, compile_model
+from hawqc.flow import output_dir
+from hawqc.flow.driver import CompileOptions, compile_model
 
 HAWQC = Path(sys.executable).parent / "hawqc"
 
@@ -77,7 +77,7 @@ def test_force_replaces_the_old_project_only_at_the_end(tmp_path, capsys, monkey
     proj = tmp_path / "proj"
     before = make_old_project(proj)
     seen = {}
-    from hawqc.report import CompileReport
+    from hawqc.report.compile_report import CompileReport
 
     real_write = CompileReport.write
 

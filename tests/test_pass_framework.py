@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import onnx_ir as ir
 import pytest
-
 from conftest import JET_TAGGER
+
 from hawqc.errors import UserInputError, VerificationError
 from hawqc.frontends.onnx import load_onnx
 from hawqc.passes.base import Pass, PassResult, option

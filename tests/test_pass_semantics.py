@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import JET_TAGGER, data_model
+
 from hawqc.errors import UnsupportedModelError
 from hawqc.frontends.onnx import load_onnx, load_onnx_text
 from hawqc.ir.io import to_proto

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import JET_TAGGER, REPO
 
 BIN = Path(sys.executable).parent

@@ -97,6 +97,6 @@ def test_a_pickled_module_names_its_opt_in_for_python_and_the_command_line(tmp_p
 
     err = UserInputError("x.pt: pickled; pass {} if you trust it", option="allow_pickle=True")
     assert str(err) == "x.pt: pickled; pass allow_pickle=True if you trust it"
-    from hawqc.cli_run import as_flags
+    from hawqc.cli.run import as_flags
 
     assert as_flags(err) == "x.pt: pickled; pass --allow-pickle if you trust it"

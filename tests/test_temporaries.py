@@ -111,7 +111,7 @@ def test_a_c_simulation_build_removes_abandoned_build_directories(tmp_path, monk
     """Of killed builds (named with their pid), and of the older naming (no pid) once a day old;
     the build itself works in a directory of its own, locked."""
     from hawqc.backends import csim, csim_units
-    from hawqc.driver import CompileOptions, compile_model
+    from hawqc.flow.driver import CompileOptions, compile_model
 
     project = compile_model(JET_TAGGER, tmp_path / "proj", CompileOptions()).project
     root = tmp_path / "cache" / "csim"

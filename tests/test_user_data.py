@@ -25,7 +25,7 @@ def read_dat(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def jet_data(tmp_path_factory):
     """Inputs on and off the input grid, out of range too, and their hardware-mode outputs."""
-    from hawqc.driver import DEFAULT_PIPELINE
+    from hawqc.flow.driver import DEFAULT_PIPELINE
     from hawqc.frontends.load import load_model
     from hawqc.passes.manager import PassManager
     from hawqc.sim import Executor

@@ -12,10 +12,10 @@ import pytest
 from cnn_models import CnnBuilder
 from conftest import JET_TAGGER, REPO, run_cli
 
-from hawqc import user_data
 from hawqc.backends import csim
 from hawqc.cli import main
-from hawqc.driver import CompileOptions, compile_model, verify_project
+from hawqc.flow import user_data
+from hawqc.flow.driver import CompileOptions, compile_model, verify_project
 from hawqc.frontends.load import load_model
 from hawqc.passes.manager import PassManager
 from hawqc.sim import executor as executor_module

@@ -329,7 +329,7 @@ class Row:
     version: str
     accuracy: float  # the file in semantic mode (QONNX's meaning), test split
     hardware_accuracy: float  # hardware mode: what the hls4ml project computes
-    bops: float  # hawqc.bops on the compiled graph
+    bops: float  # hawqc.report.bops on the compiled graph
     multiplications: int  # every weight x input product (the layer table's total)
     multiplier_products: int  # products computed by a multiplier (hls4ml's `mult`): DSP or LUT multipliers
     weight_bits: int  # weight memory: sum of weights x their bits
@@ -340,7 +340,7 @@ class Row:
 def measure(path: Path, version: str, data: Data, workdir: Path) -> Row:
     """Compile the file (vitis, no C simulation: the tests compile and verify on all three
     backends) and read the comparison off hawqc's report and executor."""
-    from hawqc.driver import CompileOptions, compile_model
+    from hawqc.flow.driver import CompileOptions, compile_model
     from hawqc.sim.executor import Executor
 
     float_precision = DEFAULT_PRECISION if version == "float" else None

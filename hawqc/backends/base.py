@@ -38,7 +38,7 @@ class Backend(Protocol):
         """Write a project for `model` into `outdir` and describe it.
 
         `outdir` is a fresh temporary directory beside the user's output directory, renamed into
-        place once the compile is done (`hawqc.output_dir`); where a project file spells its own
+        place once the compile is done (`hawqc.flow.output_dir`); where a project file spells its own
         absolute path, the driver rewrites it to the final one.
 
         A backend that also takes `settings: hawqc.backends.hls_settings.HlsSettings` (strategy,

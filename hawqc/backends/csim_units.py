@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hawqc.backends import csim_pch, csim_split
+from hawqc.backends.csim_process import ChildResult, compile_failure, run_parallel, start_child, stop_children
 from hawqc.backends.project import LoweredProject
 
 PCH_ENV = "HAWQC_CSIM_PCH"
@@ -60,7 +61,7 @@ class Task:
 @dataclass(frozen=True)
 class UnitsResult:
     objects: list[Path]
-    results: list  # csim._ChildResult of every g++ run, the precompiled header's build included
+    results: list  # csim.ChildResult of every g++ run, the precompiled header's build included
     pch: str  # "none" (none applies), "built" (in this compile), "reused", "fell back" (to the plain path)
     units: int
 
@@ -69,11 +70,10 @@ def _run(tasks: list[Task], pch_task: Task | None, pch_out: Path | None, pch: cs
          cwd: Path, workdir: Path, jobs: int) -> tuple[list, bool, str]:
     """Run the tasks, `jobs` at a time, those that need the precompiled header once it is there
     (after `pch_task`, if given, built and published). (results, all succeeded, stderr of a failure)."""
-    from hawqc.backends.csim import _ChildResult, _start, stop_children
 
     pending = ([pch_task] if pch_task else []) + list(tasks)
     running: list[tuple[Task, subprocess.Popen, Path]] = []
-    results: list[_ChildResult] = []
+    results: list[ChildResult] = []
     pch_ready = pch_task is None
     n = 0
     try:
@@ -83,7 +83,7 @@ def _run(tasks: list[Task], pch_task: Task | None, pch_out: Path | None, pch: cs
                 if task is None:
                     break
                 pending.remove(task)
-                proc, err = _start(task.command, cwd, workdir / f"stderr-{n}.txt")
+                proc, err = start_child(task.command, cwd, workdir / f"stderr-{n}.txt")
                 n += 1
                 running.append((task, proc, err))
             if not running:
@@ -100,7 +100,7 @@ def _run(tasks: list[Task], pch_task: Task | None, pch_out: Path | None, pch: cs
             (task, proc, err), status, usage = done
             running.remove((task, proc, err))
             proc.returncode = os.waitstatus_to_exitcode(status)
-            result = _ChildResult(
+            result = ChildResult(
                 returncode=proc.returncode,
                 cpu_seconds=usage.ru_utime + usage.ru_stime,
                 peak_rss_bytes=usage.ru_maxrss * 1024,
@@ -188,7 +188,6 @@ def build_library(
 ) -> tuple[Path, UnitsResult]:
     """Compile and link the library into `workdir` (fast path, else plain path); a failure of the
     plain path is reported with g++'s message."""
-    from hawqc.backends.csim import _failure, _run_parallel
     from hawqc.backends.csim_batch import batch_source
 
     recipe = project.csim
@@ -216,7 +215,7 @@ def build_library(
         results, ok, stderr = _run(tasks, pch_task, pch_out, pch, outdir, workdir, jobs)
         spent += results
         if ok:
-            linked = _run_parallel([link_cmd(objects)], outdir, workdir, 1)[0]
+            linked = run_parallel([link_cmd(objects)], outdir, workdir, 1)[0]
             spent.append(linked)
             if linked.returncode == 0 and library.is_file():
                 return library, UnitsResult(objects, spent, "reused" if was_ready else "built", len(tasks))
@@ -228,13 +227,13 @@ def build_library(
     sources = [batch] + [outdir / src for src in recipe.sources]
     objects = [workdir / f"unit{i}.o" for i in range(len(sources))]
     compiles = [compile_cmd(src, obj, []) for src, obj in zip(sources, objects, strict=True)]
-    results = _run_parallel(compiles, outdir, workdir, jobs)
+    results = run_parallel(compiles, outdir, workdir, jobs)
     for cmd, result in zip(compiles, results):
         if result.returncode != 0:
-            raise _failure("compilation", cmd, result)
+            raise compile_failure("compilation", cmd, result, csim_cache.parent / "logs")
     link = link_cmd(objects)
-    linked = _run_parallel([link], outdir, workdir, 1)[0]
+    linked = run_parallel([link], outdir, workdir, 1)[0]
     if linked.returncode != 0 or not library.is_file():
-        raise _failure("link", link, linked)
+        raise compile_failure("link", link, linked, csim_cache.parent / "logs")
     label = "fell back" if refused else "none"
     return library, UnitsResult(objects, spent + results + [linked], label, len(compiles))

@@ -29,7 +29,7 @@ import onnx_ir as ir
 import torch
 
 from hawqc.errors import HawqcError, OptionError, UnsupportedModelError, UserInputError
-from hawqc.frontends.load import PyTorchOptions
+from hawqc.frontends.pytorch_options import PyTorchOptions
 
 
 def load_factory(spec: str) -> Callable[[], Any]:

@@ -40,6 +40,18 @@ class PassResult:
 
 
 @dataclass(frozen=True)
+class PassRecord:
+    """One executed pass: what the report, `--time-passes` and `--pass-statistics` show."""
+
+    name: str  # the pass's spelling, options included
+    seconds: float
+    changed: bool
+    statistics: dict[str, int]
+    pipeline: str | None = None  # the named pipeline it was expanded from, if any
+    iteration: int | None = None  # within the innermost fixpoint group, counting from 1
+
+
+@dataclass(frozen=True)
 class OptionSpec:
     """One option of a pass, as the pipeline parser and `--help` see it."""
 

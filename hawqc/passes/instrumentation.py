@@ -18,8 +18,7 @@ import onnx_ir as ir
 from hawqc.ir.io import to_text
 
 if TYPE_CHECKING:
-    from hawqc.passes.base import Pass
-    from hawqc.passes.manager import PassRecord
+    from hawqc.passes.base import Pass, PassRecord
 
 
 class PassInstrumentation:

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from hawqc.errors import HawqcError, UserInputError, VerificationError
 from hawqc.ir.verifier import verify
-from hawqc.passes.base import Pass, PassResult
+from hawqc.passes.base import Pass, PassRecord, PassResult
 from hawqc.passes.instrumentation import Callbacks, PassInstrumentation
 from hawqc.passes.pipeline import GROUP_OPTIONS, Element, GroupInvocation, format_pipeline, parse_pipeline
 from hawqc.passes.registry import PassRegistry, default_registry
@@ -33,18 +33,6 @@ class PassFailed(HawqcError):
 
 class FixpointNotReached(HawqcError):
     """A `fixpoint(...)` group still changed the IR when its iteration cap was reached."""
-
-
-@dataclass(frozen=True)
-class PassRecord:
-    """One executed pass: what the report, `--time-passes` and `--pass-statistics` show."""
-
-    name: str  # the pass's spelling, options included
-    seconds: float
-    changed: bool
-    statistics: dict[str, int]
-    pipeline: str | None = None  # the named pipeline it was expanded from, if any
-    iteration: int | None = None  # within the innermost fixpoint group, counting from 1
 
 
 @dataclass

@@ -25,8 +25,7 @@ from hawqc.ir.layout import Permutation, compose, invert, is_identity, layout_pe
 from hawqc.passes.instrumentation import PassInstrumentation
 
 if TYPE_CHECKING:
-    from hawqc.passes.base import Pass
-    from hawqc.passes.manager import PassRecord
+    from hawqc.passes.base import Pass, PassRecord
 
 
 class TranslationValidationError(DifferenceFound, VerificationError):

@@ -1,6 +1,6 @@
 """How many samples the executors (and the C simulation beside them) can take at once: a bound on
 one sample's working set, from the shapes in the IR, and the slice size it gives under a budget.
-Verification (`hawqc.verify_slices`) and the HAWQ-export measurement run in such slices, so their
+Verification (`hawqc.flow.verify_slices`) and the HAWQ-export measurement run in such slices, so their
 memory is bounded by the model, not by the sample count."""
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hawqc import __version__
-from hawqc.passes.manager import PassRecord
+from hawqc._version import __version__
+from hawqc.passes.base import PassRecord
 from hawqc.temporaries import replace_atomically
 
 
@@ -23,13 +23,13 @@ class CompileReport:
     # Graph inputs/outputs whose layout the passes changed (e.g. {"x": "NCHW->NHWC"}): the generated
     # project takes and returns data in the new layout.
     layouts: dict[str, str] = field(default_factory=dict)
-    # Bit operations per MatMul/Gemm/Conv layer and in total (hawqc.bops).
+    # Bit operations per MatMul/Gemm/Conv layer and in total (hawqc.report.bops).
     bops: dict[str, Any] | None = None
     # `--hawq-export-semantics hawq`: the requantizations read as HAWQ's, and the measured difference
     # of the file's own float32 arithmetic (hawqc.frontends.hawq_export).
     hawq_export: dict[str, Any] | None = None
     # One row per layer (op, shapes, types, multiplications, BOPs, reuse factor, estimated cycles)
-    # and totals (hawqc.layer_table): what `hawqc` and `hawqc report` print.
+    # and totals (hawqc.report.layer_table): what `hawqc` and `hawqc report` print.
     layer_table: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     csim: dict[str, Any] | None = None

@@ -175,9 +175,9 @@ class VerifyResult:
     # mode applies.
     reference: str = "hardware"
     modes: ModeComparison | None = None
-    # On a mismatch: where the C simulation and hardware mode part (hawqc.mismatch_trace.MismatchTrace).
+    # On a mismatch: where the C simulation and hardware mode part (hawqc.flow.mismatch_trace.MismatchTrace).
     trace: Any = None
-    # With `--outputs`: the C simulation against the user's expected outputs (hawqc.user_data).
+    # With `--outputs`: the C simulation against the user's expected outputs (hawqc.flow.user_data).
     expected: Any = None
 
     @property

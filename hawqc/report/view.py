@@ -1,6 +1,6 @@
 """Showing a compiled project's layer table: the rich table on the terminal and a PNG plot.
 
-`hawqc` prints the table after a compile; `hawqc report OUTDIR [--plot FILE.png]` (in `hawqc.cli`)
+`hawqc` prints the table after a compile; `hawqc report OUTDIR [--plot FILE.png]` (in `hawqc.cli.compile`)
 prints it again from `OUTDIR/hawqc_report.json` and draws per-layer bit widths (weight,
 accumulator, result) and BOPs with matplotlib.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hawqc.errors import UserInputError
-from hawqc.layer_table import compact_type
+from hawqc.report.layer_table import compact_type
 from hawqc.temporaries import replace_atomically
 
 REPORT_FILE = "hawqc_report.json"
@@ -123,7 +123,7 @@ def load_report(outdir: Path) -> dict[str, Any]:
 
 
 # What `render_table`, `plot` and the plot's title read, and the JSON each must be (as
-# `hawqc.layer_table.build_table` writes it).
+# `hawqc.report.layer_table.build_table` writes it).
 _FIELD_KINDS = {
     "string": lambda v: isinstance(v, str),
     "string or null": lambda v: v is None or isinstance(v, str),

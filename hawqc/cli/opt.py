@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hawqc.cli_passes import (
+from hawqc.cli.run import OneLineParser, add_version, as_flags, run_guarded
+from hawqc.cli.shared_flags import (
     add_hawq_export_option,
     add_pass_options,
     add_pytorch_options,
@@ -19,7 +20,6 @@ from hawqc.cli_passes import (
     pytorch_options,
     report_passes,
 )
-from hawqc.cli_run import OneLineParser, add_version, as_flags, run_guarded
 from hawqc.errors import HawqcError, UserInputError
 
 # `--split-input-file`: chunks of one ONNX text file, separated by a line of this form.
@@ -110,8 +110,9 @@ def _read_stdin() -> str:
 
 
 def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
-    from hawqc.frontends.load import PyTorchOptions, load_model
+    from hawqc.frontends.load import load_model
     from hawqc.frontends.onnx import load_onnx_text
+    from hawqc.frontends.pytorch_options import PyTorchOptions
     from hawqc.passes.manager import PassManager
 
     pytorch = pytorch_options(args)

@@ -3,7 +3,7 @@
 One row per layer of the written project: op, input and output shapes (channels last, no batch),
 weight / accumulator / result types (hawqc's, which the lowering checked hls4ml wrote), the
 multiplications (dense and convolution: fan-in x outputs x positions; a BatchNormalization: one per
-element), BOPs (`hawqc.bops`), the reuse factor and strategy (read back from the project's own
+element), BOPs (`hawqc.report.bops`), the reuse factor and strategy (read back from the project's own
 `hls4ml_config.yml`, so it shows what the HLS tool will see), and totals.
 
 Latency is an ESTIMATE, only for io_parallel designs whose every layer uses the Latency strategy
@@ -27,7 +27,7 @@ from typing import Any
 import onnx_ir as ir
 
 from hawqc.backends.project import LoweredProject
-from hawqc.bops import layer_bops
+from hawqc.report.bops import layer_bops
 
 _TYPE_ROLES = ("weight", "accum", "result")
 _WIRING = ("Input", "InputLayer", "Reshape", "Flatten", "Concatenate", "Transpose")

@@ -1,9 +1,9 @@
-"""The command line: `hawqc` (compile a model; `report`, `build`) and `hawqc-opt` (`hawqc.cli_opt`).
+"""`hawqc`: compile a model; `hawqc report`, `hawqc build` (`hawqc-opt` is `hawqc.cli.opt`).
 
-Every error is one line on stderr and an exit code (`hawqc.errors`, `hawqc.cli_run`): 1 a
+Every error is one line on stderr and an exit code (`hawqc.errors`, `hawqc.cli.run`): 1 a
 verification found a difference, 2 the user's mistake, 3 a failing tool or a bug in hawqc (its
 traceback goes to a file the line names), 130 interrupted (Ctrl-C or SIGTERM). Both commands take
-the same pass-manager flags (`hawqc.cli_passes`).
+the same pass-manager flags (`hawqc.cli.shared_flags`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hawqc.cli_hardware import add_hardware_options, hardware_settings
-from hawqc.cli_opt import opt_main
-from hawqc.cli_passes import (
+from hawqc.cli.hardware_flags import add_hardware_options, hardware_settings
+from hawqc.cli.run import OneLineParser, add_version, run_guarded
+from hawqc.cli.shared_flags import (
     add_hawq_export_option,
     add_pass_options,
     add_pytorch_options,
@@ -25,10 +25,6 @@ from hawqc.cli_passes import (
     pytorch_options,
     report_passes,
 )
-from hawqc.cli_run import OneLineParser, add_version, run_guarded
-
-__all__ = ["main", "opt_main"]
-
 
 # --- hawqc -------------------------------------------------------------------------------------
 
@@ -51,7 +47,7 @@ exit codes:
 
 
 def compile_parser() -> argparse.ArgumentParser:
-    from hawqc.driver import DEFAULT_PIPELINE
+    from hawqc.flow.driver import DEFAULT_PIPELINE
 
     parser = OneLineParser(
         prog="hawqc",
@@ -127,7 +123,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) -> int:
-    from hawqc.driver import CompileOptions, compile_model
+    from hawqc.flow.driver import CompileOptions, compile_model
 
     load_pass_plugins(args.load_pass_plugin)
     check_pass_flags(args)
@@ -157,7 +153,7 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
     if result.float_parts is not None:
         print(f"hawqc: {result.float_parts.summary()}")
     if result.report.layer_table is not None:
-        from hawqc.report_view import render_table
+        from hawqc.report.view import render_table
 
         render_table(result.report.layer_table)
     for name, change in result.report.layouts.items():
@@ -185,7 +181,7 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def _show_report(args: argparse.Namespace) -> int:
-    from hawqc.report_view import load_report, plot, render_table
+    from hawqc.report.view import load_report, plot, render_table
 
     report = load_report(args.outdir)
     if args.plot is not None:

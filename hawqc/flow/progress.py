@@ -1,6 +1,6 @@
 """Progress on the terminal for the slow steps: compiling a C simulation, running verification.
 
-Verification runs in slices whatever the terminal (`hawqc.verify_slices`); on a terminal the slices
+Verification runs in slices whatever the terminal (`hawqc.flow.verify_slices`); on a terminal the slices
 are also small enough for a bar that moves.
 
 Shown only when stderr is a terminal (rich, transient: the bars vanish when done), so pipes, logs

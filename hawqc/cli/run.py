@@ -1,7 +1,7 @@
 """How a command of the command line runs: every error is one line on stderr and an exit code
 (`hawqc.errors`), SIGTERM is Ctrl-C, a warning is one line, a bug in hawqc leaves its traceback in
 a file, and an option named by its Python name is spelled as its flag. Shared by `hawqc` and
-`hawqc-opt` (`hawqc.cli`, `hawqc.cli_opt`)."""
+`hawqc-opt` (`hawqc.cli.compile`, `hawqc.cli.opt`)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,6 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
-    from hawqc import __version__
+    from hawqc._version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -1,7 +1,7 @@
 """The compile driver: model file -> passes -> backend project -> C simulation -> verification.
 
 `compile_model` is what `hawqc MODEL -o OUTDIR` and `hawqc.compile(...)` run. It keeps the
-all-or-nothing rule for the output directory (`hawqc.output_dir`): the project and its report are
+all-or-nothing rule for the output directory (`hawqc.flow.output_dir`): the project and its report are
 written into a temporary sibling of OUTDIR and moved into place at the very end, so OUTDIR holds
 either what it held before or the complete new project, whatever happens in between (an error,
 Ctrl-C, SIGTERM, SIGKILL).
@@ -23,21 +23,23 @@ from hawqc.backends.base import get_backend
 from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.backends.project_name import check_name_free, check_project_name
-from hawqc.bops import bops_summary
 from hawqc.errors import OptionError, UserInputError
-from hawqc.float_parts_option import FloatPartsOutcome, apply_default_precision, check_float_options
+from hawqc.flow.float_parts_option import FloatPartsOutcome, apply_default_precision, check_float_options
+from hawqc.flow.mismatch_trace import trace_mismatch
+from hawqc.flow.output_dir import OutputDirectory
+from hawqc.flow.progress import spinner
+from hawqc.flow.user_data import UserData, check_files, compare_expected, load_user_data, write_test_bench
+from hawqc.flow.verify import VerifyResult
+from hawqc.flow.verify_slices import run_in_slices
 from hawqc.frontends.hawq_export import HawqExportReading, check_semantics, read_as_hawq
-from hawqc.frontends.load import PyTorchOptions, load_model
+from hawqc.frontends.load import load_model
+from hawqc.frontends.pytorch_options import PyTorchOptions
 from hawqc.ir.layout import describe_layouts
-from hawqc.layer_table import build_table
-from hawqc.mismatch_trace import trace_mismatch
-from hawqc.output_dir import OutputDirectory
-from hawqc.passes.manager import PassManager, PassRecord
-from hawqc.progress import spinner
-from hawqc.report import CompileReport
-from hawqc.user_data import UserData, check_files, compare_expected, load_user_data, write_test_bench
-from hawqc.verify import VerifyResult
-from hawqc.verify_slices import run_in_slices
+from hawqc.passes.base import PassRecord
+from hawqc.passes.manager import PassManager
+from hawqc.report.bops import bops_summary
+from hawqc.report.compile_report import CompileReport
+from hawqc.report.layer_table import build_table
 
 # The named pipeline every backend needs in front of it: a clean graph whose dense layers are
 # MatMul + Add (see hawqc.passes.registry).
@@ -228,8 +230,8 @@ def verify_project(
 ) -> VerifyResult:
     """Run `samples` inputs (or the user's) through the C simulation and hardware mode, which must
     agree bit for bit, and compare hardware mode with semantic mode (the QONNX meaning), a slice of
-    samples at a time in bounded memory (hawqc.verify_slices); on a difference, trace the first
-    differing sample layer by layer (hawqc.mismatch_trace); with the user's expected outputs,
+    samples at a time in bounded memory (hawqc.flow.verify_slices); on a difference, trace the first
+    differing sample layer by layer (hawqc.flow.mismatch_trace); with the user's expected outputs,
     compare the C simulation with them; write the test bench (the user's data, or the first drawn
     samples); record everything in the report. `shown_outdir`: where the project will be when the
     user reads the report (see `trace_mismatch`)."""

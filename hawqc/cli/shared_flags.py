@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hawqc.cli_run import DeprecatedAlias
+from hawqc.cli.run import DeprecatedAlias
 from hawqc.errors import HawqcError, UserInputError
 
 
@@ -30,7 +30,7 @@ def add_hawq_export_option(parser: argparse.ArgumentParser) -> None:
 
 
 def pytorch_options(args: argparse.Namespace):
-    from hawqc.frontends.load import PyTorchOptions, parse_input_shape
+    from hawqc.frontends.pytorch_options import PyTorchOptions, parse_input_shape
 
     shape = None if args.input_shape is None else parse_input_shape(args.input_shape)
     return PyTorchOptions(args.model_factory, shape, args.allow_pickle)

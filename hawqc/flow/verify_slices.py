@@ -6,8 +6,8 @@ estimated from the shapes in the IR (`sample_bytes`), and at least one. The draw
 too (`hawqc.sim.inputs.draw_input_slices`: bit for bit the samples `draw_inputs` gives for the same
 seed and N, so a seed still reproduces a run and a mismatch's saved input is the same sample), and
 only what the result needs outlives its slice: the counts and largest differences
-(`hawqc.verify.Differences`), the first differing sample's input (for the trace), and the first
-samples, which go into the project's test bench (`hawqc.user_data.bench_samples`). So
+(`hawqc.flow.verify.Differences`), the first differing sample's input (for the trace), and the first
+samples, which go into the project's test bench (`hawqc.flow.user_data.bench_samples`). So
 `--verify 1000000000` runs in the memory of one slice; it takes the time a billion samples take.
 Streaming rather than refusing a large N: results do not depend on the slicing, so there is no
 reason to make a user split a long run by hand.
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.progress import bar, slice_length
+from hawqc.flow.progress import bar, slice_length
+from hawqc.flow.user_data import bench_samples
+from hawqc.flow.verify import Differences
 from hawqc.sim.inputs import draw_input_slices
 from hawqc.sim.slicing import slice_size
-from hawqc.user_data import bench_samples
-from hawqc.verify import Differences
 
 
 @dataclass
