@@ -142,3 +142,14 @@ def test_grid_exponents() -> None:
     assert finest_exponent(np.zeros(3)) is None
     assert str(exact_type(values[:5])) == "fixed<6,3,TRN,WRAP>"
     assert str(exact_type(np.zeros(2))) == str(exact_type(np.zeros(1)))
+
+
+def test_fresh_names_avoid_the_graph_and_the_given_names() -> None:
+    from hawqc.ir.names import FreshNames
+
+    nodes = _nodes(QUANTIZERS)
+    graph = nodes["a"].graph
+    names = FreshNames(graph, used={"w"})
+    assert names("a") == "a_1" and names("a") == "a_2" and names("w") == "w_1" and names("new") == "new"
+    counted_from_two = FreshNames(first_suffix=2)
+    assert [counted_from_two("v") for _ in range(3)] == ["v", "v_2", "v_3"]

@@ -7,20 +7,26 @@ stays linear.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import onnx_ir as ir
 
 
 class FreshNames:
-    """Names not yet used by any value or node of the graph (gathered once: linear per sweep)."""
+    """Names not yet taken: by any value or node of `graph`, and by the names in `used` (gathered
+    once: linear per sweep). A taken name gets the first free suffix `_{first_suffix}`, `_{first_suffix + 1}`, ..."""
 
-    def __init__(self, graph: ir.Graph) -> None:
-        self.used = {value.name for value in (*graph.inputs, *graph.initializers.values())}
-        for node in graph:
-            self.used.add(node.name)
-            self.used.update(value.name for value in node.outputs)
+    def __init__(self, graph: ir.Graph | None = None, *, used: Iterable[str] = (), first_suffix: int = 1) -> None:
+        self.used = set(used)
+        self.first_suffix = first_suffix
+        if graph is not None:
+            self.used.update(value.name for value in (*graph.inputs, *graph.initializers.values()))
+            for node in graph:
+                self.used.add(node.name)
+                self.used.update(value.name for value in node.outputs)
 
     def __call__(self, wanted: str) -> str:
-        candidate, index = wanted, 0
+        candidate, index = wanted, self.first_suffix - 1
         while candidate in self.used:
             index += 1
             candidate = f"{wanted}_{index}"
