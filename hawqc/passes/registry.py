@@ -30,6 +30,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "channels-last": "hawqc.passes.channels_last:ChannelsLast",
     "fuse-bn": "hawqc.passes.fuse_bn:FuseBatchNorm",
     "remove-output-softmax": "hawqc.passes.remove_output_softmax:RemoveOutputSoftmax",
+    "read-as-hawq": "hawqc.passes.read_as_hawq:ReadAsHawq",
 }
 
 # A named pipeline is usable wherever a pass name is. DCE runs again after folding because folding
