@@ -171,7 +171,10 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             )  # fmt: skip
             hawq_export, records = step.reading, step.records
         records += manager.run(model)
-        float_parts = None if default_precision is None else apply_default_precision(model, default_precision)
+        float_parts = None
+        if default_precision is not None:
+            float_parts, step_records = apply_default_precision(model, default_precision, options.configure_passes)
+            records += step_records
         user = None if options.inputs is None else load_user_data(model, options.inputs, options.outputs)
 
         lowering_start = time.perf_counter()
