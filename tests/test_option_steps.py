@@ -26,6 +26,7 @@ from hawqc.flow.float_parts_option import apply_default_precision
 from hawqc.flow.hawq_export import read_as_hawq
 from hawqc.flow.option_steps import run_step
 from hawqc.frontends.load import load_model
+from hawqc.frontends.onnx import load_onnx_text
 from hawqc.ir import default_precision
 from hawqc.ir.io import to_text
 from hawqc.ir.precision import infer_types
@@ -189,3 +190,17 @@ def test_a_step_refuses_as_its_pass_said_naming_the_option():
     with pytest.raises(OptionError) as info:
         run_step(RefuseByOption(), load_model(JET_TAGGER, None))
     assert str(info.value) == "default_precision does not fit this model" and info.value.option == "default_precision"
+
+
+def test_a_graph_precision_inference_cannot_type_keeps_the_type_and_is_refused_later_as_before():
+    """Nothing shows such a graph has no float parts: the type is recorded, and the flow's own
+    inference then refuses the graph naming the node, as the option always did (no pass named)."""
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,2] x) => (float[1,2] y) <float[2,2] w = {1,2,3,4}> {
+   y = Gemm (x, w)
+}"""
+    model = load_onnx_text(text, source="gemm")
+    assert DefaultPrecision().run(model).changed is True
+    assert default_precision.read(model) == FIXED
+    with pytest.raises(UnsupportedModelError, match=r"^unnamed node \(Gemm\): no precision rule for this op$"):
+        apply_default_precision(load_onnx_text(text, source="gemm"), FIXED)

@@ -7,6 +7,10 @@ every later analysis (precision inference, hardware mode, the lowering) reads. I
 if precision inference applies it somewhere: a graph without float parts is left as it is (a
 default precision recorded before, with no float part to apply to, is dropped).
 
+A graph precision inference cannot type (an op without a precision rule) cannot be shown to have
+no float parts: the type is recorded, and whatever types the graph later (the lowering, or
+`infer-precision`) applies it, or refuses the graph naming the node, as it would have refused it here.
+
 It changes what hardware mode computes on purpose (the float parts are rounded and cast), so it
 declares `changes_meaning`. `hawqc --default-precision T` runs it after the pipeline
 (`hawqc.flow.float_parts_option`); `hawqc-opt -p 'default-precision{type=T}'` replays it.
@@ -19,6 +23,7 @@ from typing import ClassVar
 
 import onnx_ir as ir
 
+from hawqc.errors import UnsupportedModelError
 from hawqc.ir import default_precision
 from hawqc.ir.default_precision import FloatParts
 from hawqc.ir.qtypes import FixedType
@@ -45,7 +50,11 @@ class DefaultPrecision(Pass):
 
     def run(self, model: ir.Model) -> PassResult:
         before = model.metadata_props.get(default_precision.METADATA_KEY)
-        parts = apply_default_precision(model, self.fixed())
+        try:
+            parts = apply_default_precision(model, self.fixed())
+        except UnsupportedModelError:
+            default_precision.attach(model, self.fixed())
+            parts = None
         changed = model.metadata_props.get(default_precision.METADATA_KEY) != before
         if parts is None:
             return PassResult(changed, {"inputs-cast": 0, "activations-cast": 0, "weights-rounded": 0})
