@@ -1,5 +1,5 @@
-"""Tiny channels-last quantized CNNs in hawqc's canonical form (contract decision 8), for the
-backend tests: Conv / pools in `CHANNELS_LAST_DOMAIN` with weights [M, k..., C/group], quantized
+"""Tiny channels-last quantized CNNs in hawqc's canonical form (what the `default` pipeline leaves
+for the hls4ml lowering), for the backend tests: Conv / pools in `CHANNELS_LAST_DOMAIN` with weights [M, k..., C/group], quantized
 constants, requantization as `Mul(k) [-> Add(b)]`. Each model is built directly with onnx.helper.
 """
 

@@ -1,4 +1,4 @@
-"""Binary and ternary networks (issue 7): precision and hardware mode of BipolarQuant, qonnx's 1-bit
+"""Binary and ternary networks: precision and hardware mode of BipolarQuant, qonnx's 1-bit
 signed Quant and MultiThreshold, and the hls4ml lowering (thresholds, XNOR-popcount, conditional
 negation, ternary weights) checked bit for bit through the C simulation on vitis, vivado and
 catapult.

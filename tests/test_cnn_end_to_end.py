@@ -1,4 +1,4 @@
-"""Issue 4's "done when": CNNs compile with `hawqc ... --verify N` and the C simulation equals hardware
+"""CNNs end to end: they compile with `hawqc ... --verify N` and the C simulation equals hardware
 mode for every sample.
 
 - the digits CNN example (Conv + BatchNorm + ReLU + Quant + MaxPool, a residual Add, a dense head;

@@ -1,4 +1,4 @@
-"""examples/binary_digits (issue 7, item 5): the four committed MLPs are what make_models.py writes
+"""examples/binary_digits: the four committed MLPs are what make_models.py writes
 from their numbers, have the advertised precisions, the README's table is what make_models.py
 measures on them, and every quantized version compiles and verifies bit-exact (C simulation ==
 hardware mode == semantic mode) on vitis, vivado and catapult; the float version (vitis,

@@ -1,7 +1,7 @@
 """examples/digits_cnn: the committed QONNX CNN is what make_model.py writes from its numbers, has the
-structure issue 4 asks for, runs in hawqc's executor bit-identically to qonnx and to the PyTorch
-network it came from, and classifies the digits' test split; make_model.py run again writes a model
-of that structure which classifies as documented and compiles to a C simulation equal to hardware
+structure its README documents (Conv, BatchNorm, ReLU, max pooling, a residual Add, a dense head),
+runs in hawqc's executor bit-identically to qonnx and to the PyTorch network it came from, and
+classifies the digits' test split; make_model.py run again writes a model of that structure which classifies as documented and compiles to a C simulation equal to hardware
 mode bit for bit.
 
 The retrained bytes are not compared with the committed file: they depend on the CPU's kernels

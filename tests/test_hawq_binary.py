@@ -1,4 +1,4 @@
-"""HAWQ modules with binary (`weight_bit=1`) and ternary (`weight_bit=2`) weights (issue 7, item 3):
+"""HAWQ modules with binary (`weight_bit=1`) and ternary (`weight_bit=2`) weights:
 hawqc's 1-bit rule (sign codes, scale mean|w|, straight-through training), HAWQ's 2-bit codes, the
 forms `hawqc.lift` gives them (a 1-bit signed Quant, a 2-bit signed narrow Quant), and the hls4ml
 kernels those become (weight_binary, weight_ternary). The bit-exact chain HAWQ == semantic ==

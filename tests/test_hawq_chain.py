@@ -1,6 +1,6 @@
-"""Issue 5's bit-exact chain: HAWQ module forward in eval mode == the lifted graph in semantic mode ==
-the compiled graph in hardware mode == the C simulation on vitis, vivado and catapult, integer
-outputs compared exactly on random inputs.
+"""The bit-exact chain of HAWQ's PyTorch models: HAWQ module forward in eval mode == the lifted
+graph in semantic mode == the compiled graph in hardware mode == the C simulation on vitis, vivado
+and catapult, integer outputs compared exactly on random inputs.
 
 The chains:
 - `mlp` and `cnn` (tests/hawq_chain_models.py): between them every module of

@@ -1,4 +1,4 @@
-"""`--hawq-export-semantics hawq` (hawqc.frontends.hawq_export): a HAWQ export read as the integer
+"""`--hawq-export-semantics hawq` (hawqc.flow.hawq_export): a HAWQ export read as the integer
 inference HAWQ runs, with the scales as HAWQ calibrates them (the ones exact-requant refuses).
 
 The files come from `hawq_export_files` (the exporter's layout, made from hawqc's HAWQ modules), so
@@ -26,9 +26,9 @@ from hawqc.backends.csim import compile_csim
 from hawqc.cli import main, opt_main
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.flow.driver import CompileOptions, compile_model
+from hawqc.flow.hawq_export import read_as_hawq
 from hawqc.frontends.hawq.lift import OUTPUT_SCALE_KEY
 from hawqc.frontends.hawq.quant_functions import batch_frexp, requantization_ratio
-from hawqc.frontends.hawq_export import read_as_hawq
 from hawqc.ir.layout import layout_permutations
 from hawqc.sim.executor import Executor
 from hawqc.sim.inputs import draw_inputs

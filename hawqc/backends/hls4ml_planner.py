@@ -1,6 +1,6 @@
 """Match a canonical channels-last QONNX graph into hls4ml layers, every type taken from precision.
 
-The graphs are what the driver's pipeline leaves (contract decision 8): Conv, pools and
+The graphs are what the driver's pipeline leaves (hawqc's canonical form): Conv, pools and
 BatchNormalization in `CHANNELS_LAST_DOMAIN`, weights as constants, requantization as
 `Mul(k) [-> Add(b)]`, no Transpose. Patterns and the hls4ml layer each becomes:
 

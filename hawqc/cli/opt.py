@@ -128,11 +128,14 @@ def _opt_one(args: argparse.Namespace, source: str, text: str | None = None):
         model = load_onnx_text(_read_stdin(), source="<stdin>", verify_ir=verify_ir)
     else:
         model = load_model(source, pytorch, verify_ir=verify_ir)
+    records = []
     if args.hawq_export_semantics == "hawq":
-        from hawqc.frontends.hawq_export import read_as_hawq
+        from hawqc.flow.hawq_export import run_hawq_export_step
 
-        print(f"hawqc-opt: {read_as_hawq(model, source=source).summary()}", file=sys.stderr)
-    return model, (manager.run(model) if manager else [])
+        step = run_hawq_export_step(model, source=source, configure=lambda step_manager: configure_passes(step_manager, args))
+        print(f"hawqc-opt: {step.reading.summary()}", file=sys.stderr)
+        records = step.records
+    return model, records + (manager.run(model) if manager else [])
 
 
 def _text(model) -> str:

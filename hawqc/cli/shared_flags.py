@@ -26,7 +26,7 @@ def add_pytorch_options(parser: argparse.ArgumentParser) -> None:
 def add_hawq_export_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hawq-export-semantics", choices=("file", "hawq"), default="file",
                         help="a HAWQ export (hawq2qonnx): 'file' computes its float32 rescales as written (default); "
-                             "'hawq' reads them as HAWQ's integer requantization m / 2^e (hawqc.frontends.hawq_export)")  # fmt: skip
+                             "'hawq' reads them as HAWQ's integer requantization m / 2^e (the pass read-as-hawq)")  # fmt: skip
 
 
 def pytorch_options(args: argparse.Namespace):

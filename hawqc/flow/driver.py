@@ -25,18 +25,19 @@ from hawqc.backends.project import LoweredProject
 from hawqc.backends.project_name import check_name_free, check_project_name
 from hawqc.errors import OptionError, UserInputError
 from hawqc.flow.float_parts_option import FloatPartsOutcome, apply_default_precision, check_float_options
+from hawqc.flow.hawq_export import check_semantics, run_hawq_export_step
 from hawqc.flow.mismatch_trace import trace_mismatch
 from hawqc.flow.output_dir import OutputDirectory
 from hawqc.flow.progress import spinner
 from hawqc.flow.user_data import UserData, check_files, compare_expected, load_user_data, write_test_bench
 from hawqc.flow.verify import VerifyResult
 from hawqc.flow.verify_slices import run_in_slices
-from hawqc.frontends.hawq_export import HawqExportReading, check_semantics, read_as_hawq
 from hawqc.frontends.load import load_model
 from hawqc.frontends.pytorch_options import PyTorchOptions
 from hawqc.ir.layout import describe_layouts
 from hawqc.passes.base import PassRecord
 from hawqc.passes.manager import PassManager
+from hawqc.passes.read_as_hawq import HawqExportReading
 from hawqc.report.bops import bops_summary
 from hawqc.report.compile_report import CompileReport
 from hawqc.report.layer_table import build_table
@@ -62,8 +63,9 @@ class CompileOptions:
         settings: strategy, reuse factors, part, clock (`hawqc.HlsSettings`); None: hls4ml's defaults.
         pytorch: for a .pt / .pth model, the factory that builds it, the example input's shape and
             the pickle opt-in (`hawqc.PyTorchOptions`).
-        configure_passes: called with the parsed `PassManager` before it runs (instrumentation,
-            translation validation, reproducers).
+        configure_passes: called with each `PassManager` before it runs (instrumentation,
+            translation validation, reproducers): the pipeline's, and those of the steps the options
+            ask for (`read-as-hawq`, `default-precision`: `hawqc.flow.option_steps`).
         hawq_export_semantics: "file" computes a HAWQ export's float32 rescales as written; "hawq"
             reads them as HAWQ's integer requantizations.
         inputs: a .npy file of inputs to verify on instead of drawn ones (one sample per row, in the
@@ -161,11 +163,18 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     with output.writing() as staging:
         model = load_model(model_path, options.pytorch)
         check_name_free(options.project_name, model)
-        hawq_export = None
+        hawq_export, records = None, []
         if options.hawq_export_semantics == "hawq":
-            hawq_export = read_as_hawq(model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed)
-        records = manager.run(model)
-        float_parts = None if default_precision is None else apply_default_precision(model, default_precision)
+            step = run_hawq_export_step(
+                model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed,
+                configure=options.configure_passes,
+            )  # fmt: skip
+            hawq_export, records = step.reading, step.records
+        records += manager.run(model)
+        float_parts = None
+        if default_precision is not None:
+            float_parts, step_records = apply_default_precision(model, default_precision, options.configure_passes)
+            records += step_records
         user = None if options.inputs is None else load_user_data(model, options.inputs, options.outputs)
 
         lowering_start = time.perf_counter()

@@ -1,5 +1,6 @@
 """`--default-precision` and `--tolerance` in the compile driver: checked before anything is
-written, applied to the model after the passes, and said back to the user.
+written, applied to the model after the passes (by the pass `default-precision`, run as a step of
+the flow: `hawqc.flow.option_steps`), and said back to the user.
 
 The default precision is attached to the model only if precision inference applies it somewhere
 (`hawqc.ir.default_precision`): a model without float parts compiles exactly as without the
@@ -9,14 +10,19 @@ option, and the user is told so.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx_ir as ir
 
 from hawqc.errors import OptionError
+from hawqc.flow.option_steps import run_step
 from hawqc.ir import default_precision
 from hawqc.ir.default_precision import FloatParts
 from hawqc.ir.qtypes import FixedType
+from hawqc.passes.base import PassRecord
+from hawqc.passes.default_precision import DefaultPrecision
+from hawqc.passes.manager import PassManager
 
 
 def check_float_options(spelling: str | None, tolerance: float | None) -> FixedType | None:
@@ -39,15 +45,15 @@ class FloatPartsOutcome:
         return self.parts.summary()
 
 
-def apply_default_precision(model: ir.Model, fixed: FixedType) -> FloatPartsOutcome:
-    """Attach `fixed` to the model if it has float parts (see the module doc)."""
+def apply_default_precision(
+    model: ir.Model, fixed: FixedType, configure: Callable[[PassManager], None] | None = None
+) -> tuple[FloatPartsOutcome, list[PassRecord]]:
+    """Run `default-precision{type=fixed}` over the model (its manager set up by `configure`); where
+    it applied the type, and the pass's record. On a model without float parts the pass changes
+    nothing and leaves no record: the compile, report included, is the one without the option."""
+    records = run_step(DefaultPrecision(type=str(fixed)), model, configure)
+    if default_precision.read(model) is None:
+        return FloatPartsOutcome(fixed, None), [record for record in records if record.changed]
     from hawqc.ir.precision import infer_types
 
-    default_precision.attach(model, fixed)
-    try:
-        parts = infer_types(model).float_parts
-    finally:
-        default_precision.detach(model)
-    if parts is not None:
-        default_precision.attach(model, fixed)
-    return FloatPartsOutcome(fixed, parts)
+    return FloatPartsOutcome(fixed, infer_types(model).float_parts), records

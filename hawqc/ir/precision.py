@@ -1228,7 +1228,7 @@ class _Analysis:
             raise UnsupportedModelError(f"{describe(node)}: scale, bias, mean and variance must be initializers")
         a, b = batch_norm_coefficients(*params, float(_attr(node, "epsilon", 1e-5)))  # type: ignore[misc]
         x = self.operand(node, node.inputs[0])
-        # Mul(a) then Add(b) (contract, decision 3): both steps round in float32.
+        # Mul(a) then Add(b), as onnxruntime computes it: both steps round in float32.
         product = _scaled(x, _dyadic_bounds(a))
         bias = _dyadic_bounds(b)
         exp = min(product.exp, bias.exp)

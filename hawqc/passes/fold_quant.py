@@ -51,7 +51,7 @@ and counted. Rewrites, with their statistics counters:
    rounding differs from single rounding for some x.
 
 5. `bias-adds-moved-past-scales`: `Mul(Add(acc, b), k)` -> `Add(Mul(acc, k), b*k)` (the
-   requantization form `acc -> Mul(k) -> Add(b) -> Quant` of contract decision 4) when k is a
+   requantization form `acc -> Mul(k) -> Add(b) -> Quant` the hls4ml lowering reads) when k is a
    positive power of two (per tensor or per channel), b*k is exact, and the range analysis proves
    that acc, b and acc + b scaled by k stay clear of overflow and on a grid >= 2^-149; then
    fl(acc + b) * k is exact and equals fl(acc*k + b*k) (scaling by 2^k commutes with the rounding

@@ -2,7 +2,7 @@
 
 BatchNormalization (standard domain, or `CHANNELS_LAST_DOMAIN` with the channels on the last axis)
 means, per channel, `y = fl(fl(x * a) + b)` with `a = fl(fl(1 / fl(sqrt(fl(var + eps)))) * gamma)`
-and `b = fl(beta - fl(mean * a))`, each step a float32 operation (`hawqc.sim.ops_conv.
+and `b = fl(beta - fl(mean * a))`, each step a float32 operation (`hawqc.ir.op_arithmetic.
 batch_norm_coefficients`, the executor's own; bit-identical to onnxruntime, and two roundings in
 `b`, not a fused multiply-add: tests/test_fuse_bn.py checks both). Three rewrites,
 tried in this order:

@@ -1,5 +1,5 @@
 """The layers of HAWQ's own QONNX exports, as a graph pattern (shared by `exact-requant` and the
-`--hawq-export-semantics hawq` frontend normalization, `hawqc.frontends.hawq_export`).
+`read-as-hawq` pass that `--hawq-export-semantics hawq` runs, `hawqc.passes.read_as_hawq`).
 
 HAWQ's exporter writes a requantized layer and the next layer's input as float rescales:
 

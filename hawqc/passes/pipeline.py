@@ -8,6 +8,7 @@ the same text (whitespace aside). Grammar:
     element  := NAME options?                     a pass, or a named pipeline
               | GROUP "(" pipeline ")" options?   a group, e.g. fixpoint(...){max-iters=8}
     options  := "{" KEY "=" VALUE ("," KEY "=" VALUE)* "}"
+    VALUE    := no comma, brace, parenthesis or space, except inside one "<...>" (fixed<16,6>)
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from hawqc.errors import UserInputError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_VALUE = re.compile(r"[^,{}()\s]+")
+# A value may hold one `<...>` with commas in it: a fixed-point type, `type=fixed<16,6,TRN,WRAP>`.
+_VALUE = re.compile(r"(?:<[^<>{}()\s]*>|[^,{}()\s])+")
 
 # Group kinds and the options each takes (with defaults); a group's body is a pipeline.
 GROUP_OPTIONS: dict[str, dict[str, int]] = {"fixpoint": {"max-iters": 8}}

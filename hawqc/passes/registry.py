@@ -30,6 +30,8 @@ BUILTIN_PASSES: dict[str, str] = {
     "channels-last": "hawqc.passes.channels_last:ChannelsLast",
     "fuse-bn": "hawqc.passes.fuse_bn:FuseBatchNorm",
     "remove-output-softmax": "hawqc.passes.remove_output_softmax:RemoveOutputSoftmax",
+    "read-as-hawq": "hawqc.passes.read_as_hawq:ReadAsHawq",
+    "default-precision": "hawqc.passes.default_precision:DefaultPrecision",
 }
 
 # A named pipeline is usable wherever a pass name is. DCE runs again after folding because folding
@@ -42,7 +44,8 @@ BUILTIN_PIPELINES: dict[str, str] = {
     # before fold-quant, which would fold the weight Quants and power-of-two Divs it reads.
     "hls4ml-prepare": "cleanup,exact-requant,fold-quant,fuse-bn,channels-last,gemm-to-matmul,cleanup",
     # What `hawqc` runs before lowering. Not infer-precision: the lowering infers the types itself, and
-    # float models must still go through the passes (they get their types from options, issue 6).
+    # it would refuse a float model, which gets its types only after the pipeline, from
+    # `--default-precision` (the pass default-precision).
     "default": "hls4ml-prepare",
 }
 

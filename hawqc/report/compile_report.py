@@ -26,7 +26,7 @@ class CompileReport:
     # Bit operations per MatMul/Gemm/Conv layer and in total (hawqc.report.bops).
     bops: dict[str, Any] | None = None
     # `--hawq-export-semantics hawq`: the requantizations read as HAWQ's, and the measured difference
-    # of the file's own float32 arithmetic (hawqc.frontends.hawq_export).
+    # of the file's own float32 arithmetic (hawqc.flow.hawq_export).
     hawq_export: dict[str, Any] | None = None
     # One row per layer (op, shapes, types, multiplications, BOPs, reuse factor, estimated cycles)
     # and totals (hawqc.report.layer_table): what `hawqc` and `hawqc report` print.

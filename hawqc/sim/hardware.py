@@ -1,6 +1,6 @@
 """Hardware mode: the graph computed with the fixed-point types that precision inference chose.
 
-What the generated C++ computes, exactly (hawqc's contract, decision 6):
+What the generated C++ computes, exactly (hawqc's exactness contract: C simulation == hardware mode):
 - every value is a fixed-point number of its type in `hawqc.ir.precision.infer_types`. Those types
   are wide enough by construction (intervals from the actual weights), so sums, products and data
   movement are plain exact arithmetic; they are computed in float64, which is exact while every

@@ -1,4 +1,4 @@
-"""`--hawq-export-semantics hawq`: read a HAWQ export as the integer inference HAWQ itself runs.
+"""`read-as-hawq`: read a HAWQ export as the integer inference HAWQ itself runs (changes the meaning).
 
 HAWQ's own exporter (`hawq2qonnx`, see `hawqc.passes.hawq_export_layers`) writes every
 requantization as float32 rescales,
@@ -11,12 +11,12 @@ gives some codes back one ulp off, and `fl32(acc * k) / s_a` rounds across .5 wh
 does not. `exact-requant` rewrites a layer only where it proves the file's float32 arithmetic equal
 to a dyadic multiply; with HAWQ's calibrated scales that proof fails on most layers.
 
-This module is a FRONTEND NORMALIZATION, not a pass: it deliberately changes the graph's meaning
-from the file's float32 arithmetic to HAWQ's integer arithmetic (the model the user trained), so
-it runs once after loading, before the pass pipeline and its translation validation, and only when
-asked (`hawqc --hawq-export-semantics hawq`, `CompileOptions(hawq_export_semantics="hawq")`, or
-`read_as_hawq(model)` from Python). It writes the canonical form of the HAWQ lifter
-(`hawqc.frontends.hawq.lift`), whose graph carries integer codes:
+This pass deliberately changes the graph's meaning from the file's float32 arithmetic to HAWQ's
+integer arithmetic (the model the user trained), so it declares `changes_meaning`: translation
+validation takes the graph after it as the new reference. `hawqc --hawq-export-semantics hawq` runs
+it right after loading, before the pipeline (`hawqc.flow.hawq_export`, which also measures how often
+the file's arithmetic differs from HAWQ's); `hawqc-opt -p read-as-hawq` replays it. It writes the
+canonical form of the HAWQ lifter (`hawqc.frontends.hawq.lift`), whose graph carries integer codes:
 
 - the input `Quant(x, s_in) -> Div(s_in)`: `Quant(x, s_in) -> Mul(1 / s_in)` for a power-of-two
   `s_in`, else `Div(x, s_in) -> Quant(x, 1)`: HAWQ's `clamp(round(x / s_in))`, as the lifter writes it;
@@ -31,27 +31,27 @@ asked (`hawqc --hawq-export-semantics hawq`, `CompileOptions(hawq_export_semanti
   `fl32(code * k)`, which is also what the file computes from the same accumulator). So the whole
   graph is integer-only, and hardware mode equals semantic mode with no declared float parts.
 
-The result (`HawqExportReading`) says how many requantizations were read so, with their `(m, e)`,
-and how often the file's own float32 arithmetic differs from HAWQ's on sample inputs: it runs the
-file as loaded and the normalized graph in semantic mode and counts the samples where any
-requantized code differs, and where the output differs (the file's float output against
-`fl32(accumulator * k)`).
+What was read (`HawqExportReading`: each requantization with its `(m, e)`, the input and output
+scales) is recorded as model metadata (`READING_KEY`), where the flow finds it. A graph without a
+HAWQ-export requantization is left unchanged; one that has some but does not fit the pattern
+around them is refused, naming the node.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import OptionError, UnsupportedModelError, UserInputError
+from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.dyadic import dyadic
 from hawqc.ir.shape_inference import infer_shapes
-from hawqc.ir.verifier import verify
+from hawqc.passes.base import Pass, PassResult
 from hawqc.passes.hawq_export_layers import (
     Layer,
     constant,
@@ -64,18 +64,10 @@ from hawqc.passes.hawq_export_layers import (
     single_use,
 )
 
-SEMANTICS = ("file", "hawq")
-# How the refusals below name the option that asked for this reading (the command line: its flag).
-OPTION = "hawq_export_semantics='hawq'"
 READING_KEY = "hawqc.hawq_export.reading"
 # Codes entering a layer are enumerated by nobody here: the matcher's limit only bounds the
 # round-trip check of the codes a Div gives back, which is linear in the number of codes.
 CODE_LIMIT = 1 << 24
-
-
-def check_semantics(semantics: str) -> None:
-    if semantics not in SEMANTICS:
-        raise OptionError(f"{{}} must be one of {', '.join(SEMANTICS)}, got {semantics!r}", "hawq_export_semantics")
 
 
 @dataclass(frozen=True)
@@ -95,9 +87,9 @@ class HawqExportReading:
     requantizations: tuple[Requantization, ...]
     input_scale: float
     output_scale: float  # k of the last layer: HAWQ's float output is fl32(output code * output_scale)
-    samples: int  # inputs the file's float32 arithmetic was compared on (0: not measured)
-    samples_with_other_codes: int  # some requantized code differs from HAWQ's
-    samples_with_other_outputs: int  # the file's float output differs from fl32(HAWQ's accumulator * k)
+    samples: int = 0  # inputs the file's float32 arithmetic was compared on (0: not measured)
+    samples_with_other_codes: int = 0  # some requantized code differs from HAWQ's
+    samples_with_other_outputs: int = 0  # the file's float output differs from fl32(HAWQ's accumulator * k)
 
     def summary(self) -> str:
         count = len(self.requantizations)
@@ -115,6 +107,41 @@ class HawqExportReading:
     def as_dict(self) -> dict:
         return {"semantics": "hawq", **asdict(self)}
 
+    @classmethod
+    def from_dict(cls, facts: dict) -> HawqExportReading:
+        """The reading back from `as_dict` (the model metadata `READING_KEY`)."""
+        fields = {key: value for key, value in facts.items() if key not in ("semantics", "requantizations")}
+        return cls(tuple(Requantization(**r) for r in facts["requantizations"]), **fields)
+
+
+def recorded_reading(model: ir.Model) -> HawqExportReading | None:
+    """What `read-as-hawq` recorded on `model`, or None if it read nothing there."""
+    text = model.metadata_props.get(READING_KEY)
+    return None if text is None else HawqExportReading.from_dict(json.loads(text))
+
+
+def record_reading(model: ir.Model, reading: HawqExportReading) -> None:
+    model.metadata_props[READING_KEY] = json.dumps(reading.as_dict())
+
+
+@dataclass(frozen=True)
+class ReadAsHawq(Pass):
+    name: ClassVar[str] = "read-as-hawq"
+    summary: ClassVar[str] = (
+        "Read a HAWQ export's float32 rescales as HAWQ's integer requantization m / 2^e (changes the outputs)."
+    )
+    changes_meaning: ClassVar[bool] = True
+
+    def run(self, model: ir.Model) -> PassResult:
+        export = find_hawq_export(model)
+        if export is None:
+            return PassResult(False, {"requantizations-read": 0})
+        reading = rewrite_hawq_export(model, export)
+        return PassResult(True, {"requantizations-read": len(reading.requantizations)})
+
+
+# ---- matching ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _OutputLayer:
@@ -126,49 +153,56 @@ class _OutputLayer:
     k: float
 
 
-def read_as_hawq(model: ir.Model, *, source: str = "the model", samples: int = 1000, seed: int = 0) -> HawqExportReading:
-    """Rewrite `model` (a HAWQ export as loaded) in place into HAWQ's integer inference; measure
-    on `samples` inputs (seed `seed`) how often the file's own float32 arithmetic differs from it."""
+@dataclass(frozen=True)
+class HawqExport:
+    """The pieces of a HAWQ export that `rewrite_hawq_export` rewrites."""
+
+    layers: list[Layer]
+    input_quant: ir.Node
+    input_divs: list[ir.Node]
+    output: _OutputLayer
+
+
+@dataclass(frozen=True)
+class _Refusals:
+    """How a refusal says where it happened (`source`: the model's file) and who asked for the
+    reading: an option (`asker`, its Python name, spelled as its flag on the command line), or
+    nobody named (the pass in a pipeline, which the manager names)."""
+
+    source: str
+    asker: str | None
+
+    def error(self, kind: type[UserInputError], where: str, text: str) -> UserInputError:
+        if self.asker is None:
+            return kind(f"{where}: {text}")
+        return kind(f"{where}: {{}}: {text}", option=self.asker)
+
+
+def find_hawq_export(model: ir.Model, *, source: str = "the model", asker: str | None = None) -> HawqExport | None:
+    """The HAWQ-export layers of `model`, or None if it has no requantization of that form; a graph
+    that has some but does not fit the pattern around them is refused (`UnsupportedModelError`)."""
+    refusals = _Refusals(source, asker)
     graph = model.graph
-    layers = [layer for node in graph if (layer := _layer(node)) is not None]
+    layers = [layer for node in graph if (layer := _layer(node, refusals)) is not None]
     if not layers:
-        raise UserInputError(
-            f"{source}: {{}}: no HAWQ-export requantization (Mul(k) -> Relu? -> Quant(s_a) -> Div(s_a)) "
-            f"found; compile this file without the option", option=OPTION
-        )
-    input_quant, input_divs = _input_quantizer(graph, source)
-    output = _output_layer(graph, source)
+        return None
+    input_quant, input_divs = _input_quantizer(graph, refusals)
+    output = _output_layer(graph, refusals)
     code_divs = {div for layer in layers for div in layer.readers} | set(input_divs)
     for core in [layer.core for layer in layers] + [output.core]:
         div = selection_source(core.inputs[0]).producer()
         if div not in code_divs:
-            raise UnsupportedModelError(
-                f"{describe(core)}: {{}}: its input is not the codes of a HAWQ-export activation "
-                f"(Quant(s_a) -> Div(s_a))", option=OPTION
-            )
+            raise refusals.error(
+                UnsupportedModelError, describe(core),
+                "its input is not the codes of a HAWQ-export activation (Quant(s_a) -> Div(s_a))",
+            )  # fmt: skip
     leftover = [node for node in graph if node.op_type == "Div" and node.domain == "" and node not in code_divs]
     if leftover:
-        raise UnsupportedModelError(f"{describe(leftover[0])}: {{}}: a Div that is not part of a HAWQ-export layer", option=OPTION)
-
-    original = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if samples else None
-    requantizations = tuple(_rewrite_layer(graph, layer) for layer in layers)
-    input_scale = _rewrite_input(graph, input_quant, input_divs)
-    _rewrite_output(graph, output)
-    _drop_unused_initializers(graph)
-    model.metadata_props["hawqc.hawq.output_scale"] = json.dumps([output.k])
-    infer_shapes(model)
-    verify(model)
-    reading = HawqExportReading(requantizations, input_scale, output.k, 0, 0, 0)
-    if original is not None:
-        reading = _measure(original, model, reading, samples, seed)
-    model.metadata_props[READING_KEY] = json.dumps(reading.as_dict())
-    return reading
+        raise refusals.error(UnsupportedModelError, describe(leftover[0]), "a Div that is not part of a HAWQ-export layer")
+    return HawqExport(layers, input_quant, input_divs, output)
 
 
-# ---- matching ----------------------------------------------------------------------------------
-
-
-def _layer(node: ir.Node) -> Layer | None:
+def _layer(node: ir.Node, refusals: _Refusals) -> Layer | None:
     """A requantized layer whose reading Divs divide by the Quant's own scale (HAWQ passes s_a on)."""
     if quant_params(node) is None:
         return None
@@ -176,39 +210,42 @@ def _layer(node: ir.Node) -> Layer | None:
     if layer is None:
         return None
     if layer.divisor.reshape(-1).view(np.uint32)[0] != layer.quant.scale.reshape(-1).view(np.uint32)[0]:
-        raise UnsupportedModelError(
-            f"{describe(layer.readers[0])}: {{}}: divides by {float(layer.divisor.reshape(-1)[0])!r}, not by "
-            f"the activation scale {float(layer.quant.scale.reshape(-1)[0])!r} of {describe(node)}", option=OPTION
-        )
+        raise refusals.error(
+            UnsupportedModelError, describe(layer.readers[0]),
+            f"divides by {float(layer.divisor.reshape(-1)[0])!r}, not by the activation scale "
+            f"{float(layer.quant.scale.reshape(-1)[0])!r} of {describe(node)}",
+        )  # fmt: skip
     return layer
 
 
-def _input_quantizer(graph: ir.Graph, source: str) -> tuple[ir.Node, list[ir.Node]]:
+def _input_quantizer(graph: ir.Graph, refusals: _Refusals) -> tuple[ir.Node, list[ir.Node]]:
     """The graph input's `Quant(x, s_in)` and the Divs by `s_in` that turn it into codes."""
     data_inputs = [value for value in graph.inputs if value.name not in graph.initializers]
     if len(data_inputs) != 1:
-        raise UnsupportedModelError(f"{source}: {{}}: a HAWQ export has one input, this graph has {len(data_inputs)}", option=OPTION)
+        raise refusals.error(
+            UnsupportedModelError, refusals.source, f"a HAWQ export has one input, this graph has {len(data_inputs)}"
+        )
     uses = data_inputs[0].uses()
     node = uses[0][0] if len(uses) == 1 else None
     params = quant_params(node) if node is not None and uses[0][1] == 0 else None
     divs = reading_divs(node.outputs[0]) if params is not None else None
     if not divs:
-        raise UnsupportedModelError(
-            f"{source}: {{}}: the graph input '{data_inputs[0].name}' is not read by a HAWQ-export input "
-            f"quantizer Quant(x, s_in) -> Div(s_in)", option=OPTION
-        )
+        raise refusals.error(
+            UnsupportedModelError, refusals.source,
+            f"the graph input '{data_inputs[0].name}' is not read by a HAWQ-export input quantizer Quant(x, s_in) -> Div(s_in)",
+        )  # fmt: skip
     if any(constant(div.inputs[1]).reshape(-1).view(np.uint32)[0] != params.scale.reshape(-1).view(np.uint32)[0] for div in divs):
-        raise UnsupportedModelError(f"{describe(divs[0])}: {{}}: does not divide by the input scale of {describe(node)}", option=OPTION)
+        raise refusals.error(UnsupportedModelError, describe(divs[0]), f"does not divide by the input scale of {describe(node)}")
     return node, divs
 
 
-def _output_layer(graph: ir.Graph, source: str) -> _OutputLayer:
+def _output_layer(graph: ir.Graph, refusals: _Refusals) -> _OutputLayer:
     outputs = list(graph.outputs)
     mul = outputs[0].producer() if len(outputs) == 1 else None
     operands = scalar_operand(mul) if mul is not None and mul.op_type == "Mul" and mul.domain == "" else None
     if operands is None or not float(operands[1].reshape(-1)[0]) > 0:
-        raise UnsupportedModelError(
-            f"{source}: {{}}: the graph output is not a HAWQ-export last layer's Mul(acc, s_w * s_prev)", option=OPTION
+        raise refusals.error(
+            UnsupportedModelError, refusals.source, "the graph output is not a HAWQ-export last layer's Mul(acc, s_w * s_prev)"
         )
     accumulator, k = operands
     core = accumulator.producer()
@@ -216,11 +253,26 @@ def _output_layer(graph: ir.Graph, source: str) -> _OutputLayer:
         data = [value for value in core.inputs if constant(value) is None]
         core = data[0].producer() if len(data) == 1 else None
     if core is None or core.domain != "" or core.op_type not in ("MatMul", "Conv") or constant(core.inputs[1]) is None:
-        raise UnsupportedModelError(f"{describe(mul)}: {{}}: not the Mul of a MatMul / Conv layer's accumulator", option=OPTION)
+        raise refusals.error(UnsupportedModelError, describe(mul), "not the Mul of a MatMul / Conv layer's accumulator")
     return _OutputLayer(core, mul, accumulator, float(k.reshape(-1)[0]))
 
 
 # ---- rewriting ---------------------------------------------------------------------------------
+
+
+def rewrite_hawq_export(model: ir.Model, export: HawqExport) -> HawqExportReading:
+    """Rewrite `model` in place into HAWQ's integer inference (see the module doc); record and
+    return what was read."""
+    graph = model.graph
+    requantizations = tuple(_rewrite_layer(graph, layer) for layer in export.layers)
+    input_scale = _rewrite_input(graph, export.input_quant, export.input_divs)
+    _rewrite_output(graph, export.output)
+    _drop_unused_initializers(graph)
+    model.metadata_props["hawqc.hawq.output_scale"] = json.dumps([export.output.k])  # the lifter's record
+    infer_shapes(model)
+    reading = HawqExportReading(requantizations, input_scale, export.output.k)
+    record_reading(model, reading)
+    return reading
 
 
 def hawq_dyadic(accumulator_scale: np.float32, activation_scale: np.float32) -> tuple[int, int, float]:
@@ -320,34 +372,3 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
     for name, value in list(graph.initializers.items()):
         if not value.uses() and value not in outputs:
             del graph.initializers[name]
-
-
-# ---- measuring ---------------------------------------------------------------------------------
-
-
-def _measure(original: ir.Model, normalized: ir.Model, reading: HawqExportReading, samples: int, seed: int) -> HawqExportReading:
-    """Count the samples where the file's arithmetic gives other codes or outputs than HAWQ's, in
-    slices (`hawqc.sim.slicing`): `--verify 1000000000` measures on that many samples in the memory
-    of one slice. The samples are `draw_inputs(original, samples, seed)`, drawn a slice at a time."""
-    from hawqc.sim.executor import Executor
-    from hawqc.sim.inputs import draw_input_slices
-    from hawqc.sim.slicing import slice_size
-
-    name = original.graph.inputs[0].name
-    file_run, hawq_run = Executor(original), Executor(normalized)
-    other_codes = other_outputs = 0
-    for x in draw_input_slices(original, samples, seed, slice_size(original)):
-        file_values = file_run.run({name: x}, keep_intermediates=True)
-        hawq_values = hawq_run.run({name: x}, keep_intermediates=True)
-        codes_differ = np.zeros(len(x), dtype=bool)
-        for requantization in reading.requantizations:
-            codes = requantization.codes
-            file_codes = np.rint(file_values[codes].astype(np.float64) / requantization.activation_scale)
-            codes_differ |= (file_codes != hawq_values[codes]).reshape(len(x), -1).any(axis=1)
-        output = original.graph.outputs[0].name
-        hawq_output = hawq_values[normalized.graph.outputs[0].name].astype(np.float32) * np.float32(reading.output_scale)
-        other_codes += int(codes_differ.sum())
-        other_outputs += int((file_values[output] != hawq_output).reshape(len(x), -1).any(axis=1).sum())
-    return HawqExportReading(
-        reading.requantizations, reading.input_scale, reading.output_scale, samples, other_codes, other_outputs
-    )
