@@ -50,6 +50,7 @@ from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.dyadic import dyadic
+from hawqc.ir.names import FreshNames
 from hawqc.ir.shape_inference import infer_shapes
 from hawqc.passes.base import Pass, PassResult
 from hawqc.passes.hawq_export_layers import (
@@ -356,13 +357,8 @@ def _initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
 
 
 def _fresh(graph: ir.Graph, name: str) -> str:
-    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
-    taken |= {n.name for n in graph}
-    candidate, index = name, 1
-    while candidate in taken:
-        index += 1
-        candidate = f"{name}_{index}"
-    return candidate
+    # Names are taken afresh at each call: the nodes built so far are inserted only at the end.
+    return FreshNames(graph, first_suffix=2)(name)
 
 
 def _drop_unused_initializers(graph: ir.Graph) -> None:
