@@ -41,11 +41,11 @@ class FloatPartsOutcome:
 
 def apply_default_precision(model: ir.Model, fixed: FixedType) -> FloatPartsOutcome:
     """Attach `fixed` to the model if it has float parts (see the module doc)."""
-    from hawqc.ir.precision import infer_types
+    from hawqc.ir.precision import precision_of
 
     default_precision.attach(model, fixed)
     try:
-        parts = infer_types(model).float_parts
+        parts = precision_of(model).float_parts
     finally:
         default_precision.detach(model)
     if parts is not None:

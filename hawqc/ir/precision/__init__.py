@@ -16,10 +16,11 @@ The rules, one per op, live with their family, each module documenting its own:
 - `elementwise`: Add, Sub, Mul, Div, Relu, LeakyRelu, Clip, BatchNormalization, Cast;
 - `shapes`: Reshape and its kin, Transpose, Concat, Resize, Pad, Identity;
 - `float_parts`: float inputs, constants and outputs in the model's default precision.
-`rules` is the table from op key to rule; `analysis` the driver (`infer_types`).
+`rules` is the table from op key to rule; `analysis` the driver (`infer_types`, and `precision_of`,
+the same computed once per IR state: every reader of a compiled model's types goes through it).
 """
 
-from hawqc.ir.precision.analysis import FLOAT32_EXACT_INT, FLOAT64_EXACT_INT, Analysis, infer_types
+from hawqc.ir.precision.analysis import FLOAT32_EXACT_INT, FLOAT64_EXACT_INT, Analysis, infer_types, precision_of
 from hawqc.ir.precision.quantizers import (
     QuantParams,
     bipolar_scale,
@@ -39,6 +40,7 @@ __all__ = [
     "bipolar_scale",
     "infer_types",
     "is_bipolar_quant",
+    "precision_of",
     "quant_params",
     "quant_type",
     "quantize_constant",

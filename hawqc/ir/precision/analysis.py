@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError
-from hawqc.ir import default_precision
+from hawqc.ir import analysis_cache, default_precision
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.precision.attributes import constant
 from hawqc.ir.precision.bounds import Bounds, exact_codes, feature_bounds, feature_grids
@@ -155,6 +155,12 @@ def infer_types(model: ir.Model) -> PrecisionResult:
     Raises UnsupportedModelError, naming the node, for ops without a rule, non-power-of-two scales,
     non-zero zero points, rounding modes without a fixed-point equivalent, and unquantized inputs.
     Shapes are inferred (annotated on the model) if a rule needs one that is missing. This runs the
-    analysis every time; `precision_of` reuses the result while the model is unchanged.
+    analysis every time; `precision_of` runs it once per IR state.
     """
     return Analysis(model).run()
+
+
+def precision_of(model: ir.Model) -> PrecisionResult:
+    """`infer_types(model)`, computed once per IR state (`hawqc.ir.analysis_cache`): the entry point
+    of every reader of a compiled model's types. The result is shared: read it, never change it."""
+    return analysis_cache.cached(model, "precision", infer_types)
