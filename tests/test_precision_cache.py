@@ -64,7 +64,7 @@ def test_a_result_is_computed_once_per_ir_state(runs) -> None:
 
 def test_one_compile_infers_precision_once(tmp_path, capsys, runs) -> None:
     """The lowering, the BOPs count, hardware mode and verification all read the same IR state:
-    inference ran four times per compile before it was cached; now once."""
+    inference ran five times per compile before it was cached; now once."""
     code = main([str(JET_TAGGER), "-o", str(tmp_path / "p"), "--verify", "20"])
     assert code == 0, capsys.readouterr().out
     assert len(runs) == 1
