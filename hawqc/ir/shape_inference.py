@@ -24,6 +24,7 @@ from hawqc.errors import UserInputError
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QUANT_OPS, is_qonnx_domain
 from hawqc.ir.io import to_proto
 from hawqc.ir.layout import CHANNELS_LAST_OPS, channels_first_perm, channels_last_perm
+from hawqc.ir.names import FreshNames
 
 # QONNX ops whose output has the shape of input 0 (elementwise quantizers).
 SHAPE_PRESERVING_QONNX_OPS = QUANT_OPS | {"BipolarQuant", "Trunc", "MultiThreshold"}
@@ -93,7 +94,7 @@ def _stand_in_channels_last_ops(proto: onnx.ModelProto) -> None:
     }
     if not pending:
         return
-    names = _NameSource(proto)
+    names = _name_source(proto)
     ranks = _known_ranks(proto)
     while True:
         replaced: list[onnx.NodeProto] = []
@@ -128,7 +129,7 @@ def _channels_last_rank(node: onnx.NodeProto, ranks: dict[str, int]) -> int | No
     return rank if rank is not None and rank >= 3 else None
 
 
-def _channels_first_sandwich(node: onnx.NodeProto, rank: int, names: _NameSource) -> list[onnx.NodeProto]:
+def _channels_first_sandwich(node: onnx.NodeProto, rank: int, names: FreshNames) -> list[onnx.NodeProto]:
     to_first = list(channels_first_perm(rank))
     to_last = list(channels_last_perm(rank))
     transposed_inputs = 2 if node.op_type == "Conv" else 1
@@ -147,24 +148,15 @@ def _channels_first_sandwich(node: onnx.NodeProto, rank: int, names: _NameSource
     return nodes
 
 
-class _NameSource:
+def _name_source(proto: onnx.ModelProto) -> FreshNames:
     """Value names not used in the proto, for the stand-ins' intermediate values."""
-
-    def __init__(self, proto: onnx.ModelProto) -> None:
-        graph = proto.graph
-        self.used = {value.name for value in (*graph.input, *graph.output, *graph.value_info)}
-        self.used.update(tensor.name for tensor in graph.initializer)
-        for node in graph.node:
-            self.used.update(node.input)
-            self.used.update(node.output)
-
-    def __call__(self, wanted: str) -> str:
-        candidate, index = wanted, 0
-        while candidate in self.used:
-            index += 1
-            candidate = f"{wanted}_{index}"
-        self.used.add(candidate)
-        return candidate
+    graph = proto.graph
+    used = {value.name for value in (*graph.input, *graph.output, *graph.value_info)}
+    used.update(tensor.name for tensor in graph.initializer)
+    for node in graph.node:
+        used.update(node.input)
+        used.update(node.output)
+    return FreshNames(used=used)
 
 
 def _known_ranks(proto: onnx.ModelProto) -> dict[str, int]:

@@ -59,9 +59,9 @@ from hawqc.ir.layout import (
     is_identity,
     record_layout,
 )
+from hawqc.ir.names import FreshNames
 from hawqc.ir.quant_annotation import QuantAnnotation, annotate, read_annotation
 from hawqc.passes.base import Pass, PassResult
-from hawqc.passes.rewrite import FreshNames
 
 # Ops that apply one function per element, with numpy (ONNX multidirectional) broadcasting of all
 # inputs; relaying out every input alike relays out the result.

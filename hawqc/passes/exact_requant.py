@@ -60,6 +60,7 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
+from hawqc.ir.names import FreshNames
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.hawq_export_layers import (
     FLOAT32_EXACT_INT,
@@ -262,8 +263,9 @@ def _rewrite(graph: ir.Graph, layer: Layer, m: int, e: int) -> None:
     name = node.name or node.outputs[0].name
     d = make_initializer(np.full(layer.k.shape, math.ldexp(m, -e), dtype=np.float32), f"{name}_dyadic_multiplier")
     one = make_initializer(np.ones(layer.quant.scale.shape, dtype=np.float32), f"{name}_unit_scale")
+    names = FreshNames(graph)
     for value in (d, one):
-        value.name = _fresh(graph, value.name)
+        value.name = names(value.name)
         value.const_value.name = value.name
         graph.register_initializer(value)
     k_index = 1 if constant(layer.mul.inputs[1]) is not None else 0
@@ -272,15 +274,6 @@ def _rewrite(graph: ir.Graph, layer: Layer, m: int, e: int) -> None:
     for div in layer.readers:
         ir.convenience.replace_all_uses_with(div.outputs[0], div.inputs[0])
         graph.remove(div, safe=True)
-
-
-def _fresh(graph: ir.Graph, name: str) -> str:
-    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
-    candidate, i = name, 0
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    return candidate
 
 
 @dataclass(frozen=True)

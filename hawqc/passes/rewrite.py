@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
+from hawqc.ir.names import FreshNames
 
 
 @dataclass(frozen=True)
@@ -122,24 +123,6 @@ def _capture(found: Match, name: str, value: ir.Value) -> bool:
     # The same name twice in a pattern means the same value (e.g. Add(x, x)).
     previous = found.captures.setdefault(name, value)
     return previous is value
-
-
-class FreshNames:
-    """Names not yet used by any value or node of the graph (gathered once: linear per sweep)."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.used = {value.name for value in (*graph.inputs, *graph.initializers.values())}
-        for node in graph:
-            self.used.add(node.name)
-            self.used.update(value.name for value in node.outputs)
-
-    def __call__(self, wanted: str) -> str:
-        candidate, index = wanted, 0
-        while candidate in self.used:
-            index += 1
-            candidate = f"{wanted}_{index}"
-        self.used.add(candidate)
-        return candidate
 
 
 @dataclass

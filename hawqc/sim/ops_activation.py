@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.sim import quant
-from hawqc.sim.node_reading import (
+from hawqc.ir.ops.reading import (
     check_input_count,
     opset_version,
     refusal,
     standard_opset,
 )
+from hawqc.sim import quant
 
 if TYPE_CHECKING:  # hawqc.sim.ops imports this module to fill its op table
     from hawqc.sim.ops import Kernel, NodeSpec

@@ -38,7 +38,7 @@ import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hawqc.ir.op_arithmetic import auto_pads, batch_norm_coefficients, window_count
-from hawqc.sim.node_reading import (
+from hawqc.ir.ops.reading import (
     check_input_count,
     check_single_output,
     refusal,

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from hawqc.errors import UserInputError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.op_arithmetic import cast_target
-from hawqc.sim.node_reading import (
+from hawqc.ir.ops.reading import (
     check_input_count,
     present_inputs,
     refusal,

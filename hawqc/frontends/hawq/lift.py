@@ -80,6 +80,7 @@ from hawqc.errors import UnsupportedModelError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
 from hawqc.ir.dyadic import dyadic
+from hawqc.ir.names import FreshNames
 from hawqc.ir.shape_inference import infer_shapes
 
 FLOAT32_EXACT_INTEGERS = 2**24
@@ -153,16 +154,10 @@ class _GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[ir.Node] = []
         self.initializers: list[ir.Value] = []
-        self._names: set[str] = set()
+        self._names = FreshNames(first_suffix=2)
 
     def unique(self, name: str) -> str:
-        name = name.replace(".", "_") or "v"
-        candidate, index = name, 1
-        while candidate in self._names:
-            index += 1
-            candidate = f"{name}_{index}"
-        self._names.add(candidate)
-        return candidate
+        return self._names(name.replace(".", "_") or "v")
 
     def constant(self, array: np.ndarray, name: str, dtype: type = np.float32) -> ir.Value:
         value = make_initializer(np.asarray(array, dtype=dtype), self.unique(name))

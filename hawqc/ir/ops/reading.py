@@ -1,8 +1,6 @@
-"""What the executor's builders read from a node when they plan it: inputs, opset versions, refusals.
-
-Shared by the op modules (`ops_conv`, `ops_tensor`, `ops_activation`), which `hawqc.sim.ops`
-imports to fill its table; so this module, like them, depends on nothing in `hawqc.sim.ops`.
-"""
+"""What every reader of a node needs: its present inputs, the opset version it runs at, and the
+one-line refusal naming it. The op views of this package, the executor's builders, precision
+inference and the planner read nodes through these."""
 
 from __future__ import annotations
 
@@ -10,8 +8,7 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
-
-STANDARD_DOMAINS = ("", "ai.onnx")
+from hawqc.ir.ops.keys import STANDARD_DOMAINS
 
 
 def refusal(node: ir.Node, reason: str) -> UnsupportedModelError:

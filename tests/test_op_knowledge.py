@@ -1,0 +1,155 @@
+"""The op-knowledge layer (`hawqc.ir.ops`, `hawqc.ir.grid`): views of quantizers, windows and
+BatchNorm with their defaults, the traits table, the grid exponents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hawqc.errors import UnsupportedModelError
+from hawqc.ir.grid import element_exponents, exact_type, finest_exponent
+from hawqc.ir.io import parse_text
+from hawqc.ir.ops.batchnorm import batch_norm
+from hawqc.ir.ops.quantizer import code_bounds, quantizer
+from hawqc.ir.ops.traits import Trait, has_trait, keys_with, ops_with
+from hawqc.ir.ops.window import Windows
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : {qonnx}]>\n'
+
+
+def _nodes(body: str, qonnx: int = 1) -> dict:
+    model = parse_text(HEADER.format(qonnx=qonnx) + body)
+    return {node.outputs[0].name: node for node in model.graph}
+
+
+QUANTIZERS = """
+g (float[1,4] x) => (float[1,4] a, float[1,4] b, float[1,4] c, float[1,4] d, float[1,4] e)
+   <float s = {0.25}, float[4] sc = {0.5, 0.25, 0.25, 0.125}, float z = {0}, float b4 = {4}, float b1 = {1}, float b8 = {8}>
+{
+   a = qonnx.custom_op.general.Quant (x, s, z, b4)
+   b = qonnx.custom_op.general.IntQuant <signed: int = 0, narrow: int = 1, rounding_mode: string = "floor"> (x, sc, z, b4)
+   c = qonnx.custom_op.general.Quant <signed: int = 1> (x, s, z, b1)
+   d = qonnx.custom_op.general.BipolarQuant (x, s)
+   e = qonnx.custom_op.general.Trunc (x, s, z, b8, b4)
+}
+"""
+
+
+def test_quantizer_view_reads_defaults_and_parameters() -> None:
+    nodes = _nodes(QUANTIZERS)
+    a = quantizer(nodes["a"])
+    assert a is not None and a.layout == "Quant"
+    assert (a.signed, a.narrow, a.rounding_mode, a.bits, a.code_bounds) == (True, False, "ROUND", 4, (-8, 7))
+    assert a.per_tensor and a.channel_axis(2) is None and not a.is_bipolar
+    b = quantizer(nodes["b"])
+    assert (b.signed, b.narrow, b.rounding_mode, b.rounding_mode_as_written) == (False, True, "FLOOR", "floor")
+    # qonnx's code narrows unsigned quantizers at the top.
+    assert b.code_bounds == (0, 14) and not b.per_tensor and b.channel_axis(2) == 1
+    assert b.annotation().integer_range() == b.code_bounds
+    c, d = quantizer(nodes["c"]), quantizer(nodes["d"])
+    assert c.is_bipolar and c.code_bounds == (-1, 1)
+    assert d.is_bipolar and d.code_bounds == (-1, 1) and d.bits == 1 and float(d.zero_point) == 0
+    e = quantizer(nodes["e"])
+    assert e.layout == "Trunc v1" and e.rounding_mode == "FLOOR" and e.bits == 4
+    assert int(e.constant("in_bit_width")) == 8 and e.input("out_scale") is None and e.annotation() is None
+
+
+def test_trunc_v2_layout_follows_the_qonnx_domain_version() -> None:
+    body = """
+g (float[1,4] x) => (float[1,4] e)
+   <float s = {0.25}, float z = {0}, float b4 = {4}, float b8 = {8}, float os = {1}>
+{
+   e = qonnx.custom_op.general.Trunc (x, s, z, b8, os, b4)
+}
+"""
+    e = quantizer(_nodes(body, qonnx=2)["e"])
+    assert e.layout == "Trunc v2" and e.expected_inputs == 6
+    assert float(e.constant("out_scale")) == 1 and e.bits == 4
+
+
+def test_quantizer_view_of_other_nodes_and_non_constant_parameters() -> None:
+    body = """
+g (float[1,4] x, float s) => (float[1,4] a, float[1,4] r)
+   <float z = {0}, float b4 = {4.5}>
+{
+   a = qonnx.custom_op.general.Quant (x, s, z, b4)
+   r = Relu (x)
+}
+"""
+    nodes = _nodes(body)
+    assert quantizer(nodes["r"]) is None
+    a = quantizer(nodes["a"])
+    assert a.scale is None and a.bits is None and a.code_bounds is None and a.annotation() is None
+
+
+def test_code_bounds() -> None:
+    assert code_bounds(8, True, False) == (-128, 127)
+    assert code_bounds(8, True, True) == (-127, 127)
+    assert code_bounds(3, False, False) == (0, 7)
+
+
+WINDOWS = """
+g (float[1,2,5,5] x) => (float[1,2,3,3] p, float[1,2,5,5] q, float[1,2,2,2] r)
+{
+   p = MaxPool <kernel_shape: ints = [3, 3], strides: ints = [2, 2], pads: ints = [1, 1, 1, 1]> (x)
+   q = AveragePool <kernel_shape: ints = [3, 3], auto_pad: string = "SAME_UPPER", count_include_pad: int = 1> (x)
+   r = MaxPool <kernel_shape: ints = [2, 2], strides: ints = [2, 2], pads: ints = [0, 0]> (x)
+}
+"""
+
+
+def test_window_view_defaults_and_padding() -> None:
+    nodes = _nodes(WINDOWS)
+    p = Windows.read(nodes["p"])
+    assert p.kernel == (3, 3) and p.dilations_or_default(2) == (1, 1) and not p.ceil_mode and p.group == 1
+    assert p.pads_for((5, 5)) == (1, 1, 1, 1) == p.fixed_pads(2)
+    q = Windows.read(nodes["q"])
+    assert q.depends_on_input_size and q.fixed_pads(2) is None and q.count_include_pad
+    assert q.pads_for((5, 5)) == (1, 1, 1, 1)
+    with pytest.raises(UnsupportedModelError, match="pads \\[0, 0\\] has 2 values, expected 4"):
+        Windows.read(nodes["r"])
+
+
+def test_batch_norm_view() -> None:
+    body = """
+g (float[1,2] x) => (float[1,2] y)
+   <float[2] g = {1, 2}, float[2] b = {0, 1}, float[2] m = {0, 0}, float[2] v = {1, 3}>
+{
+   y = BatchNormalization <epsilon: float = 1> (x, g, b, m, v)
+}
+"""
+    view = batch_norm(_nodes(body)["y"])
+    assert view.epsilon == 1 and view.inference_mode and view.channel_axis(2) == 1
+    a, b = view.coefficients()
+    np.testing.assert_array_equal(a, np.array([1 / np.sqrt(2), 1.0], np.float32))
+    np.testing.assert_array_equal(b, np.array([0, 1], np.float32))
+
+
+def test_traits_table() -> None:
+    assert ops_with(Trait.CHANNELS_FIRST) == {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"}
+    assert ops_with(Trait.CHANNELS_LAST, "qonnx.custom_op.channels_last") == ops_with(Trait.CHANNELS_FIRST)
+    assert ops_with(Trait.REARRANGES) == {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+    assert ops_with(Trait.REARRANGES) <= ops_with(Trait.SELECTS)
+    assert {("qonnx.custom_op.general", op) for op in ("Quant", "IntQuant", "BipolarQuant", "Trunc")} == keys_with(Trait.QUANTIZER)
+    nodes = _nodes(QUANTIZERS)
+    assert has_trait(nodes["a"], Trait.QUANTIZER | Trait.ELEMENTWISE)
+
+
+def test_grid_exponents() -> None:
+    values = np.array([0.5, 0.75, 3, 0, -0.125, np.inf], np.float32)
+    assert element_exponents(values)[:5].tolist()[:3] == [-1, -2, 0]
+    assert finest_exponent(values) == -3
+    assert finest_exponent(np.zeros(3)) is None
+    assert str(exact_type(values[:5])) == "fixed<6,3,TRN,WRAP>"
+    assert str(exact_type(np.zeros(2))) == str(exact_type(np.zeros(1)))
+
+
+def test_fresh_names_avoid_the_graph_and_the_given_names() -> None:
+    from hawqc.ir.names import FreshNames
+
+    nodes = _nodes(QUANTIZERS)
+    graph = nodes["a"].graph
+    names = FreshNames(graph, used={"w"})
+    assert names("a") == "a_1" and names("a") == "a_2" and names("w") == "w_1" and names("new") == "new"
+    counted_from_two = FreshNames(first_suffix=2)
+    assert [counted_from_two("v") for _ in range(3)] == ["v", "v_2", "v_3"]
