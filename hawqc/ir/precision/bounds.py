@@ -15,6 +15,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from hawqc.ir.grid import element_exponents
+from hawqc.ir.grid import finest_exponent as finest_nonzero_exponent
 from hawqc.ir.qtypes import FixedType
 
 
@@ -120,24 +122,10 @@ def exact_codes(values: np.ndarray, exp: int) -> np.ndarray:
     return np.vectorize(lambda v: int(v), otypes=[object])(scaled_values)
 
 
-def element_exponents(values: np.ndarray) -> np.ndarray:
-    """Per element, the exponent of the coarsest power of two the value is a multiple of (zeros:
-    a large sentinel, so that they never make a grid finer)."""
-    values = np.asarray(values, dtype=np.float64)
-    mantissa, exponent = np.frexp(values)
-    # |mantissa| * 2**53 is an integer; its lowest set bit says how coarse each value's grid is.
-    ints = np.abs(mantissa * 2.0**53).astype(np.int64)
-    lowest = np.where(ints == 0, 1, ints & -ints)
-    exps = exponent.astype(np.int64) - 53 + np.log2(lowest.astype(np.float64)).astype(np.int64)
-    return np.where(values == 0, np.iinfo(np.int32).max, exps)
-
-
 def finest_exponent(values: np.ndarray) -> int:
     """The LSB exponent of the finest grid a float tensor lies on (0 for an all-zero tensor)."""
-    values = np.asarray(values)
-    if not np.any(values):
-        return 0
-    return int(np.min(element_exponents(values)))
+    finest = finest_nonzero_exponent(values)
+    return 0 if finest is None else finest
 
 
 def feature_grids(values: np.ndarray, exp: int) -> np.ndarray:

@@ -26,9 +26,8 @@ from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN
 from hawqc.ir.ops.keys import onnx_op
-from hawqc.ir.precision.attributes import attr, ints_attr
 from hawqc.ir.precision.bounds import Bounds, exact_codes, feature_grids
-from hawqc.ir.precision.windows import Windows
+from hawqc.ir.precision.windows import WindowGeometry
 
 if TYPE_CHECKING:
     from hawqc.ir.precision.analysis import Analysis
@@ -80,12 +79,12 @@ def conv(analysis: Analysis, node: ir.Node) -> None:
     if w_codes.ndim < 3:
         raise UnsupportedModelError(f"{describe(node)}: weight of shape {list(w_codes.shape)} is no convolution kernel")
     out_channels, kernel, per_group = w_codes.shape[0], tuple(w_codes.shape[1:-1]), w_codes.shape[-1]
-    group = int(attr(node, "group", 1))
+    # Checked before the window view reads the node: this refusal's wording is precision's own.
+    group = node.attributes.get_int("group", 1)
     if group < 1:
         raise UnsupportedModelError(f"{describe(node)}: group {group} must be at least 1")
-    declared = ints_attr(node, "kernel_shape")
-    if declared is not None and tuple(declared) != kernel:
-        raise UnsupportedModelError(f"{describe(node)}: kernel_shape {declared} does not match the weight {list(w_codes.shape)}")
+    spatial = analysis.spatial(node.inputs[0])
+    windows = WindowGeometry.of(node, kernel, spatial)
     channels = per_group * group
     if out_channels % group or x.features not in (None, channels):
         raise UnsupportedModelError(
@@ -99,8 +98,7 @@ def conv(analysis: Analysis, node: ir.Node) -> None:
     x_lo, x_hi = x.lo[source].reshape(shape), x.hi[source].reshape(shape)
     p1, p2 = w_codes * x_lo, w_codes * x_hi
     t_min, t_max = np.minimum(p1, p2), np.maximum(p1, p2)
-    windows = Windows.of(node, kernel, analysis.spatial(node.inputs[0]))
-    on_padding = windows.positions_on_padding(analysis.spatial(node.inputs[0]))
+    on_padding = windows.positions_on_padding(spatial)
     # A position some window reads on padding adds 0 there: its term's hull includes 0.
     mask = np.broadcast_to(on_padding[None, ..., None], t_min.shape)
     zero = np.zeros_like(t_min)

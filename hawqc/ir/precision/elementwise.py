@@ -8,7 +8,8 @@
 - `Relu` clamps at zero; `LeakyRelu(alpha)` scales the negative side by the exact alpha; `Clip`
   clamps at its constant bounds.
 - channels-last `BatchNormalization` (unfused) is `Mul(a)` then `Add(b)` with the per-channel
-  float32 constants of `batch_norm_coefficients` (bit for bit what onnxruntime computes).
+  float32 constants of the BatchNorm view (`hawqc.ir.ops.batchnorm`: bit for bit what onnxruntime
+  computes).
 - `Cast` to a float type keeps the interval and checks the target type's limit: a value the graph
   declares DOUBLE (HAWQ's requantization, computed in double by a lifted graph) holds integer codes
   up to 2**53, float32 up to 2**24.
@@ -25,9 +26,10 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN
-from hawqc.ir.op_arithmetic import batch_norm_coefficients, cast_target
+from hawqc.ir.op_arithmetic import cast_target
+from hawqc.ir.ops.batchnorm import batch_norm as batch_norm_view
 from hawqc.ir.ops.keys import onnx_op
-from hawqc.ir.precision.attributes import attr, constant
+from hawqc.ir.precision.attributes import attr
 from hawqc.ir.precision.bounds import (
     Bounds,
     dyadic_bounds,
@@ -171,10 +173,12 @@ def batch_norm(analysis: Analysis, node: ir.Node) -> None:
         raise UnsupportedModelError(f"{describe(node)}: scale, bias, mean and variance must be constants")
     if len([v for v in node.outputs if v is not None and (v.uses() or v.is_graph_output())]) > 1:
         raise UnsupportedModelError(f"{describe(node)}: training-mode outputs are not supported")
-    params = [constant(v) for v in node.inputs[1:5]]
-    if any(p is None for p in params):
+    view = batch_norm_view(node)
+    assert view is not None
+    coefficients = view.coefficients()
+    if coefficients is None:
         raise UnsupportedModelError(f"{describe(node)}: scale, bias, mean and variance must be initializers")
-    a, b = batch_norm_coefficients(*params, float(attr(node, "epsilon", 1e-5)))  # type: ignore[misc]
+    a, b = coefficients
     x = analysis.operand(node, node.inputs[0])
     # Mul(a) then Add(b), as onnxruntime computes an unfused BatchNormalization: both steps round
     # in float32.

@@ -19,9 +19,9 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN
-from hawqc.ir.precision.attributes import attr, ints_attr
+from hawqc.ir.ops.window import Windows
 from hawqc.ir.precision.bounds import Bounds, int_array, trunc_div
-from hawqc.ir.precision.windows import Windows
+from hawqc.ir.precision.windows import WindowGeometry
 from hawqc.ir.qtypes import power_of_two_exponent
 
 if TYPE_CHECKING:
@@ -42,17 +42,18 @@ def average_pool(analysis: Analysis, node: ir.Node) -> None:
             raise UnsupportedModelError(f"{describe(node)}: the input's spatial shape is unknown")
         sizes = {(math.prod(spatial), math.prod(spatial))}
     else:
-        kernel = ints_attr(node, "kernel_shape")
+        view = Windows.read(node)
+        kernel = view.kernel
         if kernel is None:
             raise UnsupportedModelError(f"{describe(node)}: missing attribute 'kernel_shape'")
-        windows = Windows.of(node, kernel, spatial)
+        windows = WindowGeometry.from_view(view, kernel, spatial)
         full = math.prod(kernel)
         if not windows.padded():
             sizes = {(full, full)}
         elif spatial is None or windows.pads is None:
             raise UnsupportedModelError(f"{describe(node)}: padded windows need the input's spatial shape")
         else:
-            sizes = windows.averaging_sizes(spatial, bool(attr(node, "count_include_pad", 0)))
+            sizes = windows.averaging_sizes(spatial, windows.count_include_pad)
     divisors = sorted({c for _, c in sizes})
     if divisors[0] < 1:
         raise UnsupportedModelError(f"{describe(node)}: a window holds no position to average")

@@ -22,8 +22,8 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import is_qonnx_domain, is_quant
 from hawqc.ir.ops.keys import qonnx_op
+from hawqc.ir.ops.quantizer import code_bounds, quantizer
 from hawqc.ir.precision.attributes import attr, constant
 from hawqc.ir.precision.bounds import Bounds, exact_codes, finest_exponent, int_array, scalar
 from hawqc.ir.qtypes import FixedType, power_of_two_exponent
@@ -43,22 +43,20 @@ class QuantParams:
 
     @property
     def min_int(self) -> int:
-        if self.signed:
-            return -(1 << (self.bitwidth - 1)) + (1 if self.narrow else 0)
-        return 0
+        return code_bounds(self.bitwidth, self.signed, self.narrow)[0]
 
     @property
     def max_int(self) -> int:
-        if self.signed:
-            return (1 << (self.bitwidth - 1)) - 1
-        return (1 << self.bitwidth) - (2 if self.narrow else 1)
+        return code_bounds(self.bitwidth, self.signed, self.narrow)[1]
 
 
 def quant_params(node: ir.Node) -> QuantParams:
     """Read and check a Quant node's parameters (constant, power-of-two scale, zero point 0)."""
-    if len(node.inputs) < 4:
+    view = quantizer(node)
+    assert view is not None and view.layout == "Quant", f"{describe(node)} is no Quant"
+    if len(node.inputs) < view.expected_inputs:
         raise UnsupportedModelError(f"{describe(node)}: expects 4 inputs (x, scale, zeropt, bitwidth)")
-    scale, zeropt, bitwidth = (constant(v) for v in node.inputs[1:4])
+    scale, zeropt, bitwidth = view.scale, view.zero_point, view.bit_width_tensor
     for label, array in (("scale", scale), ("zero point", zeropt), ("bit width", bitwidth)):
         if array is None:
             raise UnsupportedModelError(f"{describe(node)}: {label} is not a constant")
@@ -74,9 +72,9 @@ def quant_params(node: ir.Node) -> QuantParams:
         scale=scale,
         zeropt=zeropt,
         bitwidth=int(bitwidth.reshape(())),
-        signed=bool(attr(node, "signed", 1)),
-        narrow=bool(attr(node, "narrow", 0)),
-        rounding_mode=str(attr(node, "rounding_mode", "ROUND")).upper(),
+        signed=view.signed,
+        narrow=view.narrow,
+        rounding_mode=view.rounding_mode,
     )
 
 
@@ -98,28 +96,23 @@ def quant_type(node: ir.Node, params: QuantParams) -> FixedType:
 
 def is_bipolar_quant(node: ir.Node) -> bool:
     """A BipolarQuant, or a Quant that qonnx computes as one (1 bit, signed: `x >= 0 ? +s : -s`)."""
-    if not is_qonnx_domain(node.domain):
-        return False
-    if node.op_type == "BipolarQuant":
-        return True
-    if not is_quant(node.op_type, node.domain) or len(node.inputs) < 4:
-        return False
-    bitwidth = constant(node.inputs[3])
-    return bitwidth is not None and bitwidth.size == 1 and float(bitwidth.reshape(())) == 1 and bool(attr(node, "signed", 1))
+    view = quantizer(node)
+    return view is not None and view.is_bipolar
 
 
 def bipolar_scale(node: ir.Node) -> np.ndarray:
     """The scale of a binary quantizer (`is_bipolar_quant`), checked: constant, positive, and for a
     1-bit Quant with zero point 0 (`x / s + z >= 0` is `x >= 0` only then)."""
-    scale = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    view = quantizer(node)
+    assert view is not None and view.is_bipolar, f"{describe(node)} is no binary quantizer"
+    scale = view.scale
     if scale is None:
         raise UnsupportedModelError(f"{describe(node)}: the scale is not a constant")
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
         raise UnsupportedModelError(f"{describe(node)}: binary quantizer scale {scale.reshape(-1).tolist()} is not positive")
-    if node.op_type != "BipolarQuant":
-        zeropt = constant(node.inputs[2])
-        if zeropt is None or np.any(zeropt != 0):
-            raise UnsupportedModelError(f"{describe(node)}: 1-bit signed Quant with a non-zero zero point")
+    zeropt = view.zero_point
+    if zeropt is None or np.any(zeropt != 0):
+        raise UnsupportedModelError(f"{describe(node)}: 1-bit signed Quant with a non-zero zero point")
     return scale
 
 

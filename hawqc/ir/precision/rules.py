@@ -14,8 +14,8 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.layout import CHANNELS_LAST_OPS
-from hawqc.ir.ops.keys import OpKey, onnx_op, op_key
+from hawqc.ir.ops.keys import OpKey, op_key
+from hawqc.ir.ops.traits import Trait, keys_with
 from hawqc.ir.precision import dense, elementwise, pooling, quantizers, shapes
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ RULES: dict[OpKey, Rule] = _merged(
     pooling.RULES,
     elementwise.RULES,
     shapes.RULES,
-    {onnx_op(op_type): refuse_channels_first for op_type in CHANNELS_LAST_OPS},
+    {key: refuse_channels_first for key in keys_with(Trait.CHANNELS_FIRST)},
 )
 
 

@@ -1,5 +1,6 @@
 """Window geometry of a Conv or pool, as onnxruntime (and `hawqc.sim.ops_conv`) computes it: which
-kernel positions some window places on padding, and how many positions each average divides by."""
+kernel positions some window places on padding, and how many positions each average divides by.
+The attributes come from the window view (`hawqc.ir.ops.window`), absent ones at ONNX's defaults."""
 
 from __future__ import annotations
 
@@ -11,15 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.errors import UnsupportedModelError
-from hawqc.ir.diagnostics import describe
-from hawqc.ir.op_arithmetic import auto_pads, window_count
-from hawqc.ir.precision.attributes import attr, ints_attr
+from hawqc.ir.op_arithmetic import window_count
+from hawqc.ir.ops.window import Windows
 
 
 @dataclass(frozen=True)
-class Windows:
-    """The sliding-window attributes of a Conv or pool, absent ones at their ONNX defaults."""
+class WindowGeometry:
+    """The sliding windows of a Conv or pool over an input of known (or unknown) spatial size."""
 
     kernel: tuple[int, ...]
     strides: tuple[int, ...]
@@ -27,25 +26,27 @@ class Windows:
     # None: padding that depends on a shape we do not know (auto_pad SAME_* without a shape).
     pads: tuple[int, ...] | None
     ceil_mode: bool
+    count_include_pad: bool
 
     @classmethod
-    def of(cls, node: ir.Node, kernel: Sequence[int], spatial: Sequence[int] | None) -> Windows:
+    def of(cls, node: ir.Node, kernel: Sequence[int], spatial: Sequence[int] | None) -> WindowGeometry:
+        """The node's windows; `kernel` is the weight's (Conv) or `kernel_shape` (pools)."""
+        return cls.from_view(Windows.read(node, kernel), kernel, spatial)
+
+    @classmethod
+    def from_view(cls, windows: Windows, kernel: Sequence[int], spatial: Sequence[int] | None) -> WindowGeometry:
         rank = len(kernel)
-        strides = tuple(ints_attr(node, "strides") or [1] * rank)
-        dilations = tuple(ints_attr(node, "dilations") or [1] * rank)
-        auto_pad = str(attr(node, "auto_pad", "NOTSET"))
-        pads: tuple[int, ...] | None
-        if auto_pad in ("NOTSET", ""):
-            pads = tuple(ints_attr(node, "pads") or [0] * (2 * rank))
-        elif auto_pad == "VALID":
-            pads = (0,) * (2 * rank)
-        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = None if spatial is None else tuple(auto_pads(auto_pad, spatial, kernel, strides, dilations))
-        else:
-            raise UnsupportedModelError(f"{describe(node)}: unknown auto_pad {auto_pad!r}")
-        if len(strides) != rank or len(dilations) != rank or (pads is not None and len(pads) != 2 * rank):
-            raise UnsupportedModelError(f"{describe(node)}: strides/dilations/pads do not match a {rank}-D kernel")
-        return cls(tuple(kernel), strides, dilations, pads, bool(attr(node, "ceil_mode", 0)))
+        pads = windows.fixed_pads(rank)
+        if pads is None and spatial is not None:
+            pads = windows.pads_for(spatial, kernel)
+        return cls(
+            tuple(kernel),
+            windows.strides_or_default(rank),
+            windows.dilations_or_default(rank),
+            pads,
+            windows.ceil_mode,
+            windows.count_include_pad,
+        )
 
     def padded(self) -> bool:
         return self.pads is None or any(p > 0 for p in self.pads) or self.ceil_mode
