@@ -71,7 +71,7 @@ def _perturb_hardware_mode(monkeypatch, declared_inexact: set[str]):
 
     monkeypatch.setattr(executor_module.Executor, "run", run)
     monkeypatch.setattr(csim.CSim, "predict", predict)
-    import hawqc.ir.precision as precision_module
+    import hawqc.ir.precision.analysis as precision_module
 
     real_infer = precision_module.infer_types
 

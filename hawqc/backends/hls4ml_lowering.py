@@ -33,7 +33,7 @@ from hawqc.backends.hls4ml_target import Hls4mlTarget
 from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject, TracePoint
 from hawqc.errors import BackendError, UnsupportedModelError
-from hawqc.ir.precision import infer_types
+from hawqc.ir.precision import precision_of
 
 __all__ = ["IO_TYPES", "Hls4mlBackend", "Hls4mlTarget", "lower_with_hls4ml", "read_typedefs"]
 
@@ -92,7 +92,7 @@ def lower_with_hls4ml(
         raise UnsupportedModelError(f"io_type {io_type!r}; known: {', '.join(IO_TYPES)}")
     if not re.fullmatch(r"[A-Za-z_]\w*", project_name):
         raise BackendError(f"project name {project_name!r} is not a C identifier")
-    precision = infer_types(model)
+    precision = precision_of(model)
     plan = plan_layers(model, precision, target, io_type)
     settings.check_layer_names([planned.name for planned in plan.layers])
 

@@ -245,7 +245,7 @@ def verify_project(
     samples); record everything in the report. `shown_outdir`: where the project will be when the
     user reads the report (see `trace_mismatch`)."""
     from hawqc.backends.csim import compile_csim
-    from hawqc.ir.precision import infer_types
+    from hawqc.ir.precision import precision_of
     from hawqc.sim import Executor
 
     # Planned first: a model hardware mode cannot run is refused before g++ runs.
@@ -256,7 +256,7 @@ def verify_project(
         model, hardware, semantic, csim, samples, seed,
         user_inputs=None if user is None else user.inputs, slice_samples=slice_samples,
     )  # fmt: skip
-    precision = infer_types(model)
+    precision = precision_of(model)
     output_type = precision.types.get(hardware.output_names[0])
     declared = sorted({*precision.float_inexact, *getattr(precision, "inexact", {})})
     modes = run.hardware_vs_semantic.modes(

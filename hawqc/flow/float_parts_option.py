@@ -54,6 +54,6 @@ def apply_default_precision(
     records = run_step(DefaultPrecision(type=str(fixed)), model, configure)
     if default_precision.read(model) is None:
         return FloatPartsOutcome(fixed, None), [record for record in records if record.changed]
-    from hawqc.ir.precision import infer_types
+    from hawqc.ir.precision import precision_of
 
-    return FloatPartsOutcome(fixed, infer_types(model).float_parts), records
+    return FloatPartsOutcome(fixed, precision_of(model).float_parts), records

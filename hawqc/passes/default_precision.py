@@ -68,11 +68,11 @@ class DefaultPrecision(Pass):
 def apply_default_precision(model: ir.Model, fixed: FixedType) -> FloatParts | None:
     """Record `fixed` on the model if precision inference applies it somewhere; where it does (None:
     the model has no float parts, and carries no default precision)."""
-    from hawqc.ir.precision import infer_types
+    from hawqc.ir.precision import precision_of
 
     default_precision.attach(model, fixed)
     try:
-        parts = infer_types(model).float_parts
+        parts = precision_of(model).float_parts
     finally:
         default_precision.detach(model)
     if parts is not None:

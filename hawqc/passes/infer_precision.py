@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import onnx_ir as ir
 
-from hawqc.ir.precision import infer_types
+from hawqc.ir.precision import precision_of
 from hawqc.passes.base import Pass, PassResult
 
 TYPE_KEY = "hawqc.type"
@@ -55,7 +55,7 @@ class InferPrecision(Pass):
     )
 
     def run(self, model: ir.Model) -> PassResult:
-        result = infer_types(model)
+        result = precision_of(model)
         typed = changed = 0
         for value in _values(model.graph):
             fixed = result.types.get(value.name)

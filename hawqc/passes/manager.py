@@ -3,7 +3,8 @@
 Conventions follow MLIR's: the IR is verified before the first pass and after every pass (unless
 turned off), so a broken invariant is blamed on the pass that broke it; failures name the pass and,
 through the verifier, the node, and leave a reproducer behind. `fixpoint(...)` groups repeat until
-an iteration changes nothing, up to a cap that is an error to hit.
+an iteration changes nothing, up to a cap that is an error to hit. A pass that reports a change
+invalidates the analyses cached on the model (`hawqc.ir.analysis_cache`: precision inference).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from hawqc.errors import HawqcError, UserInputError, VerificationError
+from hawqc.ir import analysis_cache
 from hawqc.ir.verifier import verify
 from hawqc.passes.base import Pass, PassRecord, PassResult
 from hawqc.passes.instrumentation import Callbacks, PassInstrumentation
@@ -162,6 +164,8 @@ class _Run:
                 raise PassFailed(f"pass '{label}' crashed: {type(err).__name__}: {err}") from err
             seconds = time.perf_counter() - start
             result = outcome if isinstance(outcome, PassResult) else PassResult(bool(outcome))
+            if result.changed:
+                analysis_cache.invalidate(model)
             if self.manager.verify_each:
                 try:
                     verify(model)

@@ -99,9 +99,9 @@ def _dims(value: ir.Value | None) -> list[int] | None:
 def layer_bops(model: ir.Model) -> list[LayerBops]:
     """BOPs of every MatMul, Gemm and Conv with constant weights, in graph order."""
     try:
-        from hawqc.ir.precision import infer_types
+        from hawqc.ir.precision import precision_of
 
-        types = dict(infer_types(model).types)
+        types = dict(precision_of(model).types)
     except UnsupportedModelError:
         types = {}  # a float model: activation bits come from Quants, else count as float
     layers = []

@@ -114,10 +114,10 @@ class Executor:
         self._work_dtype = np.dtype(np.float64)  # hardware mode's exact arithmetic type
         hardware = None
         if mode == "hardware":
-            from hawqc.ir.precision import infer_types
+            from hawqc.ir.precision import precision_of
             from hawqc.sim import hardware
 
-            self.precision = infer_types(model)
+            self.precision = precision_of(model)
         graph = model.graph
         slots: dict[ir.Value, int] = {}
 
