@@ -89,7 +89,10 @@ import onnx_ir as ir
 
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
-from hawqc.ir.quant_annotation import QuantAnnotation, annotate
+from hawqc.ir.ops.keys import op_key, op_types
+from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, INTEGER_QUANTIZERS, quantizer
+from hawqc.ir.ops.traits import Trait, keys_with, ops_with
+from hawqc.ir.quant_annotation import annotate
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.rewrite import (
     Match,
@@ -103,7 +106,6 @@ from hawqc.passes.rewrite import (
 from hawqc.sim import ops as sim_ops
 from hawqc.sim import quant
 
-QUANTIZERS = frozenset({"Quant", "IntQuant"})
 FLT_MAX = float(np.finfo(np.float32).max)
 SMALLEST_NORMAL = 2.0**-126
 SMALLEST_SUBNORMAL = 2.0**-149
@@ -115,7 +117,7 @@ EXACT_INTEGER_LIMIT = 2.0**22
 # NaNs a redundant quantizer must return unchanged (both signs, the default and another payload).
 NAN_PROBES = np.array([0x7FC00000, 0xFFC00000, 0x7FC00123, 0xFFD00001], dtype=np.uint32).view(np.float32)
 
-SHAPE_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+SHAPE_OPS = ops_with(Trait.REARRANGES)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,7 +315,7 @@ class ValueSet:
 
 def quantizer_values(node: ir.Node, rank: int, limit: int) -> ValueSet | None:
     """Every value a Quant / IntQuant / BipolarQuant of float32 data can output (a superset)."""
-    if node.op_type == "BipolarQuant":
+    if op_key(node) == BIPOLAR_QUANTIZER:
         scale = _float32_constant(node.inputs[1])
         if scale is None or (scale := _padded(scale, rank)) is None:
             return None
@@ -360,26 +362,24 @@ def _quant_parameters(node: ir.Node):
 
 
 def _read_quant_parameters(node: ir.Node):
-    if node.op_type not in QUANTIZERS or node.domain != QONNX_DOMAIN or len(node.inputs) != 4:
+    view = quantizer(node)
+    if view is None or op_key(node) not in INTEGER_QUANTIZERS or len(node.inputs) != view.expected_inputs:
         return None
-    scale, zeropt = _float32_constant(node.inputs[1]), _float32_constant(node.inputs[2])
-    bitwidth = node.inputs[3]
-    if scale is None or zeropt is None or bitwidth is None or bitwidth.const_value is None:
+    scale, zeropt = _float32_constant(view.input("scale")), _float32_constant(view.input("zero_point"))
+    bitwidth = view.bit_width_tensor
+    if scale is None or zeropt is None or bitwidth is None:
         return None
-    bitwidth_array = bitwidth.const_value.numpy()
-    if bitwidth_array.size != 1 or not np.all(np.isfinite(scale)) or not np.all(np.isfinite(zeropt)):
+    if bitwidth.size != 1 or not np.all(np.isfinite(scale)) or not np.all(np.isfinite(zeropt)):
         return None
-    signed = node.attributes.get_int("signed", 1)
-    narrow = node.attributes.get_int("narrow", 0)
-    mode = node.attributes.get_string("rounding_mode", "ROUND").upper()
-    if quant.rounding_function(mode) is None:
+    if quant.rounding_function(view.rounding_mode) is None:
         return None
-    return scale, zeropt, quant.quant_bounds(bitwidth_array, signed, narrow), mode
+    # qonnx's bounds in the bit width tensor's own dtype (`hawqc.sim.quant`), not from `view.bits`.
+    return scale, zeropt, quant.quant_bounds(bitwidth, view.signed, view.narrow), view.rounding_mode
 
 
 def _apply_quant(node: ir.Node, x: np.ndarray) -> np.ndarray:
     """The node's own quantizer (the executor's arithmetic) applied to `x`."""
-    if node.op_type == "BipolarQuant":
+    if op_key(node) == BIPOLAR_QUANTIZER:
         return quant.bipolar_quant(x, _float32_constant(node.inputs[1]))
     scale, zeropt, bounds, mode = _quant_parameters(node)
     return quant.int_quant(x, scale, zeropt, bounds, quant.rounding_function(mode))
@@ -446,7 +446,7 @@ class Analysis:
 
     def _set_through(self, node: ir.Node, value: ir.Value, rank: int, depth: int) -> ValueSet | None:
         op, domain = node.op_type, node.domain
-        if domain == QONNX_DOMAIN and op in QUANTIZERS | {"BipolarQuant"}:
+        if op_key(node) in CODE_QUANTIZERS:
             if _is_float32(node.inputs[0]):
                 return quantizer_values(node, rank, self.enumeration_limit)
             return None
@@ -530,7 +530,7 @@ class Analysis:
         if value.const_value is not None or not _is_float32(value):
             return []
         node = value.producer()
-        if node is None or (node.domain == QONNX_DOMAIN and node.op_type in QUANTIZERS | {"BipolarQuant"}):
+        if node is None or op_key(node) in CODE_QUANTIZERS:
             return []
         if self.value_set(value) is not None:
             return []
@@ -550,7 +550,7 @@ class Analysis:
         found = self.value_set(value)
         if found is not None:
             return Facts.of_array(found.values)
-        if node.domain == QONNX_DOMAIN and node.op_type in QUANTIZERS:
+        if op_key(node) in INTEGER_QUANTIZERS:
             return self._quantizer_facts(node, value)
         return self._facts_through(node, value)
 
@@ -704,7 +704,7 @@ def _zero_sign_role(node: ir.Node, index: int) -> str:
     if node.domain == QONNX_DOMAIN and index == 0:
         if node.op_type == "BipolarQuant":
             return "insensitive"  # x >= 0 holds for both zeros
-        if node.op_type in QUANTIZERS:
+        if op_key(node) in INTEGER_QUANTIZERS:
             scale, zeropt = _float32_constant(node.inputs[1]), _float32_constant(node.inputs[2])
             if (
                 scale is not None
@@ -778,30 +778,11 @@ def _selects_per_position(node: ir.Node, source: ir.Value, value: ir.Value, upst
 # ---------------------------------------------------------------------------------------------------
 
 
-def _annotation_of(node: ir.Node) -> QuantAnnotation | None:
-    if node.op_type == "BipolarQuant":
-        scale = node.inputs[1].const_value.numpy()
-        return QuantAnnotation.from_arrays(1, True, False, scale, np.array(0.0, np.float32))
-    bitwidth = node.inputs[3].const_value.numpy()
-    if bitwidth.size != 1 or _scalar(bitwidth) != round(_scalar(bitwidth)) or _scalar(bitwidth) < 1:
-        return None
-    scale, zeropt = node.inputs[1].const_value.numpy(), node.inputs[2].const_value.numpy()
-    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(zeropt))):
-        return None
-    return QuantAnnotation.from_arrays(
-        round(_scalar(bitwidth)),
-        bool(node.attributes.get_int("signed", 1)),
-        bool(node.attributes.get_int("narrow", 0)),
-        scale,
-        zeropt,
-        node.attributes.get_string("rounding_mode", "ROUND"),
-    )
-
-
 def fold_constant_quantizers(graph: ir.Graph, statistics: Counter) -> None:
     """Rewrite 1. One sweep in graph (topological) order folds chains of quantizers too."""
     for node in list(graph):
-        if node.domain != QONNX_DOMAIN or node.op_type not in QUANTIZERS | {"BipolarQuant"}:
+        view = quantizer(node)
+        if view is None or op_key(node) not in CODE_QUANTIZERS:
             continue
         if any(v is None or v.const_value is None or v.is_graph_input() for v in node.inputs):
             continue
@@ -809,7 +790,7 @@ def fold_constant_quantizers(graph: ir.Graph, statistics: Counter) -> None:
         if output.is_graph_output():
             statistics["quant-constants-kept-as-outputs"] += 1
             continue
-        annotation = _annotation_of(node)
+        annotation = view.annotation()
         if annotation is None:
             continue
         constants = tuple(v.const_value.numpy() for v in node.inputs)
@@ -910,7 +891,7 @@ class RedundantQuantRule:
     statistics: Counter
 
     def rule(self) -> RewriteRule:
-        return RewriteRule("redundant-quant", QonnxOp(QUANTIZERS, name="quant"), self.replace)
+        return RewriteRule("redundant-quant", QonnxOp(op_types(INTEGER_QUANTIZERS, QONNX_DOMAIN), name="quant"), self.replace)
 
     def replace(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
         node = match.root
@@ -942,19 +923,17 @@ class RedundantQuantRule:
     @staticmethod
     def _kind(x: ir.Value) -> str:
         producer = x.producer()
-        if producer is not None and producer.domain == QONNX_DOMAIN and producer.op_type in QUANTIZERS | {"BipolarQuant"}:
+        if producer is not None and op_key(producer) in CODE_QUANTIZERS:
             return "quants-merged"
-        while producer is not None and (producer.domain, producer.op_type) in _SELECTING:
+        while producer is not None and op_key(producer) in _SELECTING:
             producer = producer.inputs[0].producer() if producer.inputs and producer.inputs[0] is not None else None
-            if producer is not None and producer.domain == QONNX_DOMAIN and producer.op_type in QUANTIZERS | {"BipolarQuant"}:
+            if producer is not None and op_key(producer) in CODE_QUANTIZERS:
                 return "quants-after-selection-removed"
         return "range-checks-removed"
 
 
-_SELECTING = frozenset(
-    {("", op) for op in SHAPE_OPS | {"Relu", "MaxPool", "GlobalMaxPool", "Resize", "Concat"}}
-    | {(CHANNELS_LAST_DOMAIN, "MaxPool"), (CHANNELS_LAST_DOMAIN, "GlobalMaxPool")}
-)
+# Ops through which a quantizer's values reach a redundant one unchanged or as zeros (statistics only).
+_SELECTING = keys_with(Trait.SELECTS) | keys_with(Trait.SELECTS_OR_ZERO)
 
 
 # ---------------------------------------------------------------------------------------------------

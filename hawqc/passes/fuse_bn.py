@@ -58,7 +58,10 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS
-from hawqc.ir.op_arithmetic import batch_norm_coefficients
+from hawqc.ir.ops.batchnorm import BATCH_NORMS, batch_norm
+from hawqc.ir.ops.keys import op_key, op_types
+from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, quantizer
+from hawqc.ir.ops.traits import Trait, keys_with
 from hawqc.ir.quant_annotation import read_annotation
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.rewrite import (
@@ -72,9 +75,7 @@ from hawqc.passes.rewrite import (
 )
 from hawqc.sim import quant
 
-BN_DOMAINS = ("", CHANNELS_LAST_DOMAIN)
-# The elementwise QONNX quantizers: what quantizes a weight, and what may follow a BN.
-QUANTIZERS = QUANT_OPS | {"BipolarQuant"}
+BN_DOMAINS = tuple(sorted(domain for domain, _ in BATCH_NORMS))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,29 +124,28 @@ class BatchNorm:
 
 def read_batchnorm(node: ir.Node) -> BatchNorm | None:
     """The BN as scale and offset, or None if it is not an inference-mode BN on known constants."""
-    if node.op_type != "BatchNormalization" or node.domain not in BN_DOMAINS:
+    view = batch_norm(node)
+    # Not batch statistics, not (opset < 9) per-activation parameters, no running mean / variance read.
+    if view is None or not view.inference_mode or len(node.inputs) != 5:
         return None
-    if node.attributes.get_int("training_mode", 0) or not node.attributes.get_int("spatial", 1):
-        return None  # batch statistics, or (opset < 9) per-activation parameters
-    if len(node.inputs) != 5 or any(value is None or value.const_value is None for value in node.inputs[1:]):
+    parameters = view.parameters()
+    if parameters is None:
         return None
-    if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
-        return None  # running mean / variance outputs in use: training
     x = node.inputs[0]
-    if x.shape is None or x.dtype != ir.DataType.FLOAT or len(x.shape) < 2:
+    if x is None or x.shape is None or x.dtype != ir.DataType.FLOAT or len(x.shape) < 2:
         return None
-    gamma, beta, mean, var = (value.const_value.numpy() for value in node.inputs[1:])
-    if any(p.dtype != np.float32 for p in (gamma, beta, mean, var)):
+    gamma = parameters[0]
+    if any(p.dtype != np.float32 for p in parameters):
         return None
     rank = len(x.shape)
-    channel_axis = rank - 1 if node.domain == CHANNELS_LAST_DOMAIN else 1
+    channel_axis = view.channel_axis(rank)
     channels = x.shape[channel_axis]
-    if any(p.ndim != 1 or p.shape != gamma.shape for p in (gamma, beta, mean, var)):
+    if any(p.ndim != 1 or p.shape != gamma.shape for p in parameters):
         return None
     if isinstance(channels, int) and channels != gamma.shape[0]:
         return None
     # The executor's own coefficients: the rewrites reproduce exactly what it computes.
-    a, b = batch_norm_coefficients(gamma, beta, mean, var, node.attributes.get_float("epsilon", 1e-5))
+    a, b = view.coefficients(parameters)
     return BatchNorm(node, rank, channel_axis, a, b)
 
 
@@ -182,33 +182,32 @@ class StepQuantizer:
 
 
 def read_step_quantizer(node: ir.Node) -> StepQuantizer | None:
-    if node.domain != QONNX_DOMAIN:
+    view = quantizer(node)
+    if view is None or op_key(node) not in CODE_QUANTIZERS:
         return None
-    if node.op_type == "BipolarQuant":
-        scale = node.inputs[1]
-        if scale.const_value is None or scale.const_value.numpy().dtype != np.float32:
+    scale_value = view.input("scale")
+    if op_key(node) == BIPOLAR_QUANTIZER:
+        if view.scale is None or view.scale.dtype != np.float32:
             return None
         # qonnx's binary_quant: +1 where x >= 0 (also -0.0), else -1 (also NaN), times the scale.
-        return StepQuantizer(node, "bipolar", scale, lambda y: (y >= 0).astype(np.int64))
-    if node.op_type not in QUANT_OPS:
+        return StepQuantizer(node, "bipolar", scale_value, lambda y: (y >= 0).astype(np.int64))
+    scale, zeropt, bits = view.scale, view.zero_point, view.bit_width_tensor
+    if scale is None or zeropt is None or bits is None:
         return None
-    scale_value, zeropt_value, bits_value = node.inputs[1:4]
-    scale, zeropt, bits = (v.const_value.numpy() for v in (scale_value, zeropt_value, bits_value))
     if scale.dtype != np.float32 or zeropt.dtype != np.float32 or bits.size != 1:
         return None
     # A zero point of +0.0 exactly: then a level's output is `level * scale` (and -0.0 would not
     # turn a zero into +0.0 where the quantizer subtracts it).
     if np.any(zeropt.view(np.uint32) != 0):
         return None
-    signed = node.attributes.get_int("signed", 1)
-    narrow = node.attributes.get_int("narrow", 0)
-    rounding = quant.rounding_function(node.attributes.get_string("rounding_mode", "ROUND"))
-    if rounding is None or not signed:
+    rounding = quant.rounding_function(view.rounding_mode)
+    if rounding is None or not view.signed:
         return None
-    bounds = quant.quant_bounds(bits, signed, narrow)
-    if bounds.bipolar:
+    # qonnx's bounds in the bit width tensor's own dtype, as the executor evaluates them.
+    bounds = quant.quant_bounds(bits, view.signed, view.narrow)
+    if view.is_bipolar:
         kind = "bipolar"
-    elif bits.item() == 2 and narrow:
+    elif view.bits == 2 and view.narrow:
         kind = "ternary"
     else:
         return None
@@ -417,7 +416,7 @@ def _threshold_rule(domain: str, state: _SweepState) -> RewriteRule:
         state.orphaned.append(bn.node)
         return [out]
 
-    pattern = QonnxOp(frozenset(QUANTIZERS), inputs=(Op("BatchNormalization", domain=domain, name="bn"),))
+    pattern = QonnxOp(op_types(CODE_QUANTIZERS, QONNX_DOMAIN), inputs=(Op("BatchNormalization", domain=domain, name="bn"),))
     return RewriteRule(f"bn-to-thresholds{'-' + domain if domain else ''}", pattern, replace)
 
 
@@ -425,7 +424,7 @@ def _threshold_rule(domain: str, state: _SweepState) -> RewriteRule:
 # Rewrites 2 and 3: BN after a Conv / MatMul / Gemm
 # ---------------------------------------------------------------------------------------------------
 
-LAYER_OPS = {"": frozenset({"Conv", "MatMul", "Gemm"}), CHANNELS_LAST_DOMAIN: frozenset({"Conv"})}
+LAYER_OPS = keys_with(Trait.LAYER)
 
 
 @dataclass(frozen=True)
@@ -445,7 +444,7 @@ class Layer:
 
 
 def _is_layer(node: ir.Node | None) -> bool:
-    return node is not None and node.op_type in LAYER_OPS.get(node.domain, ()) and len(node.inputs) > 1
+    return node is not None and op_key(node) in LAYER_OPS and len(node.inputs) > 1
 
 
 def layer_before(x: ir.Value) -> Layer | None:
@@ -462,11 +461,7 @@ def layer_before(x: ir.Value) -> Layer | None:
 def is_quantized_weight(weight: ir.Value) -> bool:
     producer = weight.producer()
     if producer is not None:
-        return (
-            producer.domain == QONNX_DOMAIN
-            and producer.op_type in QUANTIZERS
-            and producer.inputs[0].const_value is not None
-        )
+        return op_key(producer) in CODE_QUANTIZERS and producer.inputs[0].const_value is not None
     return weight.const_value is not None and read_annotation(weight) is not None
 
 
@@ -655,7 +650,7 @@ class FuseBatchNorm(Pass):
 
 
 def _is_bn(node: ir.Node) -> bool:
-    return node.op_type == "BatchNormalization" and node.domain in BN_DOMAINS
+    return op_key(node) in BATCH_NORMS
 
 
 def _snapshot(model: ir.Model) -> ir.Model:

@@ -50,6 +50,9 @@ class Trait(enum.Flag):
     LAYER = enum.auto()
     # A QONNX quantizer (`hawqc.ir.ops.quantizer` reads it).
     QUANTIZER = enum.auto()
+    # Its output has the shape of input 0, the other inputs being parameters (QONNX's quantizers and
+    # MultiThreshold; what onnx's shape inference, which does not know them, is told).
+    KEEPS_INPUT_SHAPE = enum.auto()
 
 
 _T = Trait
@@ -94,8 +97,8 @@ _CHANNELS_LAST: dict[str, Trait] = {
 }
 
 _QONNX: dict[str, Trait] = {
-    **dict.fromkeys(("Quant", "IntQuant", "BipolarQuant", "Trunc"), _T.QUANTIZER | _T.ELEMENTWISE),
-    "MultiThreshold": Trait(0),
+    **dict.fromkeys(("Quant", "IntQuant", "BipolarQuant", "Trunc"), _T.QUANTIZER | _T.ELEMENTWISE | _T.KEEPS_INPUT_SHAPE),
+    "MultiThreshold": _T.KEEPS_INPUT_SHAPE,
 }
 
 TRAITS: dict[OpKey, Trait] = {
