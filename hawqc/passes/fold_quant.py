@@ -33,9 +33,9 @@ and counted. Rewrites, with their statistics counters:
    Q may change the sign of a zero (`-0.0 / s + 0.0` is `+0.0`). It is then removed only if that
    sign cannot matter: every path from Q's output goes through ops that map inputs differing only
    in the sign of zeros to outputs differing only in the sign of zeros (Relu, pools, shape ops,
-   Add, Sub, Mul, MatMul, Conv, Div by a constant...) and ends in a quantizer whose zero point has
-   no -0.0 (`x / s + z` forgets the sign) or a BipolarQuant, never in a graph output. Otherwise Q
-   stays (`quants-kept-sign-of-zero`). NaN inputs: Q is also run on NaNs of both signs and two
+   Add, Sub, Mul, MatMul, Conv, Div...) and ends in one that forgets the sign (a quantizer, a
+   MultiThreshold, an Add of a constant without -0.0...), never in a graph output: the zero-sign
+   analysis of `hawqc.ir.ops.zero_sign`, shared with fuse-bn. Otherwise Q stays (`quants-kept-sign-of-zero`). NaN inputs: Q is also run on NaNs of both signs and two
    payloads, and must return them unchanged.
 
 3. `divs-to-muls`: `Div(x, c)` with c a constant whose elements are all +-2^k with 1/c a float32
@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -92,6 +91,7 @@ from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
 from hawqc.ir.ops.keys import op_key, op_types
 from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, INTEGER_QUANTIZERS, quantizer
 from hawqc.ir.ops.traits import Trait, keys_with, ops_with
+from hawqc.ir.ops.zero_sign import ZeroSignAnalysis
 from hawqc.ir.quant_annotation import annotate
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.rewrite import (
@@ -389,38 +389,21 @@ def _apply_quant(node: ir.Node, x: np.ndarray) -> np.ndarray:
 # The analyses
 # ---------------------------------------------------------------------------------------------------
 
-# Ops that map inputs differing only in the sign of zeros to outputs that differ only in the sign
-# of zeros (IEEE rounds the same real value the same way; only an exact zero result takes its
-# sign from the operands). Values: which inputs are data inputs for this purpose.
-_FIRST_INPUT_TRANSPARENT = (
-    "Identity", "Relu", "LeakyRelu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool",
-    "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Pad", "Sigmoid", "Softmax", "Clip",
-    "BatchNormalization",
-)  # fmt: skip
-_CHANNELS_LAST_FIRST_INPUT_TRANSPARENT = ("MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization")
-_SIGN_TRANSPARENT: dict[tuple[str, str], Callable[[int], bool]] = {
-    **{("", op): (lambda i: i == 0) for op in _FIRST_INPUT_TRANSPARENT},
-    **{("", op): (lambda i: True) for op in ("Add", "Sub", "Mul", "MatMul", "Gemm", "Conv", "Concat")},
-    **{(CHANNELS_LAST_DOMAIN, op): (lambda i: i == 0) for op in _CHANNELS_LAST_FIRST_INPUT_TRANSPARENT},
-    (CHANNELS_LAST_DOMAIN, "Conv"): lambda i: True,
-}
-
-
 @dataclass
 class Analysis:
-    """Range facts, value sets and sign-of-zero relevance of the values of one graph, computed on
-    demand and cached; `forget()` after a rewrite that can change them."""
+    """Range facts, value sets and sign-of-zero relevance (`hawqc.ir.ops.zero_sign`) of the values
+    of one graph, computed on demand and cached; `forget()` after a rewrite that can change them."""
 
     graph: ir.Graph
     enumeration_limit: int
     _facts: dict[ir.Value, Facts | None] = field(default_factory=dict)
     _sets: dict[ir.Value, ValueSet | None] = field(default_factory=dict)
-    _irrelevant: dict[ir.Value, bool] = field(default_factory=dict)
+    zero_sign: ZeroSignAnalysis = field(default_factory=ZeroSignAnalysis)
 
     def forget(self) -> None:
         self._facts.clear()
         self._sets.clear()
-        self._irrelevant.clear()
+        self.zero_sign.forget()
 
     # -- value sets ---------------------------------------------------------------------------
 
@@ -663,66 +646,6 @@ class Analysis:
         bound = _accumulation_bound(scaled, terms, bias)
         return grid >= SMALLEST_SUBNORMAL and bound <= 2.0**24 * grid and bound <= FLT_MAX / 2
 
-    # -- the sign of zero ---------------------------------------------------------------------
-
-    def zero_sign_irrelevant(self, value: ir.Value) -> bool:
-        """Whether no graph output can depend on the sign of a zero in `value` (see 2.).
-
-        True when `value` is no graph output and each reader either forgets the sign (a quantizer)
-        or is sign-transparent with outputs that are irrelevant in turn. Iterative post-order over
-        the readers: a graph is a DAG, so every reader's outputs are decided first.
-        """
-        stack = [(value, False)]
-        while stack:
-            current, expanded = stack.pop()
-            if current in self._irrelevant:
-                continue
-            if expanded:
-                self._irrelevant[current] = self._uses_irrelevant(current)
-                continue
-            stack.append((current, True))
-            for node, index in current.uses():
-                if _zero_sign_role(node, index) == "transparent":
-                    stack.extend((out, False) for out in node.outputs if out not in self._irrelevant)
-        return self._irrelevant[value]
-
-    def _uses_irrelevant(self, value: ir.Value) -> bool:
-        if value.is_graph_output():
-            return False
-        for node, index in value.uses():
-            role = _zero_sign_role(node, index)
-            if role == "sensitive":
-                return False
-            if role == "transparent" and not all(self._irrelevant.get(out, False) for out in node.outputs):
-                return False
-        return True
-
-
-def _zero_sign_role(node: ir.Node, index: int) -> str:
-    """How a reader treats the sign of zeros in its input `index`: "insensitive" (forgets it),
-    "transparent" (outputs differ at most in the sign of zeros), or "sensitive"."""
-    if node.domain == QONNX_DOMAIN and index == 0:
-        if node.op_type == "BipolarQuant":
-            return "insensitive"  # x >= 0 holds for both zeros
-        if op_key(node) in INTEGER_QUANTIZERS:
-            scale, zeropt = _float32_constant(node.inputs[1]), _float32_constant(node.inputs[2])
-            if (
-                scale is not None
-                and zeropt is not None
-                and np.all(np.isfinite(scale))
-                and np.all(scale != 0)
-                and not _is_negative_zero(zeropt).any()
-            ):
-                return "insensitive"  # +-0 / s + z: +0.0 + z, the same for both zeros
-        return "sensitive"
-    if node.domain == "" and node.op_type == "Div":
-        divisor = _float32_constant(node.inputs[1]) if len(node.inputs) == 2 else None
-        if index == 0 and divisor is not None and np.all(divisor != 0):
-            return "transparent"
-        return "sensitive"
-    passes = _SIGN_TRANSPARENT.get((node.domain, node.op_type))
-    return "transparent" if passes is not None and passes(index) else "sensitive"
-
 
 def _resize_selects(node: ir.Node) -> bool:
     """Whether a Resize only copies input elements (nearest, and no extrapolated values)."""
@@ -913,7 +836,7 @@ class RedundantQuantRule:
                 verdict = verdict_by_ranges(node, facts)
         if not verdict.identity or not _keeps_nans(node):
             return None
-        if verdict.flips_zero_sign and not self.analysis.zero_sign_irrelevant(y):
+        if verdict.flips_zero_sign and not self.analysis.zero_sign.unobservable(y):
             self.statistics["quants-kept-sign-of-zero"] += 1
             return None
         self.statistics[self._kind(x)] += 1

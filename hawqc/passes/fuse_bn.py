@@ -21,10 +21,11 @@ tried in this order:
    zero from below, and no MultiThreshold can (its output `out_scale * count + out_bias` is -0.0 only
    at count 0 with negative `out_scale`, i.e. at the lowest level, never in the middle one). So the
    ternary rewrite is done only where the sign of that zero cannot reach a graph output
-   (`zero_sign_unobservable`): every path from the quantizer passes through ops that keep a
-   difference in the sign of zeros a difference in the sign of zeros only (Conv, MatMul, Mul, pools,
-   reshapes...) and then through one that erases it (a Quant with a +0 zero point, an Add of a
-   constant without -0.0, a BatchNormalization whose offset has no -0.0, a threshold). Otherwise the
+   (`zero_sign_unobservable`, the analysis of `hawqc.ir.ops.zero_sign` shared with fold-quant):
+   every path from the quantizer passes through ops that keep a difference in the sign of zeros a
+   difference in the sign of zeros only (Conv, MatMul, Mul, pools, reshapes...) and then through one
+   that erases it (a quantizer, an Add of a constant without -0.0, a BatchNormalization whose offset
+   has no -0.0, a threshold). Otherwise the
    quantizer stays, counted as `ternary-kept-zero-sign`.
 2. **After a layer with quantized weights** (Conv, channels-last Conv, MatMul or Gemm, directly or
    through a bias Add; the weight is a QONNX quantizer of a constant, or a constant annotated by
@@ -57,11 +58,12 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
 from hawqc.ir.ops.batchnorm import BATCH_NORMS, batch_norm
 from hawqc.ir.ops.keys import op_key, op_types
 from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, quantizer
 from hawqc.ir.ops.traits import Trait, keys_with
+from hawqc.ir.ops.zero_sign import zero_sign_unobservable
 from hawqc.ir.quant_annotation import read_annotation
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.rewrite import (
@@ -321,67 +323,6 @@ def plan_thresholds(bn: BatchNorm, quantizer: StepQuantizer) -> ThresholdPlan | 
         float(quantizer.min_level),
         True,
     )
-
-
-# Ops whose outputs differ only in the sign of zeros when their inputs do (sums, products,
-# maxima, copies of them), so such a difference travels on through them.
-ZERO_SIGN_CARRIERS = {
-    "": frozenset(
-        {
-            "Conv", "MatMul", "Gemm", "Mul", "Add", "Sub", "Relu", "LeakyRelu", "MaxPool",
-            "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat", "Reshape", "Flatten",
-            "Transpose", "Squeeze", "Unsqueeze", "Identity", "Pad", "Resize",
-        }
-    ),
-    CHANNELS_LAST_DOMAIN: frozenset(
-        {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
-    ),
-}  # fmt: skip
-
-
-def _no_negative_zero(array: np.ndarray) -> bool:
-    return not np.any((array == 0) & np.signbit(array))
-
-
-def _erases_zero_sign(node: ir.Node, index: int) -> bool:
-    """Whether input `index` of `node` reaching it as +0.0 or as -0.0 gives the same outputs."""
-    if node.domain == QONNX_DOMAIN and index == 0:
-        if node.op_type in ("BipolarQuant", "MultiThreshold"):
-            return True  # comparisons: -0.0 >= t exactly when +0.0 >= t
-        if node.op_type in QUANT_OPS:
-            # x / scale + zeropt: a zero point with no -0.0 makes both zeros +0.0 (or the same number).
-            zeropt = node.inputs[2].const_value
-            return zeropt is not None and _no_negative_zero(zeropt.numpy())
-    if node.op_type == "Add" and node.domain == "" and len(node.inputs) == 2:
-        other = node.inputs[1 - index]
-        return other is not None and other.const_value is not None and _no_negative_zero(other.const_value.numpy())
-    if index == 0 and (bn := read_batchnorm(node)) is not None:
-        return bool(np.all(np.isfinite(bn.a))) and _no_negative_zero(bn.b)
-    return False
-
-
-def zero_sign_unobservable(value: ir.Value) -> bool:
-    """Whether turning -0.0 into +0.0 anywhere in `value` can change no graph output."""
-    seen: set[ir.Value] = set()
-    pending = [value]
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if current.is_graph_output():
-            return False
-        for use in current.uses():
-            node, index = use.node, use.idx
-            if _erases_zero_sign(node, index):
-                continue
-            carriers = ZERO_SIGN_CARRIERS.get(node.domain, frozenset())
-            if node.op_type not in carriers:
-                return False
-            if node.op_type in ("Reshape", "Pad", "Resize") and index > 0:
-                return False  # a shape, pads or scales: zeros there change more than a sign
-            pending.extend(node.outputs)
-    return True
 
 
 def _threshold_rule(domain: str, state: _SweepState) -> RewriteRule:
