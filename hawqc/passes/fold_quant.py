@@ -93,7 +93,7 @@ from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, INTEGER_Q
 from hawqc.ir.ops.traits import Trait, keys_with, ops_with
 from hawqc.ir.ops.zero_sign import ZeroSignAnalysis
 from hawqc.ir.quant_annotation import annotate
-from hawqc.passes.base import Pass, PassResult, option
+from hawqc.passes.base import FixpointNotReached, Pass, PassResult, option
 from hawqc.passes.rewrite import (
     Match,
     Op,
@@ -1098,7 +1098,7 @@ class FoldQuant(Pass):
         "redundant, merge power-of-two rescales into the requantization form; exact rewrites only."
     )
     max_enumeration: int = option(1 << 20, "most values to try when proving a quantizer redundant by enumeration")
-    max_sweeps: int = option(16, "most sweeps of the rescale and redundancy rules")
+    max_sweeps: int = option(16, "most sweeps of the rescale and redundancy rules (an error to reach while rules still fire)")
 
     def run(self, model: ir.Model) -> PassResult:
         graph = model.graph
@@ -1121,6 +1121,13 @@ class FoldQuant(Pass):
                 break
             for key, count in refusals.items():
                 statistics[key] = count
+        else:
+            _drop_caches(graph)
+            changers = sorted(name for name, count in fired.items() if count)
+            raise FixpointNotReached(
+                f"the IR still changed after {self.max_sweeps} sweeps (the cap, option max-sweeps); "
+                f"changed in the last one by: {', '.join(changers)}"
+            )
         _drop_caches(graph)
         changed = any(statistics[key] for key in COUNTERS if key not in _REFUSALS and key != "quant-constants-kept-as-outputs")
         return PassResult(changed, {key: statistics[key] for key in COUNTERS})
