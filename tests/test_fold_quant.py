@@ -867,3 +867,26 @@ def test_folded_annotated_model_runs_in_qonnx_with_the_same_bits(tmp_path):
     expected = Executor(before).run(inputs)["global_out"]
     got = QonnxOracle(load_onnx(tmp_path / "folded.onnx")).run(inputs)["global_out"]
     assert (_bits_of(expected) == _bits_of(got)).all()
+
+
+def test_the_sweep_cap_raises_like_a_fixpoint_group_when_rules_still_fire():
+    # The HAWQ layer needs several sweeps (the Div becomes a Mul, which then moves past the MatMul,
+    # and so on); a cap one sweep short of the fixpoint is an error naming what still fired, not a
+    # graph silently left half rewritten.
+    from hawqc.passes.base import FixpointNotReached
+
+    text = HAWQ_LAYER.replace("S_PREV", "0.0625").replace("S_OUT", "0.001953125")
+    needed = next(cap for cap in range(1, 16) if _runs_with_sweep_cap(text, cap))
+    assert needed >= 3  # at least two sweeps that change something, and one that confirms
+    with pytest.raises(FixpointNotReached, match=rf"pass 'fold-quant.*': the IR still changed after {needed - 1} sweeps \(the cap, option max-sweeps\); changed in the last one by: [a-z-]+"):
+        PassManager.parse(f"fold-quant{{max-sweeps={needed - 1}}}").run(load_onnx_text(text))
+
+
+def _runs_with_sweep_cap(text: str, cap: int) -> bool:
+    from hawqc.passes.base import FixpointNotReached
+
+    try:
+        PassManager.parse(f"fold-quant{{max-sweeps={cap}}}").run(load_onnx_text(text))
+    except FixpointNotReached:
+        return False
+    return True

@@ -153,3 +153,59 @@ def test_fresh_names_avoid_the_graph_and_the_given_names() -> None:
     assert names("a") == "a_1" and names("a") == "a_2" and names("w") == "w_1" and names("new") == "new"
     counted_from_two = FreshNames(first_suffix=2)
     assert [counted_from_two("v") for _ in range(3)] == ["v", "v_2", "v_3"]
+
+
+def test_bipolar_annotation_takes_the_default_rounding_mode() -> None:
+    # A BipolarQuant does not round: its annotation (what fold-quant records) says ROUND, the default.
+    d = quantizer(_nodes(QUANTIZERS)["d"])
+    annotation = d.annotation()
+    assert annotation is not None and annotation.rounding_mode == "ROUND"
+    assert (annotation.bits, annotation.signed, annotation.narrow) == (1, True, False)
+
+
+def test_code_quantizers_and_op_types() -> None:
+    from hawqc.ir.domains import QONNX_DOMAIN
+    from hawqc.ir.ops.keys import op_types
+    from hawqc.ir.ops.quantizer import CODE_QUANTIZERS, INTEGER_QUANTIZERS
+
+    assert op_types(CODE_QUANTIZERS, QONNX_DOMAIN) == {"Quant", "IntQuant", "BipolarQuant"}
+    assert op_types(INTEGER_QUANTIZERS, QONNX_DOMAIN) == {"Quant", "IntQuant"}
+    assert op_types(CODE_QUANTIZERS, "") == frozenset()
+
+
+def test_op_sets_read_from_the_traits_are_the_hand_written_sets_they_replace() -> None:
+    # Each set below was written out by hand in its module; the traits table must give exactly it.
+    from hawqc.ir import default_precision, shape_inference
+    from hawqc.ir.layout import CHANNELS_LAST_OPS
+    from hawqc.passes import channels_last, fold_constants, fold_quant, fuse_bn, hawq_export_layers
+
+    cl = "qonnx.custom_op.channels_last"
+    assert CHANNELS_LAST_OPS == {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"}
+    assert channels_last.IMAGE_OPS == CHANNELS_LAST_OPS
+    assert channels_last.ELEMENTWISE_OPS == {
+        "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Round",
+        "Floor", "Ceil", "Abs", "Neg", "Sign", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Elu", "Selu",
+        "Celu", "Softplus", "Softsign", "Identity", "Cast", "Not", "IsNaN", "IsInf", "Dropout",
+        "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal", "Less",
+        "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "BitShift",
+    }  # fmt: skip
+    assert channels_last.ELEMENTWISE_QONNX_OPS == {"Quant", "IntQuant", "BipolarQuant", "Trunc"}
+    assert channels_last.SOFTMAX_OPS == {"Softmax", "LogSoftmax", "Hardmax"}
+    assert fold_quant.SHAPE_OPS == {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+    assert fold_quant._SELECTING == {
+        ("", op) for op in ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Relu", "MaxPool",
+                            "GlobalMaxPool", "Resize", "Concat")
+    } | {(cl, "MaxPool"), (cl, "GlobalMaxPool")}  # fmt: skip
+    selecting = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "GlobalMaxPool")
+    # Channels-last twins exist of the max pools only, so those are the only channels-last selections.
+    assert hawq_export_layers.SELECTION_OPS == {("", op) for op in selecting} | {(cl, "MaxPool"), (cl, "GlobalMaxPool")}
+    assert fuse_bn.LAYER_OPS == {("", "Conv"), ("", "MatMul"), ("", "Gemm"), (cl, "Conv")}
+    assert fuse_bn.BN_DOMAINS == ("", cl)
+    assert fold_constants.NEVER_FOLD == {
+        "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "If",
+        "Loop", "Scan",
+    }  # fmt: skip
+    assert default_precision.ARITHMETIC_OPS == {
+        "MatMul", "Conv", "Add", "Sub", "Mul", "Div", "LeakyRelu", "BatchNormalization", "AveragePool", "GlobalAveragePool",
+    }  # fmt: skip
+    assert shape_inference.SHAPE_PRESERVING_QONNX_OPS == {"Quant", "IntQuant", "BipolarQuant", "Trunc", "MultiThreshold"}

@@ -44,15 +44,14 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import OptionError
+from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.ir.qtypes import ROUNDING_MODES, SATURATION_MODES, FixedType
 
 METADATA_KEY = "hawqc.default_precision"
 DEFAULT_ROUNDING = "RND_CONV"
 DEFAULT_SATURATION = "SAT"
 # Ops whose result is new arithmetic (not a value moved or clamped): a float one is cast.
-ARITHMETIC_OPS = frozenset(
-    {"MatMul", "Conv", "Add", "Sub", "Mul", "Div", "LeakyRelu", "BatchNormalization", "AveragePool", "GlobalAveragePool"}
-)
+ARITHMETIC_OPS = ops_with(Trait.ARITHMETIC)
 
 _SPELLING = re.compile(
     r"(?:ap_)?(?P<kind>u?fixed)<\s*(?P<width>\d+)\s*,\s*(?P<integer>-?\d+)\s*"

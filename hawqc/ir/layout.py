@@ -19,16 +19,14 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from hawqc.errors import UserInputError
+from hawqc.ir.ops.traits import Trait, ops_with
 
 LAYOUT_KEY_PREFIX = "hawqc.layout."
 
-# Standard ops with a channels-last version in `CHANNELS_LAST_DOMAIN`: qonnx's Conv, MaxPool and
-# BatchNormalization, and hawqc's extensions AveragePool, GlobalAveragePool and GlobalMaxPool. Each
-# means the standard op on input 0 transposed to channels-first (for Conv, the weight [M, k..., C/g]
-# too), its result transposed back to channels-last.
-CHANNELS_LAST_OPS = frozenset(
-    {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"}
-)
+# Standard ops with a channels-last version in `CHANNELS_LAST_DOMAIN` (the same op types there):
+# qonnx's Conv, MaxPool and BatchNormalization, and hawqc's extensions AveragePool,
+# GlobalAveragePool and GlobalMaxPool (`Trait.CHANNELS_FIRST` says what they mean).
+CHANNELS_LAST_OPS = ops_with(Trait.CHANNELS_FIRST)
 
 # How a channels-first tensor of each rank is spelled (batch, channels, spatial...).
 _AXIS_LETTERS = {1: "N", 2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}

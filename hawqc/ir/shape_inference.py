@@ -21,13 +21,18 @@ import onnx
 import onnx_ir as ir
 
 from hawqc.errors import UserInputError
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QUANT_OPS, is_qonnx_domain
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, is_qonnx_domain
 from hawqc.ir.io import to_proto
-from hawqc.ir.layout import CHANNELS_LAST_OPS, channels_first_perm, channels_last_perm
+from hawqc.ir.layout import channels_first_perm, channels_last_perm
 from hawqc.ir.names import FreshNames
+from hawqc.ir.ops.keys import op_types
+from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS
+from hawqc.ir.ops.traits import Trait, ops_with
 
-# QONNX ops whose output has the shape of input 0 (elementwise quantizers).
-SHAPE_PRESERVING_QONNX_OPS = QUANT_OPS | {"BipolarQuant", "Trunc", "MultiThreshold"}
+# QONNX ops whose output has the shape of input 0 (elementwise quantizers, MultiThreshold).
+SHAPE_PRESERVING_QONNX_OPS = ops_with(Trait.KEEPS_INPUT_SHAPE, QONNX_DOMAIN)
+_FLOAT32_QONNX_OPS = op_types(INTEGER_QUANTIZERS, QONNX_DOMAIN)
+_CHANNELS_LAST_OPS = ops_with(Trait.CHANNELS_LAST, CHANNELS_LAST_DOMAIN)
 
 
 def infer_shapes(model: ir.Model) -> int:
@@ -35,7 +40,7 @@ def infer_shapes(model: ir.Model) -> int:
     proto = to_proto(model)
     for node in proto.graph.node:
         if is_qonnx_domain(node.domain) and node.op_type in SHAPE_PRESERVING_QONNX_OPS:
-            _stand_in_identity(node, float32=node.op_type in QUANT_OPS)
+            _stand_in_identity(node, float32=node.op_type in _FLOAT32_QONNX_OPS)
     # Exporters leave out the opset import of a custom domain (the channels-last ops); onnx then
     # refuses the whole graph instead of skipping the ops it does not know.
     imported = {opset.domain for opset in proto.opset_import}
@@ -90,7 +95,7 @@ def _stand_in_channels_last_ops(proto: onnx.ModelProto) -> None:
     pending = {
         node.output[0]
         for node in proto.graph.node
-        if node.domain == CHANNELS_LAST_DOMAIN and node.op_type in CHANNELS_LAST_OPS
+        if node.domain == CHANNELS_LAST_DOMAIN and node.op_type in _CHANNELS_LAST_OPS
     }
     if not pending:
         return

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from hawqc.errors import VerificationError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS, is_known_domain, known_domains_text
-from hawqc.ir.layout import CHANNELS_LAST_OPS
+from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.ir.shape_inference import why_not_inferred
 
 ROUNDING_MODES = frozenset({"ROUND", "CEIL", "FLOOR", "UP", "DOWN", "HALF_UP", "HALF_DOWN"})
@@ -138,8 +138,9 @@ def _why_unknown(node: ir.Node, model: ir.Model) -> str:
             return f": input {index} '{value.name}' has a zero-sized dimension (shape {_shape_text(shape)})"
     if node.domain == QONNX_DOMAIN and node.op_type not in QONNX_SIGNATURES:
         return f": hawqc knows no QONNX op '{node.op_type}' (it knows {', '.join(sorted(QONNX_SIGNATURES))})"
-    if node.domain == CHANNELS_LAST_DOMAIN and node.op_type not in CHANNELS_LAST_OPS:
-        return f": hawqc knows no channels-last op '{node.op_type}' (it knows {', '.join(sorted(CHANNELS_LAST_OPS))})"
+    known = ops_with(Trait.CHANNELS_LAST, CHANNELS_LAST_DOMAIN)
+    if node.domain == CHANNELS_LAST_DOMAIN and node.op_type not in known:
+        return f": hawqc knows no channels-last op '{node.op_type}' (it knows {', '.join(sorted(known))})"
     version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     reason = None if version is None else why_not_inferred(node, version)
     return "" if reason is None else f": {reason}"

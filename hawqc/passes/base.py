@@ -28,7 +28,12 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
-from hawqc.errors import UserInputError
+from hawqc.errors import HawqcError, UserInputError
+
+
+class FixpointNotReached(HawqcError):
+    """A loop run to a fixpoint (a `fixpoint(...)` group, a pass's own sweeps) still changed the IR
+    when its iteration cap was reached."""
 
 
 @dataclass(frozen=True)

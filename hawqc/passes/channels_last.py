@@ -51,7 +51,6 @@ from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
 from hawqc.ir.layout import (
-    CHANNELS_LAST_OPS,
     Permutation,
     channels_last_perm,
     compose,
@@ -60,23 +59,19 @@ from hawqc.ir.layout import (
     record_layout,
 )
 from hawqc.ir.names import FreshNames
+from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.ir.quant_annotation import QuantAnnotation, annotate, read_annotation
 from hawqc.passes.base import Pass, PassResult
 
 # Ops that apply one function per element, with numpy (ONNX multidirectional) broadcasting of all
-# inputs; relaying out every input alike relays out the result.
-ELEMENTWISE_OPS = frozenset(
-    {
-        "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Round",
-        "Floor", "Ceil", "Abs", "Neg", "Sign", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Elu", "Selu",
-        "Celu", "Softplus", "Softsign", "Identity", "Cast", "Not", "IsNaN", "IsInf", "Dropout",
-        "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal", "Less",
-        "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "BitShift",
-    }
-)  # fmt: skip
-# QONNX quantizers: input 0 is the data, the others are parameters broadcasting against it.
-ELEMENTWISE_QONNX_OPS = frozenset({"Quant", "IntQuant", "BipolarQuant", "Trunc"})
-SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+# inputs (QONNX quantizers: input 0 is the data, the others are parameters broadcasting against it);
+# relaying out every input alike relays out the result.
+ELEMENTWISE_OPS = ops_with(Trait.ELEMENTWISE)
+ELEMENTWISE_QONNX_OPS = ops_with(Trait.ELEMENTWISE, QONNX_DOMAIN)
+# Softmax and its kin: relaying out moves their axis.
+SOFTMAX_OPS = ops_with(Trait.ALONG_AXIS)
+# Standard ops with a channels-last twin (`hawqc.ir.ops.traits`).
+IMAGE_OPS = ops_with(Trait.CHANNELS_FIRST)
 
 
 @dataclass(frozen=True)
@@ -149,7 +144,7 @@ class ChannelsLast(Pass):
         anchors = [
             node
             for node in graph
-            if node.domain == "" and node.op_type in CHANNELS_LAST_OPS
+            if node.domain == "" and node.op_type in IMAGE_OPS
             and node.inputs and node.inputs[0] is not None and node.inputs[0] not in constant
             and _rank(node.inputs[0]) >= 3
         ]  # fmt: skip
@@ -289,7 +284,7 @@ class _Conversion:
             return self._elementwise if op in ELEMENTWISE_QONNX_OPS else None
         if node.domain != "":
             return None
-        if op in CHANNELS_LAST_OPS and node.inputs[0] in self.region:
+        if op in IMAGE_OPS and node.inputs[0] in self.region:
             return self._image_op
         if op in ELEMENTWISE_OPS:
             return self._elementwise

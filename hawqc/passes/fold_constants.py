@@ -19,16 +19,12 @@ import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
 from hawqc.ir.constants import make_initializer
+from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.sim import ops as sim_ops
 
 # Ops whose result is not a function of their inputs, or that hold subgraphs.
-NEVER_FOLD = frozenset(
-    {
-        "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-        "Multinomial", "Bernoulli", "If", "Loop", "Scan",
-    }
-)  # fmt: skip
+NEVER_FOLD = ops_with(Trait.NEVER_FOLD)
 
 
 @dataclass(frozen=True)

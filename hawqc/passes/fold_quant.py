@@ -33,9 +33,9 @@ and counted. Rewrites, with their statistics counters:
    Q may change the sign of a zero (`-0.0 / s + 0.0` is `+0.0`). It is then removed only if that
    sign cannot matter: every path from Q's output goes through ops that map inputs differing only
    in the sign of zeros to outputs differing only in the sign of zeros (Relu, pools, shape ops,
-   Add, Sub, Mul, MatMul, Conv, Div by a constant...) and ends in a quantizer whose zero point has
-   no -0.0 (`x / s + z` forgets the sign) or a BipolarQuant, never in a graph output. Otherwise Q
-   stays (`quants-kept-sign-of-zero`). NaN inputs: Q is also run on NaNs of both signs and two
+   Add, Sub, Mul, MatMul, Conv, Div...) and ends in one that forgets the sign (a quantizer, a
+   MultiThreshold, an Add of a constant without -0.0...), never in a graph output: the zero-sign
+   analysis of `hawqc.ir.ops.zero_sign`, shared with fuse-bn. Otherwise Q stays (`quants-kept-sign-of-zero`). NaN inputs: Q is also run on NaNs of both signs and two
    payloads, and must return them unchanged.
 
 3. `divs-to-muls`: `Div(x, c)` with c a constant whose elements are all +-2^k with 1/c a float32
@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -89,8 +88,12 @@ import onnx_ir as ir
 
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
-from hawqc.ir.quant_annotation import QuantAnnotation, annotate
-from hawqc.passes.base import Pass, PassResult, option
+from hawqc.ir.ops.keys import op_key, op_types
+from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, INTEGER_QUANTIZERS, quantizer
+from hawqc.ir.ops.traits import Trait, keys_with, ops_with
+from hawqc.ir.ops.zero_sign import ZeroSignAnalysis
+from hawqc.ir.quant_annotation import annotate
+from hawqc.passes.base import FixpointNotReached, Pass, PassResult, option
 from hawqc.passes.rewrite import (
     Match,
     Op,
@@ -103,7 +106,6 @@ from hawqc.passes.rewrite import (
 from hawqc.sim import ops as sim_ops
 from hawqc.sim import quant
 
-QUANTIZERS = frozenset({"Quant", "IntQuant"})
 FLT_MAX = float(np.finfo(np.float32).max)
 SMALLEST_NORMAL = 2.0**-126
 SMALLEST_SUBNORMAL = 2.0**-149
@@ -115,7 +117,7 @@ EXACT_INTEGER_LIMIT = 2.0**22
 # NaNs a redundant quantizer must return unchanged (both signs, the default and another payload).
 NAN_PROBES = np.array([0x7FC00000, 0xFFC00000, 0x7FC00123, 0xFFD00001], dtype=np.uint32).view(np.float32)
 
-SHAPE_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+SHAPE_OPS = ops_with(Trait.REARRANGES)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,7 +315,7 @@ class ValueSet:
 
 def quantizer_values(node: ir.Node, rank: int, limit: int) -> ValueSet | None:
     """Every value a Quant / IntQuant / BipolarQuant of float32 data can output (a superset)."""
-    if node.op_type == "BipolarQuant":
+    if op_key(node) == BIPOLAR_QUANTIZER:
         scale = _float32_constant(node.inputs[1])
         if scale is None or (scale := _padded(scale, rank)) is None:
             return None
@@ -360,26 +362,24 @@ def _quant_parameters(node: ir.Node):
 
 
 def _read_quant_parameters(node: ir.Node):
-    if node.op_type not in QUANTIZERS or node.domain != QONNX_DOMAIN or len(node.inputs) != 4:
+    view = quantizer(node)
+    if view is None or op_key(node) not in INTEGER_QUANTIZERS or len(node.inputs) != view.expected_inputs:
         return None
-    scale, zeropt = _float32_constant(node.inputs[1]), _float32_constant(node.inputs[2])
-    bitwidth = node.inputs[3]
-    if scale is None or zeropt is None or bitwidth is None or bitwidth.const_value is None:
+    scale, zeropt = _float32_constant(view.input("scale")), _float32_constant(view.input("zero_point"))
+    bitwidth = view.bit_width_tensor
+    if scale is None or zeropt is None or bitwidth is None:
         return None
-    bitwidth_array = bitwidth.const_value.numpy()
-    if bitwidth_array.size != 1 or not np.all(np.isfinite(scale)) or not np.all(np.isfinite(zeropt)):
+    if bitwidth.size != 1 or not np.all(np.isfinite(scale)) or not np.all(np.isfinite(zeropt)):
         return None
-    signed = node.attributes.get_int("signed", 1)
-    narrow = node.attributes.get_int("narrow", 0)
-    mode = node.attributes.get_string("rounding_mode", "ROUND").upper()
-    if quant.rounding_function(mode) is None:
+    if quant.rounding_function(view.rounding_mode) is None:
         return None
-    return scale, zeropt, quant.quant_bounds(bitwidth_array, signed, narrow), mode
+    # qonnx's bounds in the bit width tensor's own dtype (`hawqc.sim.quant`), not from `view.bits`.
+    return scale, zeropt, quant.quant_bounds(bitwidth, view.signed, view.narrow), view.rounding_mode
 
 
 def _apply_quant(node: ir.Node, x: np.ndarray) -> np.ndarray:
     """The node's own quantizer (the executor's arithmetic) applied to `x`."""
-    if node.op_type == "BipolarQuant":
+    if op_key(node) == BIPOLAR_QUANTIZER:
         return quant.bipolar_quant(x, _float32_constant(node.inputs[1]))
     scale, zeropt, bounds, mode = _quant_parameters(node)
     return quant.int_quant(x, scale, zeropt, bounds, quant.rounding_function(mode))
@@ -389,38 +389,21 @@ def _apply_quant(node: ir.Node, x: np.ndarray) -> np.ndarray:
 # The analyses
 # ---------------------------------------------------------------------------------------------------
 
-# Ops that map inputs differing only in the sign of zeros to outputs that differ only in the sign
-# of zeros (IEEE rounds the same real value the same way; only an exact zero result takes its
-# sign from the operands). Values: which inputs are data inputs for this purpose.
-_FIRST_INPUT_TRANSPARENT = (
-    "Identity", "Relu", "LeakyRelu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool",
-    "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Pad", "Sigmoid", "Softmax", "Clip",
-    "BatchNormalization",
-)  # fmt: skip
-_CHANNELS_LAST_FIRST_INPUT_TRANSPARENT = ("MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization")
-_SIGN_TRANSPARENT: dict[tuple[str, str], Callable[[int], bool]] = {
-    **{("", op): (lambda i: i == 0) for op in _FIRST_INPUT_TRANSPARENT},
-    **{("", op): (lambda i: True) for op in ("Add", "Sub", "Mul", "MatMul", "Gemm", "Conv", "Concat")},
-    **{(CHANNELS_LAST_DOMAIN, op): (lambda i: i == 0) for op in _CHANNELS_LAST_FIRST_INPUT_TRANSPARENT},
-    (CHANNELS_LAST_DOMAIN, "Conv"): lambda i: True,
-}
-
-
 @dataclass
 class Analysis:
-    """Range facts, value sets and sign-of-zero relevance of the values of one graph, computed on
-    demand and cached; `forget()` after a rewrite that can change them."""
+    """Range facts, value sets and sign-of-zero relevance (`hawqc.ir.ops.zero_sign`) of the values
+    of one graph, computed on demand and cached; `forget()` after a rewrite that can change them."""
 
     graph: ir.Graph
     enumeration_limit: int
     _facts: dict[ir.Value, Facts | None] = field(default_factory=dict)
     _sets: dict[ir.Value, ValueSet | None] = field(default_factory=dict)
-    _irrelevant: dict[ir.Value, bool] = field(default_factory=dict)
+    zero_sign: ZeroSignAnalysis = field(default_factory=ZeroSignAnalysis)
 
     def forget(self) -> None:
         self._facts.clear()
         self._sets.clear()
-        self._irrelevant.clear()
+        self.zero_sign.forget()
 
     # -- value sets ---------------------------------------------------------------------------
 
@@ -446,7 +429,7 @@ class Analysis:
 
     def _set_through(self, node: ir.Node, value: ir.Value, rank: int, depth: int) -> ValueSet | None:
         op, domain = node.op_type, node.domain
-        if domain == QONNX_DOMAIN and op in QUANTIZERS | {"BipolarQuant"}:
+        if op_key(node) in CODE_QUANTIZERS:
             if _is_float32(node.inputs[0]):
                 return quantizer_values(node, rank, self.enumeration_limit)
             return None
@@ -530,7 +513,7 @@ class Analysis:
         if value.const_value is not None or not _is_float32(value):
             return []
         node = value.producer()
-        if node is None or (node.domain == QONNX_DOMAIN and node.op_type in QUANTIZERS | {"BipolarQuant"}):
+        if node is None or op_key(node) in CODE_QUANTIZERS:
             return []
         if self.value_set(value) is not None:
             return []
@@ -550,7 +533,7 @@ class Analysis:
         found = self.value_set(value)
         if found is not None:
             return Facts.of_array(found.values)
-        if node.domain == QONNX_DOMAIN and node.op_type in QUANTIZERS:
+        if op_key(node) in INTEGER_QUANTIZERS:
             return self._quantizer_facts(node, value)
         return self._facts_through(node, value)
 
@@ -663,66 +646,6 @@ class Analysis:
         bound = _accumulation_bound(scaled, terms, bias)
         return grid >= SMALLEST_SUBNORMAL and bound <= 2.0**24 * grid and bound <= FLT_MAX / 2
 
-    # -- the sign of zero ---------------------------------------------------------------------
-
-    def zero_sign_irrelevant(self, value: ir.Value) -> bool:
-        """Whether no graph output can depend on the sign of a zero in `value` (see 2.).
-
-        True when `value` is no graph output and each reader either forgets the sign (a quantizer)
-        or is sign-transparent with outputs that are irrelevant in turn. Iterative post-order over
-        the readers: a graph is a DAG, so every reader's outputs are decided first.
-        """
-        stack = [(value, False)]
-        while stack:
-            current, expanded = stack.pop()
-            if current in self._irrelevant:
-                continue
-            if expanded:
-                self._irrelevant[current] = self._uses_irrelevant(current)
-                continue
-            stack.append((current, True))
-            for node, index in current.uses():
-                if _zero_sign_role(node, index) == "transparent":
-                    stack.extend((out, False) for out in node.outputs if out not in self._irrelevant)
-        return self._irrelevant[value]
-
-    def _uses_irrelevant(self, value: ir.Value) -> bool:
-        if value.is_graph_output():
-            return False
-        for node, index in value.uses():
-            role = _zero_sign_role(node, index)
-            if role == "sensitive":
-                return False
-            if role == "transparent" and not all(self._irrelevant.get(out, False) for out in node.outputs):
-                return False
-        return True
-
-
-def _zero_sign_role(node: ir.Node, index: int) -> str:
-    """How a reader treats the sign of zeros in its input `index`: "insensitive" (forgets it),
-    "transparent" (outputs differ at most in the sign of zeros), or "sensitive"."""
-    if node.domain == QONNX_DOMAIN and index == 0:
-        if node.op_type == "BipolarQuant":
-            return "insensitive"  # x >= 0 holds for both zeros
-        if node.op_type in QUANTIZERS:
-            scale, zeropt = _float32_constant(node.inputs[1]), _float32_constant(node.inputs[2])
-            if (
-                scale is not None
-                and zeropt is not None
-                and np.all(np.isfinite(scale))
-                and np.all(scale != 0)
-                and not _is_negative_zero(zeropt).any()
-            ):
-                return "insensitive"  # +-0 / s + z: +0.0 + z, the same for both zeros
-        return "sensitive"
-    if node.domain == "" and node.op_type == "Div":
-        divisor = _float32_constant(node.inputs[1]) if len(node.inputs) == 2 else None
-        if index == 0 and divisor is not None and np.all(divisor != 0):
-            return "transparent"
-        return "sensitive"
-    passes = _SIGN_TRANSPARENT.get((node.domain, node.op_type))
-    return "transparent" if passes is not None and passes(index) else "sensitive"
-
 
 def _resize_selects(node: ir.Node) -> bool:
     """Whether a Resize only copies input elements (nearest, and no extrapolated values)."""
@@ -778,30 +701,11 @@ def _selects_per_position(node: ir.Node, source: ir.Value, value: ir.Value, upst
 # ---------------------------------------------------------------------------------------------------
 
 
-def _annotation_of(node: ir.Node) -> QuantAnnotation | None:
-    if node.op_type == "BipolarQuant":
-        scale = node.inputs[1].const_value.numpy()
-        return QuantAnnotation.from_arrays(1, True, False, scale, np.array(0.0, np.float32))
-    bitwidth = node.inputs[3].const_value.numpy()
-    if bitwidth.size != 1 or _scalar(bitwidth) != round(_scalar(bitwidth)) or _scalar(bitwidth) < 1:
-        return None
-    scale, zeropt = node.inputs[1].const_value.numpy(), node.inputs[2].const_value.numpy()
-    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(zeropt))):
-        return None
-    return QuantAnnotation.from_arrays(
-        round(_scalar(bitwidth)),
-        bool(node.attributes.get_int("signed", 1)),
-        bool(node.attributes.get_int("narrow", 0)),
-        scale,
-        zeropt,
-        node.attributes.get_string("rounding_mode", "ROUND"),
-    )
-
-
 def fold_constant_quantizers(graph: ir.Graph, statistics: Counter) -> None:
     """Rewrite 1. One sweep in graph (topological) order folds chains of quantizers too."""
     for node in list(graph):
-        if node.domain != QONNX_DOMAIN or node.op_type not in QUANTIZERS | {"BipolarQuant"}:
+        view = quantizer(node)
+        if view is None or op_key(node) not in CODE_QUANTIZERS:
             continue
         if any(v is None or v.const_value is None or v.is_graph_input() for v in node.inputs):
             continue
@@ -809,7 +713,7 @@ def fold_constant_quantizers(graph: ir.Graph, statistics: Counter) -> None:
         if output.is_graph_output():
             statistics["quant-constants-kept-as-outputs"] += 1
             continue
-        annotation = _annotation_of(node)
+        annotation = view.annotation()
         if annotation is None:
             continue
         constants = tuple(v.const_value.numpy() for v in node.inputs)
@@ -910,7 +814,7 @@ class RedundantQuantRule:
     statistics: Counter
 
     def rule(self) -> RewriteRule:
-        return RewriteRule("redundant-quant", QonnxOp(QUANTIZERS, name="quant"), self.replace)
+        return RewriteRule("redundant-quant", QonnxOp(op_types(INTEGER_QUANTIZERS, QONNX_DOMAIN), name="quant"), self.replace)
 
     def replace(self, match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
         node = match.root
@@ -932,7 +836,7 @@ class RedundantQuantRule:
                 verdict = verdict_by_ranges(node, facts)
         if not verdict.identity or not _keeps_nans(node):
             return None
-        if verdict.flips_zero_sign and not self.analysis.zero_sign_irrelevant(y):
+        if verdict.flips_zero_sign and not self.analysis.zero_sign.unobservable(y):
             self.statistics["quants-kept-sign-of-zero"] += 1
             return None
         self.statistics[self._kind(x)] += 1
@@ -942,19 +846,17 @@ class RedundantQuantRule:
     @staticmethod
     def _kind(x: ir.Value) -> str:
         producer = x.producer()
-        if producer is not None and producer.domain == QONNX_DOMAIN and producer.op_type in QUANTIZERS | {"BipolarQuant"}:
+        if producer is not None and op_key(producer) in CODE_QUANTIZERS:
             return "quants-merged"
-        while producer is not None and (producer.domain, producer.op_type) in _SELECTING:
+        while producer is not None and op_key(producer) in _SELECTING:
             producer = producer.inputs[0].producer() if producer.inputs and producer.inputs[0] is not None else None
-            if producer is not None and producer.domain == QONNX_DOMAIN and producer.op_type in QUANTIZERS | {"BipolarQuant"}:
+            if producer is not None and op_key(producer) in CODE_QUANTIZERS:
                 return "quants-after-selection-removed"
         return "range-checks-removed"
 
 
-_SELECTING = frozenset(
-    {("", op) for op in SHAPE_OPS | {"Relu", "MaxPool", "GlobalMaxPool", "Resize", "Concat"}}
-    | {(CHANNELS_LAST_DOMAIN, "MaxPool"), (CHANNELS_LAST_DOMAIN, "GlobalMaxPool")}
-)
+# Ops through which a quantizer's values reach a redundant one unchanged or as zeros (statistics only).
+_SELECTING = keys_with(Trait.SELECTS) | keys_with(Trait.SELECTS_OR_ZERO)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1196,7 +1098,7 @@ class FoldQuant(Pass):
         "redundant, merge power-of-two rescales into the requantization form; exact rewrites only."
     )
     max_enumeration: int = option(1 << 20, "most values to try when proving a quantizer redundant by enumeration")
-    max_sweeps: int = option(16, "most sweeps of the rescale and redundancy rules")
+    max_sweeps: int = option(16, "most sweeps of the rescale and redundancy rules (an error to reach while rules still fire)")
 
     def run(self, model: ir.Model) -> PassResult:
         graph = model.graph
@@ -1219,6 +1121,13 @@ class FoldQuant(Pass):
                 break
             for key, count in refusals.items():
                 statistics[key] = count
+        else:
+            _drop_caches(graph)
+            changers = sorted(name for name, count in fired.items() if count)
+            raise FixpointNotReached(
+                f"the IR still changed after {self.max_sweeps} sweeps (the cap, option max-sweeps); "
+                f"changed in the last one by: {', '.join(changers)}"
+            )
         _drop_caches(graph)
         changed = any(statistics[key] for key in COUNTERS if key not in _REFUSALS and key != "quant-constants-kept-as-outputs")
         return PassResult(changed, {key: statistics[key] for key in COUNTERS})

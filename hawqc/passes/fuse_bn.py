@@ -21,10 +21,11 @@ tried in this order:
    zero from below, and no MultiThreshold can (its output `out_scale * count + out_bias` is -0.0 only
    at count 0 with negative `out_scale`, i.e. at the lowest level, never in the middle one). So the
    ternary rewrite is done only where the sign of that zero cannot reach a graph output
-   (`zero_sign_unobservable`): every path from the quantizer passes through ops that keep a
-   difference in the sign of zeros a difference in the sign of zeros only (Conv, MatMul, Mul, pools,
-   reshapes...) and then through one that erases it (a Quant with a +0 zero point, an Add of a
-   constant without -0.0, a BatchNormalization whose offset has no -0.0, a threshold). Otherwise the
+   (`zero_sign_unobservable`, the analysis of `hawqc.ir.ops.zero_sign` shared with fold-quant):
+   every path from the quantizer passes through ops that keep a difference in the sign of zeros a
+   difference in the sign of zeros only (Conv, MatMul, Mul, pools, reshapes...) and then through one
+   that erases it (a quantizer, an Add of a constant without -0.0, a BatchNormalization whose offset
+   has no -0.0, a threshold). Otherwise the
    quantizer stays, counted as `ternary-kept-zero-sign`.
 2. **After a layer with quantized weights** (Conv, channels-last Conv, MatMul or Gemm, directly or
    through a bias Add; the weight is a QONNX quantizer of a constant, or a constant annotated by
@@ -57,8 +58,12 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS
-from hawqc.ir.op_arithmetic import batch_norm_coefficients
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
+from hawqc.ir.ops.batchnorm import BATCH_NORMS, batch_norm
+from hawqc.ir.ops.keys import op_key, op_types
+from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, quantizer
+from hawqc.ir.ops.traits import Trait, keys_with
+from hawqc.ir.ops.zero_sign import zero_sign_unobservable
 from hawqc.ir.quant_annotation import read_annotation
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.rewrite import (
@@ -72,9 +77,7 @@ from hawqc.passes.rewrite import (
 )
 from hawqc.sim import quant
 
-BN_DOMAINS = ("", CHANNELS_LAST_DOMAIN)
-# The elementwise QONNX quantizers: what quantizes a weight, and what may follow a BN.
-QUANTIZERS = QUANT_OPS | {"BipolarQuant"}
+BN_DOMAINS = tuple(sorted(domain for domain, _ in BATCH_NORMS))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,29 +126,28 @@ class BatchNorm:
 
 def read_batchnorm(node: ir.Node) -> BatchNorm | None:
     """The BN as scale and offset, or None if it is not an inference-mode BN on known constants."""
-    if node.op_type != "BatchNormalization" or node.domain not in BN_DOMAINS:
+    view = batch_norm(node)
+    # Not batch statistics, not (opset < 9) per-activation parameters, no running mean / variance read.
+    if view is None or not view.inference_mode or len(node.inputs) != 5:
         return None
-    if node.attributes.get_int("training_mode", 0) or not node.attributes.get_int("spatial", 1):
-        return None  # batch statistics, or (opset < 9) per-activation parameters
-    if len(node.inputs) != 5 or any(value is None or value.const_value is None for value in node.inputs[1:]):
+    parameters = view.parameters()
+    if parameters is None:
         return None
-    if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
-        return None  # running mean / variance outputs in use: training
     x = node.inputs[0]
-    if x.shape is None or x.dtype != ir.DataType.FLOAT or len(x.shape) < 2:
+    if x is None or x.shape is None or x.dtype != ir.DataType.FLOAT or len(x.shape) < 2:
         return None
-    gamma, beta, mean, var = (value.const_value.numpy() for value in node.inputs[1:])
-    if any(p.dtype != np.float32 for p in (gamma, beta, mean, var)):
+    gamma = parameters[0]
+    if any(p.dtype != np.float32 for p in parameters):
         return None
     rank = len(x.shape)
-    channel_axis = rank - 1 if node.domain == CHANNELS_LAST_DOMAIN else 1
+    channel_axis = view.channel_axis(rank)
     channels = x.shape[channel_axis]
-    if any(p.ndim != 1 or p.shape != gamma.shape for p in (gamma, beta, mean, var)):
+    if any(p.ndim != 1 or p.shape != gamma.shape for p in parameters):
         return None
     if isinstance(channels, int) and channels != gamma.shape[0]:
         return None
     # The executor's own coefficients: the rewrites reproduce exactly what it computes.
-    a, b = batch_norm_coefficients(gamma, beta, mean, var, node.attributes.get_float("epsilon", 1e-5))
+    a, b = view.coefficients(parameters)
     return BatchNorm(node, rank, channel_axis, a, b)
 
 
@@ -182,33 +184,32 @@ class StepQuantizer:
 
 
 def read_step_quantizer(node: ir.Node) -> StepQuantizer | None:
-    if node.domain != QONNX_DOMAIN:
+    view = quantizer(node)
+    if view is None or op_key(node) not in CODE_QUANTIZERS:
         return None
-    if node.op_type == "BipolarQuant":
-        scale = node.inputs[1]
-        if scale.const_value is None or scale.const_value.numpy().dtype != np.float32:
+    scale_value = view.input("scale")
+    if op_key(node) == BIPOLAR_QUANTIZER:
+        if view.scale is None or view.scale.dtype != np.float32:
             return None
         # qonnx's binary_quant: +1 where x >= 0 (also -0.0), else -1 (also NaN), times the scale.
-        return StepQuantizer(node, "bipolar", scale, lambda y: (y >= 0).astype(np.int64))
-    if node.op_type not in QUANT_OPS:
+        return StepQuantizer(node, "bipolar", scale_value, lambda y: (y >= 0).astype(np.int64))
+    scale, zeropt, bits = view.scale, view.zero_point, view.bit_width_tensor
+    if scale is None or zeropt is None or bits is None:
         return None
-    scale_value, zeropt_value, bits_value = node.inputs[1:4]
-    scale, zeropt, bits = (v.const_value.numpy() for v in (scale_value, zeropt_value, bits_value))
     if scale.dtype != np.float32 or zeropt.dtype != np.float32 or bits.size != 1:
         return None
     # A zero point of +0.0 exactly: then a level's output is `level * scale` (and -0.0 would not
     # turn a zero into +0.0 where the quantizer subtracts it).
     if np.any(zeropt.view(np.uint32) != 0):
         return None
-    signed = node.attributes.get_int("signed", 1)
-    narrow = node.attributes.get_int("narrow", 0)
-    rounding = quant.rounding_function(node.attributes.get_string("rounding_mode", "ROUND"))
-    if rounding is None or not signed:
+    rounding = quant.rounding_function(view.rounding_mode)
+    if rounding is None or not view.signed:
         return None
-    bounds = quant.quant_bounds(bits, signed, narrow)
-    if bounds.bipolar:
+    # qonnx's bounds in the bit width tensor's own dtype, as the executor evaluates them.
+    bounds = quant.quant_bounds(bits, view.signed, view.narrow)
+    if view.is_bipolar:
         kind = "bipolar"
-    elif bits.item() == 2 and narrow:
+    elif view.bits == 2 and view.narrow:
         kind = "ternary"
     else:
         return None
@@ -324,67 +325,6 @@ def plan_thresholds(bn: BatchNorm, quantizer: StepQuantizer) -> ThresholdPlan | 
     )
 
 
-# Ops whose outputs differ only in the sign of zeros when their inputs do (sums, products,
-# maxima, copies of them), so such a difference travels on through them.
-ZERO_SIGN_CARRIERS = {
-    "": frozenset(
-        {
-            "Conv", "MatMul", "Gemm", "Mul", "Add", "Sub", "Relu", "LeakyRelu", "MaxPool",
-            "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat", "Reshape", "Flatten",
-            "Transpose", "Squeeze", "Unsqueeze", "Identity", "Pad", "Resize",
-        }
-    ),
-    CHANNELS_LAST_DOMAIN: frozenset(
-        {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
-    ),
-}  # fmt: skip
-
-
-def _no_negative_zero(array: np.ndarray) -> bool:
-    return not np.any((array == 0) & np.signbit(array))
-
-
-def _erases_zero_sign(node: ir.Node, index: int) -> bool:
-    """Whether input `index` of `node` reaching it as +0.0 or as -0.0 gives the same outputs."""
-    if node.domain == QONNX_DOMAIN and index == 0:
-        if node.op_type in ("BipolarQuant", "MultiThreshold"):
-            return True  # comparisons: -0.0 >= t exactly when +0.0 >= t
-        if node.op_type in QUANT_OPS:
-            # x / scale + zeropt: a zero point with no -0.0 makes both zeros +0.0 (or the same number).
-            zeropt = node.inputs[2].const_value
-            return zeropt is not None and _no_negative_zero(zeropt.numpy())
-    if node.op_type == "Add" and node.domain == "" and len(node.inputs) == 2:
-        other = node.inputs[1 - index]
-        return other is not None and other.const_value is not None and _no_negative_zero(other.const_value.numpy())
-    if index == 0 and (bn := read_batchnorm(node)) is not None:
-        return bool(np.all(np.isfinite(bn.a))) and _no_negative_zero(bn.b)
-    return False
-
-
-def zero_sign_unobservable(value: ir.Value) -> bool:
-    """Whether turning -0.0 into +0.0 anywhere in `value` can change no graph output."""
-    seen: set[ir.Value] = set()
-    pending = [value]
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        if current.is_graph_output():
-            return False
-        for use in current.uses():
-            node, index = use.node, use.idx
-            if _erases_zero_sign(node, index):
-                continue
-            carriers = ZERO_SIGN_CARRIERS.get(node.domain, frozenset())
-            if node.op_type not in carriers:
-                return False
-            if node.op_type in ("Reshape", "Pad", "Resize") and index > 0:
-                return False  # a shape, pads or scales: zeros there change more than a sign
-            pending.extend(node.outputs)
-    return True
-
-
 def _threshold_rule(domain: str, state: _SweepState) -> RewriteRule:
     def replace(match: Match, rewriter: Rewriter) -> list[ir.Value] | None:
         bn = read_batchnorm(match.node("bn"))
@@ -417,7 +357,7 @@ def _threshold_rule(domain: str, state: _SweepState) -> RewriteRule:
         state.orphaned.append(bn.node)
         return [out]
 
-    pattern = QonnxOp(frozenset(QUANTIZERS), inputs=(Op("BatchNormalization", domain=domain, name="bn"),))
+    pattern = QonnxOp(op_types(CODE_QUANTIZERS, QONNX_DOMAIN), inputs=(Op("BatchNormalization", domain=domain, name="bn"),))
     return RewriteRule(f"bn-to-thresholds{'-' + domain if domain else ''}", pattern, replace)
 
 
@@ -425,7 +365,7 @@ def _threshold_rule(domain: str, state: _SweepState) -> RewriteRule:
 # Rewrites 2 and 3: BN after a Conv / MatMul / Gemm
 # ---------------------------------------------------------------------------------------------------
 
-LAYER_OPS = {"": frozenset({"Conv", "MatMul", "Gemm"}), CHANNELS_LAST_DOMAIN: frozenset({"Conv"})}
+LAYER_OPS = keys_with(Trait.LAYER)
 
 
 @dataclass(frozen=True)
@@ -445,7 +385,7 @@ class Layer:
 
 
 def _is_layer(node: ir.Node | None) -> bool:
-    return node is not None and node.op_type in LAYER_OPS.get(node.domain, ()) and len(node.inputs) > 1
+    return node is not None and op_key(node) in LAYER_OPS and len(node.inputs) > 1
 
 
 def layer_before(x: ir.Value) -> Layer | None:
@@ -462,11 +402,7 @@ def layer_before(x: ir.Value) -> Layer | None:
 def is_quantized_weight(weight: ir.Value) -> bool:
     producer = weight.producer()
     if producer is not None:
-        return (
-            producer.domain == QONNX_DOMAIN
-            and producer.op_type in QUANTIZERS
-            and producer.inputs[0].const_value is not None
-        )
+        return op_key(producer) in CODE_QUANTIZERS and producer.inputs[0].const_value is not None
     return weight.const_value is not None and read_annotation(weight) is not None
 
 
@@ -655,7 +591,7 @@ class FuseBatchNorm(Pass):
 
 
 def _is_bn(node: ir.Node) -> bool:
-    return node.op_type == "BatchNormalization" and node.domain in BN_DOMAINS
+    return op_key(node) in BATCH_NORMS
 
 
 def _snapshot(model: ir.Model) -> ir.Model:

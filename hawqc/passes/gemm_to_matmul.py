@@ -19,13 +19,11 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.ir.domains import QONNX_DOMAIN
+from hawqc.ir.ops.keys import op_key
+from hawqc.ir.ops.quantizer import CODE_QUANTIZERS
 from hawqc.ir.quant_annotation import annotate, read_annotation
 from hawqc.passes.base import Pass, PassResult
 from hawqc.passes.rewrite import Match, Op, Rewriter, RewriteRule, apply_rules
-
-# QONNX quantizers whose inputs 1.. are parameters that broadcast against input 0.
-ELEMENTWISE_QUANTIZERS = frozenset({"Quant", "IntQuant", "BipolarQuant"})
 
 
 def exactly_splittable(match: Match) -> bool:
@@ -101,12 +99,8 @@ def _transposed_weight(b: ir.Value, base: str, rewriter: Rewriter) -> ir.Value:
             annotate(transposed, annotation.transposed((1, 0)))
         return transposed
     producer = b.producer()
-    if (
-        producer is not None
-        and producer.domain == QONNX_DOMAIN
-        and producer.op_type in ELEMENTWISE_QUANTIZERS
-        and producer.inputs[0].const_value is not None
-    ):
+    # A weight quantizer's inputs 1.. are parameters that broadcast against the weight.
+    if producer is not None and op_key(producer) in CODE_QUANTIZERS and producer.inputs[0].const_value is not None:
         weight = producer.inputs[0]
         inputs = [rewriter.constant(weight.const_value.numpy().T, f"{weight.name}_transposed")]
         inputs += [_transposed_parameter(parameter, rewriter) for parameter in producer.inputs[1:]]

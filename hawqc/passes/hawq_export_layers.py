@@ -19,12 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS
+from hawqc.ir.ops.keys import op_key
+from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS, quantizer
+from hawqc.ir.ops.traits import Trait, keys_with
 from hawqc.sim import quant
 
-# Ops that carry each element of their first input to the output unchanged, or pick one of several
-# (MaxPool): they commute with any monotone element-wise map such as x -> x / s.
-SELECTION_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "GlobalMaxPool"})
+# Ops that carry each element of their first input to the output unchanged (the rearrangements), or
+# pick one of several (the max pools, in either layout): they commute with any monotone element-wise
+# map such as x -> x / s.
+SELECTION_OPS = (
+    keys_with(Trait.REARRANGES)
+    | keys_with(Trait.SELECTS | Trait.CHANNELS_FIRST)
+    | keys_with(Trait.SELECTS | Trait.CHANNELS_LAST)
+)
 FLOAT32_EXACT_INT = 1 << 24
 ROUND_HALF_EVEN = ("ROUND", "HALF_EVEN")
 
@@ -61,21 +68,21 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
 
 def quant_params(node: ir.Node) -> QuantParams | None:
     """Per-tensor, zero point 0, round half to even Quant with constant parameters, else None."""
-    if node.op_type not in QUANT_OPS or node.domain != QONNX_DOMAIN or len(node.inputs) != 4:
+    view = quantizer(node)
+    if view is None or op_key(node) not in INTEGER_QUANTIZERS or len(node.inputs) != view.expected_inputs:
         return None
-    scale, zeropt = constant(node.inputs[1]), constant(node.inputs[2])
-    bitwidth = node.inputs[3]
-    if scale is None or zeropt is None or bitwidth is None or bitwidth.const_value is None:
+    scale, zeropt = constant(view.input("scale")), constant(view.input("zero_point"))
+    bits = view.bit_width_tensor
+    if scale is None or zeropt is None or bits is None:
         return None
-    bits = bitwidth.const_value.numpy()
     if scale.size != 1 or zeropt.size != 1 or bits.size != 1 or float(bits.reshape(-1)[0]) != round(float(bits.reshape(-1)[0])):
         return None
     if not (np.isfinite(scale).all() and float(scale.reshape(-1)[0]) > 0 and float(zeropt.reshape(-1)[0]) == 0):
         return None
-    if node.attributes.get_string("rounding_mode", "ROUND").upper() not in ROUND_HALF_EVEN:
+    if view.rounding_mode not in ROUND_HALF_EVEN or view.is_bipolar:
         return None
-    bounds = quant.quant_bounds(bits, node.attributes.get_int("signed", 1), node.attributes.get_int("narrow", 0))
-    return None if bounds.bipolar else QuantParams(scale, zeropt, bounds, node)
+    # qonnx's bounds in the bit width tensor's own dtype, as the executor evaluates them.
+    return QuantParams(scale, zeropt, quant.quant_bounds(bits, view.signed, view.narrow), node)
 
 
 def is_power_of_two(x: float) -> bool:
@@ -90,7 +97,7 @@ def single_use(value: ir.Value) -> ir.Node | None:
 
 
 def is_selection(node: ir.Node) -> bool:
-    return node.op_type in SELECTION_OPS and node.domain in ("", CHANNELS_LAST_DOMAIN)
+    return op_key(node) in SELECTION_OPS
 
 
 def selection_source(value: ir.Value) -> ir.Value:

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from hawqc.errors import HawqcError, UserInputError, VerificationError
 from hawqc.ir import analysis_cache
 from hawqc.ir.verifier import verify
-from hawqc.passes.base import Pass, PassRecord, PassResult
+from hawqc.passes.base import FixpointNotReached, Pass, PassRecord, PassResult
 from hawqc.passes.instrumentation import Callbacks, PassInstrumentation
 from hawqc.passes.pipeline import GROUP_OPTIONS, Element, GroupInvocation, format_pipeline, parse_pipeline
 from hawqc.passes.registry import PassRegistry, default_registry
@@ -31,10 +31,6 @@ MAX_PIPELINE_DEPTH = 16
 
 class PassFailed(HawqcError):
     """A pass raised something that is not a hawqc error: a bug in that pass."""
-
-
-class FixpointNotReached(HawqcError):
-    """A `fixpoint(...)` group still changed the IR when its iteration cap was reached."""
 
 
 @dataclass

@@ -33,3 +33,8 @@ def onnx_op(op_type: str) -> OpKey:
 
 def qonnx_op(op_type: str) -> OpKey:
     return QONNX_DOMAIN, op_type
+
+
+def op_types(keys: frozenset[OpKey], domain: str) -> frozenset[str]:
+    """The op types of the keys in `domain` (canonical), for the patterns that match by op type."""
+    return frozenset(op for d, op in keys if d == domain)

@@ -31,6 +31,9 @@ TRUNC: OpKey = qonnx_op("Trunc")
 # Every op whose output is its input 0 quantized, the other inputs being parameters that
 # broadcast against it.
 QUANTIZERS: frozenset[OpKey] = INTEGER_QUANTIZERS | {BIPOLAR_QUANTIZER, TRUNC}
+# The quantizers of any float input to a code times the scale: what quantizes a weight or an
+# activation. `Trunc` re-quantizes an input that is already on a grid.
+CODE_QUANTIZERS: frozenset[OpKey] = INTEGER_QUANTIZERS | {BIPOLAR_QUANTIZER}
 
 # The version of the QONNX domain a node runs at when the model imports none (qonnx's default).
 QONNX_DEFAULT_VERSION = 1
@@ -177,7 +180,9 @@ class Quantizer:
             return None
         if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(zero_point))):
             return None
-        return QuantAnnotation.from_arrays(bits, self.signed, self.narrow, scale, zero_point, self.rounding_mode)
+        # A BipolarQuant does not round; the annotation takes its default mode.
+        mode = self.rounding_mode or "ROUND"
+        return QuantAnnotation.from_arrays(bits, self.signed, self.narrow, scale, zero_point, mode)
 
 
 def quantizer(node: ir.Node) -> Quantizer | None:

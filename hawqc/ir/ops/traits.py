@@ -50,37 +50,51 @@ class Trait(enum.Flag):
     LAYER = enum.auto()
     # A QONNX quantizer (`hawqc.ir.ops.quantizer` reads it).
     QUANTIZER = enum.auto()
+    # Its output has the shape of input 0, the other inputs being parameters (QONNX's quantizers and
+    # MultiThreshold; what onnx's shape inference, which does not know them, is told).
+    KEEPS_INPUT_SHAPE = enum.auto()
+    # Inputs that differ only in the sign of zeros at input 0 give outputs that differ at most in the
+    # sign of zeros (IEEE rounds one real value one way; only an exact zero takes a sign from its
+    # operands, and 0 * inf, 0 / 0 give the same NaN for both zeros). `hawqc.ir.ops.zero_sign`.
+    CARRIES_ZERO_SIGN = enum.auto()
+    # The same at every input (sums, products, concatenations).
+    CARRIES_ZERO_SIGN_AT_EVERY_INPUT = enum.auto()
 
 
 _T = Trait
-_REARRANGE = _T.REARRANGES | _T.SELECTS | _T.MOVES_DATA
+_Z0 = _T.CARRIES_ZERO_SIGN
+_ZN = _T.CARRIES_ZERO_SIGN | _T.CARRIES_ZERO_SIGN_AT_EVERY_INPUT
+_REARRANGE = _T.REARRANGES | _T.SELECTS | _T.MOVES_DATA | _Z0
 
 _STANDARD: dict[str, Trait] = {
     **dict.fromkeys(("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"), _REARRANGE),
-    "MaxPool": _T.SELECTS | _T.CHANNELS_FIRST,
-    "GlobalMaxPool": _T.SELECTS | _T.CHANNELS_FIRST,
-    "Resize": _T.SELECTS | _T.MOVES_DATA,
-    "Concat": _T.SELECTS,
-    "Pad": _T.MOVES_DATA,
-    "Relu": _T.ELEMENTWISE | _T.SELECTS_OR_ZERO,
+    "MaxPool": _T.SELECTS | _T.CHANNELS_FIRST | _Z0,
+    "GlobalMaxPool": _T.SELECTS | _T.CHANNELS_FIRST | _Z0,
+    "Resize": _T.SELECTS | _T.MOVES_DATA | _Z0,
+    "Concat": _T.SELECTS | _ZN,
+    "Pad": _T.MOVES_DATA | _Z0,
+    "Relu": _T.ELEMENTWISE | _T.SELECTS_OR_ZERO | _Z0,
     "Dropout": _T.ELEMENTWISE | _T.INFERENCE_IDENTITY,
-    "Conv": _T.CHANNELS_FIRST | _T.ARITHMETIC | _T.LAYER,
-    "AveragePool": _T.CHANNELS_FIRST | _T.ARITHMETIC,
-    "GlobalAveragePool": _T.CHANNELS_FIRST | _T.ARITHMETIC,
-    "BatchNormalization": _T.CHANNELS_FIRST | _T.ARITHMETIC,
-    "MatMul": _T.ARITHMETIC | _T.LAYER,
-    "Gemm": _T.LAYER,
-    **dict.fromkeys(("Add", "Sub", "Mul", "Div", "LeakyRelu"), _T.ELEMENTWISE | _T.ARITHMETIC),
+    "Conv": _T.CHANNELS_FIRST | _T.ARITHMETIC | _T.LAYER | _ZN,
+    "AveragePool": _T.CHANNELS_FIRST | _T.ARITHMETIC | _Z0,
+    "GlobalAveragePool": _T.CHANNELS_FIRST | _T.ARITHMETIC | _Z0,
+    "BatchNormalization": _T.CHANNELS_FIRST | _T.ARITHMETIC | _Z0,
+    "MatMul": _T.ARITHMETIC | _T.LAYER | _ZN,
+    "Gemm": _T.LAYER | _ZN,
+    **dict.fromkeys(("Add", "Sub", "Mul"), _T.ELEMENTWISE | _T.ARITHMETIC | _ZN),
+    **dict.fromkeys(("Div", "LeakyRelu"), _T.ELEMENTWISE | _T.ARITHMETIC | _Z0),
+    **dict.fromkeys(("Sigmoid", "Clip"), _T.ELEMENTWISE | _Z0),
+    "Softmax": _T.ALONG_AXIS | _Z0,
     **dict.fromkeys(
         (
-            "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Round", "Floor", "Ceil", "Abs",
+            "PRelu", "HardSigmoid", "HardSwish", "Tanh", "Round", "Floor", "Ceil", "Abs",
             "Neg", "Sign", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Elu", "Selu", "Celu", "Softplus",
             "Softsign", "Cast", "Not", "IsNaN", "IsInf", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal",
             "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "BitShift",
         ),
         _T.ELEMENTWISE,
     ),  # fmt: skip
-    **dict.fromkeys(("Softmax", "LogSoftmax", "Hardmax"), _T.ALONG_AXIS),
+    **dict.fromkeys(("LogSoftmax", "Hardmax"), _T.ALONG_AXIS),
     **dict.fromkeys(
         ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"),
         _T.NEVER_FOLD,
@@ -94,8 +108,8 @@ _CHANNELS_LAST: dict[str, Trait] = {
 }
 
 _QONNX: dict[str, Trait] = {
-    **dict.fromkeys(("Quant", "IntQuant", "BipolarQuant", "Trunc"), _T.QUANTIZER | _T.ELEMENTWISE),
-    "MultiThreshold": Trait(0),
+    **dict.fromkeys(("Quant", "IntQuant", "BipolarQuant", "Trunc"), _T.QUANTIZER | _T.ELEMENTWISE | _T.KEEPS_INPUT_SHAPE),
+    "MultiThreshold": _T.KEEPS_INPUT_SHAPE,
 }
 
 TRAITS: dict[OpKey, Trait] = {
