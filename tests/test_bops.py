@@ -71,3 +71,13 @@ def test_compile_report_lists_bops(tmp_path, capsys):
     layers = report["bops"]["layers"]
     assert [layer["name"] for layer in layers] == ["fc1_matmul", "fc2_matmul", "fc3_matmul", "fc4_matmul"]
     assert report["bops"]["total"] == pytest.approx(sum(layer["bops"] for layer in layers))
+
+
+def test_value_preserving_ops_come_from_the_traits_table() -> None:
+    """The ops an activation's bits are looked up through: those that select (but not Concat,
+    which joins several inputs), Relu and Dropout, standard or channels-last."""
+    from hawqc.report.bops import VALUE_PRESERVING_OPS
+
+    standard = {"Reshape", "Flatten", "MaxPool", "GlobalMaxPool", "Relu", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Resize", "Dropout"}
+    assert {op for domain, op in VALUE_PRESERVING_OPS if domain == ""} == standard
+    assert {op for domain, op in VALUE_PRESERVING_OPS if domain != ""} == {"MaxPool", "GlobalMaxPool"}

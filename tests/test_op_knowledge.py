@@ -4,12 +4,14 @@ BatchNorm with their defaults, the traits table, the grid exponents."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.grid import element_exponents, exact_type, finest_exponent
 from hawqc.ir.io import parse_text
 from hawqc.ir.ops.batchnorm import batch_norm
+from hawqc.ir.ops.keys import channels_last_op, onnx_op, op_key, qonnx_op
 from hawqc.ir.ops.quantizer import code_bounds, quantizer
 from hawqc.ir.ops.traits import Trait, has_trait, keys_with, ops_with
 from hawqc.ir.ops.window import Windows
@@ -65,6 +67,11 @@ g (float[1,4] x) => (float[1,4] e)
     e = quantizer(_nodes(body, qonnx=2)["e"])
     assert e.layout == "Trunc v2" and e.expected_inputs == 6
     assert float(e.constant("out_scale")) == 1 and e.bits == 4
+    # Before normalization, the version of the alias the node is written in.
+    alias = parse_text(
+        '<ir_version: 8, opset_import: ["" : 17, "onnx.brevitas" : 2]>\n' + body.replace("qonnx.custom_op.general.", "onnx.brevitas.")
+    )
+    assert quantizer(next(iter(alias.graph))).layout == "Trunc v2"
 
 
 def test_quantizer_view_of_other_nodes_and_non_constant_parameters() -> None:
@@ -86,6 +93,24 @@ def test_code_bounds() -> None:
     assert code_bounds(8, True, False) == (-128, 127)
     assert code_bounds(8, True, True) == (-127, 127)
     assert code_bounds(3, False, False) == (0, 7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_code_bounds_of_a_bit_width_tensor_are_qonnx_bit_for_bit(dtype) -> None:
+    """On a bit-width tensor the bounds are qonnx's, in the tensor's dtype: in float32 a wide
+    bound rounds (25-bit unsigned narrow: 2**25 - 2 is exact, 2**25 - 1 - 1 would not be)."""
+    from qonnx.custom_op.general.quant import max_int, min_int
+
+    for bits in range(1, 63):
+        for signed in (False, True):
+            for narrow in (False, True):
+                tensor = np.asarray(bits, dtype=dtype)
+                low, high = code_bounds(tensor, signed, narrow)
+                expected = min_int(signed, narrow, tensor), max_int(signed, narrow, tensor)
+                for got, want in zip((low, high), expected):
+                    assert np.asarray(got).dtype == np.asarray(want).dtype and np.array_equal(got, want), (bits, signed, narrow)
+                if bits < 60:  # the exact bounds, from a Python int
+                    assert code_bounds(bits, signed, narrow) == (min_int(signed, narrow, bits), max_int(signed, narrow, bits))
 
 
 WINDOWS = """
@@ -209,3 +234,10 @@ def test_op_sets_read_from_the_traits_are_the_hand_written_sets_they_replace() -
         "MatMul", "Conv", "Add", "Sub", "Mul", "Div", "LeakyRelu", "BatchNormalization", "AveragePool", "GlobalAveragePool",
     }  # fmt: skip
     assert shape_inference.SHAPE_PRESERVING_QONNX_OPS == {"Quant", "IntQuant", "BipolarQuant", "Trunc", "MultiThreshold"}
+
+
+def test_op_keys_canonicalize_the_domain() -> None:
+    x = ir.Value(name="x")
+    nodes = [ir.Node(domain, op, [x]) for domain, op in (("onnx.brevitas", "Quant"), ("ai.onnx", "Relu"), ("qonnx.custom_op.channels_last", "MaxPool"))]
+    assert [op_key(node) for node in nodes] == [qonnx_op("Quant"), onnx_op("Relu"), channels_last_op("MaxPool")]
+    assert channels_last_op("MaxPool") == ("qonnx.custom_op.channels_last", "MaxPool")

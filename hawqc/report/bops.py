@@ -24,13 +24,20 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN
+from hawqc.ir.ops.keys import op_key
+from hawqc.ir.ops.quantizer import is_integer_quantizer, quantizer
+from hawqc.ir.ops.traits import Trait, keys_with
 from hawqc.ir.quant_annotation import read_annotation
 from hawqc.sim import ops
 
 FLOAT_BITS = 32
-_VALUE_PRESERVING_OPS = frozenset(
-    {"Reshape", "Flatten", "MaxPool", "GlobalMaxPool", "Relu", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Resize", "Dropout"}
+# Ops whose result holds only values of their input 0 (or zeros): an activation keeps its bits
+# through them. Concat also only selects values, but from several inputs, each with its own bits.
+VALUE_PRESERVING_OPS = frozenset(
+    key
+    for key in keys_with(Trait.SELECTS) | keys_with(Trait.SELECTS_OR_ZERO) | keys_with(Trait.INFERENCE_IDENTITY)
+    if key[1] != "Concat"
 )
 
 
@@ -62,15 +69,22 @@ def _constant_weight(value: ir.Value | None) -> tuple[np.ndarray, int] | None:
         annotation = read_annotation(value)
         return value.const_value.numpy(), annotation.bits if annotation is not None else FLOAT_BITS
     producer = value.producer()
-    if producer is None or not is_quant(producer.op_type, producer.domain):
+    if producer is None or not is_integer_quantizer(producer):
         return None
     constants = tuple(None if v is None or v.const_value is None else v.const_value.numpy() for v in producer.inputs)
-    if any(c is None for c in constants):
+    bits = _bits(producer)
+    if any(c is None for c in constants) or bits is None:
         return None
     # The quantized values (weights that round to zero count as zero), by the executor's own Quant.
     kernel = ops.build_quant(ops.NodeSpec(producer, constants, None))
     (quantized,) = kernel(constants)
-    return quantized, int(constants[3].reshape(()))
+    return quantized, bits
+
+
+def _bits(node: ir.Node) -> int | None:
+    """The bit width of a Quant / IntQuant when it is a constant (truncated to an integer)."""
+    tensor = quantizer(node).bit_width_tensor  # type: ignore[union-attr]
+    return None if tensor is None else int(tensor.reshape(()))
 
 
 def _input_bits(value: ir.Value | None, types: dict) -> int:
@@ -81,12 +95,12 @@ def _input_bits(value: ir.Value | None, types: dict) -> int:
         return fixed.width
     producer = value.producer()
     # Ops that only move or select values keep their input's bits: look through them to the Quant.
-    while producer is not None and producer.op_type in _VALUE_PRESERVING_OPS and producer.inputs:
+    while producer is not None and op_key(producer) in VALUE_PRESERVING_OPS and producer.inputs:
         producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
-    if producer is not None and is_quant(producer.op_type, producer.domain):
-        bits = producer.inputs[3]
-        if bits is not None and bits.const_value is not None:
-            return int(bits.const_value.numpy().reshape(()))
+    if producer is not None and is_integer_quantizer(producer):
+        bits = _bits(producer)
+        if bits is not None:
+            return bits
     return FLOAT_BITS
 
 

@@ -52,7 +52,8 @@ from hawqc.ir.domains import (
     is_qonnx_domain,
 )
 from hawqc.ir.op_arithmetic import cast_target
-from hawqc.ir.precision import PrecisionResult, bipolar_scale, is_bipolar_quant
+from hawqc.ir.ops.quantizer import Quantizer, quantizer
+from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 from hawqc.sim import ops, ops_conv, ops_threshold
 
@@ -191,8 +192,9 @@ def build_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
 
 def build_bipolar_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
     """BipolarQuant, or qonnx's 1-bit signed Quant: `+s` where x >= 0, else `-s` (precision
-    inference has checked the scale: one positive number). A NaN input is -s, as in semantic mode."""
-    scale = np.float64(bipolar_scale(spec.node).reshape(-1)[0])
+    inference has checked the scale: one positive number; and the zero point: 0). A NaN input is
+    -s, as in semantic mode."""
+    scale = np.float64(_quantizer(spec.node).scale.reshape(-1)[0])  # type: ignore[union-attr]
 
     def bipolar(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         x = args[0]
@@ -203,9 +205,15 @@ def build_bipolar_quant(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.K
 
 def build_quantizer(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
     """Quant / IntQuant: a cast into the inferred type, except qonnx's 1-bit signed (bipolar) case."""
-    if is_bipolar_quant(spec.node):
+    if _quantizer(spec.node).is_bipolar:
         return build_bipolar_quant(spec, precision)
     return build_quant(spec, precision)
+
+
+def _quantizer(node: ir.Node) -> Quantizer:
+    view = quantizer(node)
+    assert view is not None, "the hardware table maps only quantizers to quantizer builders"
+    return view
 
 
 def build_multithreshold(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:

@@ -13,17 +13,18 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.ir.domains import QONNX_DOMAIN, QUANT_OPS
+from hawqc.ir.ops.quantizer import quantizer
 from hawqc.sim.quant import quant_bounds
 
 
 def input_range(model: ir.Model, value: ir.Value) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(low, high, lsb) of the Quant that reads graph input `value`, or None if none does."""
     for use in value.uses():
-        node = use.node
-        if node.domain == QONNX_DOMAIN and node.op_type in QUANT_OPS and use.idx == 0:
-            scale, zero_point, bits = (node.inputs[i].const_value.numpy() for i in (1, 2, 3))
-            bounds = quant_bounds(bits, node.attributes.get_int("signed", 1), node.attributes.get_int("narrow", 0))
+        view = quantizer(use.node)
+        if view is not None and view.layout == "Quant" and use.idx == 0:
+            scale, zero_point, bits = view.scale, view.zero_point, view.bit_width_tensor
+            # The bounds the executor clamps to: qonnx's, in the bit width's dtype.
+            bounds = quant_bounds(bits, view.signed, view.narrow)
             # qonnx's 1-bit signed Quant outputs +-1 (times the scale): its range is [-1, 1].
             low, high = (-1.0, 1.0) if bounds.bipolar else (bounds.min_int.item(), bounds.max_int.item())
             scale = scale.astype(np.float64)

@@ -22,7 +22,9 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, is_qonnx_domain
+from hawqc.ir.ops.keys import OpKey, channels_last_op, onnx_op, op_key, qonnx_op
+from hawqc.ir.ops.quantizer import quantizer
+from hawqc.ir.ops.reading import check_input_count
 from hawqc.sim import ops_activation, ops_conv, ops_tensor, quant
 from hawqc.sim.ops_threshold import build_multithreshold
 
@@ -48,40 +50,6 @@ Builder = Callable[[NodeSpec], Kernel]
 
 
 # ---------------------------------------------------------------------------------------------------
-# Attributes
-# ---------------------------------------------------------------------------------------------------
-
-
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_int()
-
-
-def _attr_float(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_float()
-
-
-def _attr_str(node: ir.Node, name: str, default: str) -> str:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_string()
-
-
-def _input_count(spec: NodeSpec, least: int, most: int) -> None:
-    """Check the number of inputs (trailing absent optional inputs do not count)."""
-    inputs = list(spec.node.inputs)
-    while inputs and inputs[-1] is None:
-        inputs.pop()
-    if not least <= len(inputs) <= most:
-        expected = str(least) if least == most else f"{least} to {most}"
-        raise UnsupportedModelError(
-            f"{describe(spec.node)} has {len(inputs)} inputs, expected {expected}"
-        )
-    if any(value is None for value in inputs[:least]):
-        raise UnsupportedModelError(f"{describe(spec.node)} lacks a required input")
-
-
-# ---------------------------------------------------------------------------------------------------
 # QONNX quantizers
 # ---------------------------------------------------------------------------------------------------
 
@@ -98,18 +66,19 @@ def build_quant(spec: NodeSpec) -> Kernel:
     """`Quant` / `IntQuant` (X, scale, zeropt, bitwidth).
 
     qonnx 1.0.0 requires `signed` and `narrow`; real exports sometimes omit them, and we then use
-    the QONNX spec's defaults (signed=1, narrow=0), which qonnx's own code would refuse to run.
+    the QONNX spec's defaults (signed=1, narrow=0: the quantizer view's), which qonnx's own code
+    would refuse to run.
     """
-    _input_count(spec, 4, 4)
+    check_input_count(spec.node, 4, 4)
     node = spec.node
-    signed = _attr_int(node, "signed", 1)
-    narrow = _attr_int(node, "narrow", 0)
-    mode = _attr_str(node, "rounding_mode", "ROUND")
-    rounding = quant.rounding_function(mode)
+    view = quantizer(node)
+    assert view is not None, "the op table maps only Quant and IntQuant here"
+    signed, narrow = int(view.signed), int(view.narrow)
+    rounding = quant.rounding_function(view.rounding_mode)
     if rounding is None:
         known = ", ".join(name for name in quant.ROUNDING_MODES if name != "HALF_EVEN")
         raise UnsupportedModelError(
-            f"{describe(node)}: unknown rounding_mode '{mode}' (known: {known})"
+            f"{describe(node)}: unknown rounding_mode '{view.rounding_mode_as_written}' (known: {known})"
         )
     _, scale, zeropt, bitwidth = spec.constants
     if bitwidth is not None:
@@ -135,7 +104,7 @@ def build_quant(spec: NodeSpec) -> Kernel:
 
 def build_bipolar_quant(spec: NodeSpec) -> Kernel:
     """`BipolarQuant` (X, scale)."""
-    _input_count(spec, 2, 2)
+    check_input_count(spec.node, 2, 2)
 
     def bipolar(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         return (quant.bipolar_quant(args[0], args[1]),)
@@ -157,7 +126,7 @@ def build_bipolar_quant(spec: NodeSpec) -> Kernel:
 
 def build_matmul(spec: NodeSpec) -> Kernel:
     """`MatMul` (A, B): numpy's matmul has ONNX's broadcasting rules."""
-    _input_count(spec, 2, 2)
+    check_input_count(spec.node, 2, 2)
 
     def matmul(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         return (np.matmul(args[0], args[1]),)
@@ -175,12 +144,12 @@ def build_gemm(spec: NodeSpec) -> Kernel:
     float results, where the unfused float32 form differed in 28% of them. (The float64 step can
     differ from a true FMA only by double rounding, about once in 2**29 results.)
     """
-    _input_count(spec, 2, 3)
+    check_input_count(spec.node, 2, 3)
     node = spec.node
-    alpha = np.float32(_attr_float(node, "alpha", 1.0))
-    beta = np.float32(_attr_float(node, "beta", 1.0))
-    trans_a = bool(_attr_int(node, "transA", 0))
-    trans_b = bool(_attr_int(node, "transB", 0))
+    alpha = np.float32(node.attributes.get_float("alpha", 1.0))
+    beta = np.float32(node.attributes.get_float("beta", 1.0))
+    trans_a = bool(node.attributes.get_int("transA", 0))
+    trans_b = bool(node.attributes.get_int("transB", 0))
     const_c = spec.constants[2] if len(spec.constants) > 2 else None
     # beta * C is the same for every run when C is constant: compute it once.
     scaled_c = None if const_c is None else (const_c if beta == 1 else beta * const_c)
@@ -213,7 +182,7 @@ def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Builder:
     """Builder of an element-wise binary op with numpy (= ONNX multidirectional) broadcasting."""
 
     def build(spec: NodeSpec) -> Kernel:
-        _input_count(spec, 2, 2)
+        check_input_count(spec.node, 2, 2)
 
         def binary(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
             return (fn(args[0], args[1]),)
@@ -232,7 +201,7 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def build_relu(spec: NodeSpec) -> Kernel:
     """`Relu`: onnxruntime keeps -0.0 and NaN as they are, which `np.maximum(x, 0)` would not."""
-    _input_count(spec, 1, 1)
+    check_input_count(spec.node, 1, 1)
 
     def relu(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         x = args[0]
@@ -242,7 +211,7 @@ def build_relu(spec: NodeSpec) -> Kernel:
 
 
 def build_identity(spec: NodeSpec) -> Kernel:
-    _input_count(spec, 1, 1)
+    check_input_count(spec.node, 1, 1)
 
     def identity(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         return (args[0],)
@@ -296,8 +265,8 @@ def _reshape_target(spec: NodeSpec, data: np.ndarray, shape: np.ndarray, allowze
 
 def build_reshape(spec: NodeSpec) -> Kernel:
     """`Reshape` (data, shape), attribute allowzero (default 0), with the batch rule above."""
-    _input_count(spec, 2, 2)
-    allowzero = bool(_attr_int(spec.node, "allowzero", 0))
+    check_input_count(spec.node, 2, 2)
+    allowzero = bool(spec.node.attributes.get_int("allowzero", 0))
 
     def reshape(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         data, shape = args[0], args[1]
@@ -314,8 +283,8 @@ def build_reshape(spec: NodeSpec) -> Kernel:
 
 def build_flatten(spec: NodeSpec) -> Kernel:
     """`Flatten` (input), attribute axis (default 1, negative counts from the end)."""
-    _input_count(spec, 1, 1)
-    axis = _attr_int(spec.node, "axis", 1)
+    check_input_count(spec.node, 1, 1)
+    axis = spec.node.attributes.get_int("axis", 1)
     per_sample_axis0 = axis == 0 and spec.declared_batch == 1
 
     def flatten(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
@@ -366,63 +335,56 @@ def build_constant(spec: NodeSpec) -> Kernel:
 # The table
 # ---------------------------------------------------------------------------------------------------
 
-STANDARD_DOMAIN = ""
-
-OP_TABLE: dict[tuple[str, str], Builder] = {
-    (QONNX_DOMAIN, "Quant"): build_quant,
-    (QONNX_DOMAIN, "IntQuant"): build_quant,
-    (QONNX_DOMAIN, "BipolarQuant"): build_bipolar_quant,
-    (QONNX_DOMAIN, "MultiThreshold"): build_multithreshold,
-    (STANDARD_DOMAIN, "MatMul"): build_matmul,
-    (STANDARD_DOMAIN, "Gemm"): build_gemm,
-    (STANDARD_DOMAIN, "Add"): _binary(np.add),
-    (STANDARD_DOMAIN, "Sub"): _binary(np.subtract),
-    (STANDARD_DOMAIN, "Mul"): _binary(np.multiply),
-    (STANDARD_DOMAIN, "Div"): _binary(_divide),
-    (STANDARD_DOMAIN, "Relu"): build_relu,
-    (STANDARD_DOMAIN, "Identity"): build_identity,
-    (STANDARD_DOMAIN, "Flatten"): build_flatten,
-    (STANDARD_DOMAIN, "Reshape"): build_reshape,
-    (STANDARD_DOMAIN, "Constant"): build_constant,
+OP_TABLE: dict[OpKey, Builder] = {
+    qonnx_op("Quant"): build_quant,
+    qonnx_op("IntQuant"): build_quant,
+    qonnx_op("BipolarQuant"): build_bipolar_quant,
+    qonnx_op("MultiThreshold"): build_multithreshold,
+    onnx_op("MatMul"): build_matmul,
+    onnx_op("Gemm"): build_gemm,
+    onnx_op("Add"): _binary(np.add),
+    onnx_op("Sub"): _binary(np.subtract),
+    onnx_op("Mul"): _binary(np.multiply),
+    onnx_op("Div"): _binary(_divide),
+    onnx_op("Relu"): build_relu,
+    onnx_op("Identity"): build_identity,
+    onnx_op("Flatten"): build_flatten,
+    onnx_op("Reshape"): build_reshape,
+    onnx_op("Constant"): build_constant,
     # Convolutional networks (hawqc.sim.ops_conv, ops_tensor, ops_activation).
-    (STANDARD_DOMAIN, "Conv"): ops_conv.build_conv,
-    (STANDARD_DOMAIN, "MaxPool"): ops_conv.build_max_pool,
-    (STANDARD_DOMAIN, "AveragePool"): ops_conv.build_average_pool,
-    (STANDARD_DOMAIN, "GlobalAveragePool"): ops_conv.build_global_average_pool,
-    (STANDARD_DOMAIN, "GlobalMaxPool"): ops_conv.build_global_max_pool,
-    (STANDARD_DOMAIN, "BatchNormalization"): ops_conv.build_batch_norm,
-    (CHANNELS_LAST_DOMAIN, "Conv"): ops_conv.build_conv_channels_last,
-    (CHANNELS_LAST_DOMAIN, "MaxPool"): ops_conv.build_max_pool_channels_last,
-    (CHANNELS_LAST_DOMAIN, "BatchNormalization"): ops_conv.build_batch_norm_channels_last,
+    onnx_op("Conv"): ops_conv.build_conv,
+    onnx_op("MaxPool"): ops_conv.build_max_pool,
+    onnx_op("AveragePool"): ops_conv.build_average_pool,
+    onnx_op("GlobalAveragePool"): ops_conv.build_global_average_pool,
+    onnx_op("GlobalMaxPool"): ops_conv.build_global_max_pool,
+    onnx_op("BatchNormalization"): ops_conv.build_batch_norm,
+    channels_last_op("Conv"): ops_conv.build_conv_channels_last,
+    channels_last_op("MaxPool"): ops_conv.build_max_pool_channels_last,
+    channels_last_op("BatchNormalization"): ops_conv.build_batch_norm_channels_last,
     # hawqc's extensions of qonnx's channels-last domain, by the same rule.
-    (CHANNELS_LAST_DOMAIN, "AveragePool"): ops_conv.build_average_pool_channels_last,
-    (CHANNELS_LAST_DOMAIN, "GlobalAveragePool"): ops_conv.build_global_average_pool_channels_last,
-    (CHANNELS_LAST_DOMAIN, "GlobalMaxPool"): ops_conv.build_global_max_pool_channels_last,
-    (STANDARD_DOMAIN, "Concat"): ops_tensor.build_concat,
-    (STANDARD_DOMAIN, "Resize"): ops_tensor.build_resize,
-    (STANDARD_DOMAIN, "Pad"): ops_tensor.build_pad,
-    (STANDARD_DOMAIN, "Transpose"): ops_tensor.build_transpose,
-    (STANDARD_DOMAIN, "Squeeze"): ops_tensor.build_squeeze,
-    (STANDARD_DOMAIN, "Unsqueeze"): ops_tensor.build_unsqueeze,
-    (STANDARD_DOMAIN, "Dropout"): ops_tensor.build_dropout,
-    (STANDARD_DOMAIN, "Cast"): ops_tensor.build_cast,
-    (STANDARD_DOMAIN, "LeakyRelu"): ops_activation.build_leaky_relu,
-    (STANDARD_DOMAIN, "Clip"): ops_activation.build_clip,
-    (STANDARD_DOMAIN, "Sigmoid"): ops_activation.build_sigmoid,
-    (STANDARD_DOMAIN, "Softmax"): ops_activation.build_softmax,
-    (STANDARD_DOMAIN, "Round"): ops_activation.build_round,
-    (QONNX_DOMAIN, "Trunc"): ops_activation.build_trunc,
+    channels_last_op("AveragePool"): ops_conv.build_average_pool_channels_last,
+    channels_last_op("GlobalAveragePool"): ops_conv.build_global_average_pool_channels_last,
+    channels_last_op("GlobalMaxPool"): ops_conv.build_global_max_pool_channels_last,
+    onnx_op("Concat"): ops_tensor.build_concat,
+    onnx_op("Resize"): ops_tensor.build_resize,
+    onnx_op("Pad"): ops_tensor.build_pad,
+    onnx_op("Transpose"): ops_tensor.build_transpose,
+    onnx_op("Squeeze"): ops_tensor.build_squeeze,
+    onnx_op("Unsqueeze"): ops_tensor.build_unsqueeze,
+    onnx_op("Dropout"): ops_tensor.build_dropout,
+    onnx_op("Cast"): ops_tensor.build_cast,
+    onnx_op("LeakyRelu"): ops_activation.build_leaky_relu,
+    onnx_op("Clip"): ops_activation.build_clip,
+    onnx_op("Sigmoid"): ops_activation.build_sigmoid,
+    onnx_op("Softmax"): ops_activation.build_softmax,
+    onnx_op("Round"): ops_activation.build_round,
+    qonnx_op("Trunc"): ops_activation.build_trunc,
 }
 
 
 def builder_for(node: ir.Node) -> Builder:
     """The builder of a node's op, or UnsupportedModelError naming the node."""
-    domain = node.domain
-    if domain == "ai.onnx":
-        domain = STANDARD_DOMAIN
-    elif is_qonnx_domain(domain):
-        domain = QONNX_DOMAIN
-    builder = OP_TABLE.get((domain, node.op_type))
+    builder = OP_TABLE.get(op_key(node))
     if builder is None:
         supported = ", ".join(sorted({op for _, op in OP_TABLE}))
         raise UnsupportedModelError(

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from hawqc.ir.ops.quantizer import code_bounds, quantizer
 from hawqc.ir.ops.reading import (
     check_input_count,
-    opset_version,
     refusal,
     standard_opset,
 )
@@ -33,8 +33,6 @@ from hawqc.sim import quant
 if TYPE_CHECKING:  # hawqc.sim.ops imports this module to fill its op table
     from hawqc.sim.ops import Kernel, NodeSpec
 
-# qonnx runs a custom op at the version its domain is imported at, or at 1 without an import.
-QONNX_DEFAULT_VERSION = 1
 # The IR version of the one-node models handed to onnxruntime (1.31 reads up to 10 safely).
 ONNXRUNTIME_IR_VERSION = 8
 
@@ -203,23 +201,6 @@ def build_softmax(spec: NodeSpec) -> Kernel:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _min_int(signed: int, narrow: int, bit_width: np.ndarray) -> np.ndarray:
-    # qonnx's min_int / max_int (intquant.py), evaluated on the bit-width tensor in its dtype.
-    if signed and narrow:
-        return -(2 ** (bit_width - 1)) + 1
-    if signed:
-        return -(2 ** (bit_width - 1))
-    return 0 * bit_width
-
-
-def _max_int(signed: int, narrow: int, bit_width: np.ndarray) -> np.ndarray:
-    if not signed and not narrow:
-        return (2**bit_width) - 1
-    if not signed:
-        return (2**bit_width) - 2
-    return (2 ** (bit_width - 1)) - 1
-
-
 def trunc_v1(
     x: np.ndarray,
     scale: np.ndarray,
@@ -255,7 +236,8 @@ def trunc_v2(
     y = np.round(y)
     trunc_scale = 2 ** np.round(np.log2(out_scale / scale))
     y = y / trunc_scale
-    low, high = _min_int(signed, narrow, out_bit_width), _max_int(signed, narrow, out_bit_width)
+    # qonnx's min_int / max_int on the bit-width tensor, in its dtype (no bipolar case here).
+    low, high = code_bounds(out_bit_width, bool(signed), bool(narrow))
     y = np.where(y > high, high.astype(y.dtype), y)
     y = np.where(y < low, low.astype(y.dtype), y)
     y = rounding(y)
@@ -266,24 +248,27 @@ def trunc_v2(
 def build_trunc(spec: NodeSpec) -> Kernel:
     """QONNX `Trunc`: v1 (X, scale, zeropt, in_bitwidth, out_bitwidth) when its domain is imported
     at version 1 (or not at all), v2 (X, scale, zeropt, in_bitwidth, out_scale, out_bitwidth,
-    attributes signed / narrow) from version 2, as qonnx picks them. rounding_mode defaults to
-    FLOOR (qonnx's spec; its code requires the attribute)."""
+    attributes signed / narrow) from version 2, as qonnx picks them (the quantizer view's
+    `layout`). rounding_mode defaults to FLOOR (qonnx's spec; its code requires the attribute)."""
     node = spec.node
-    version = opset_version(node, node.domain) or QONNX_DEFAULT_VERSION
-    v2 = version >= 2
-    check_input_count(node, 6 if v2 else 5, 6 if v2 else 5)
-    mode = node.attributes.get_string("rounding_mode", "FLOOR")
-    rounding = quant.rounding_function(mode)
+    view = quantizer(node)
+    assert view is not None, "the op table maps only Trunc here"
+    check_input_count(node, view.expected_inputs, view.expected_inputs)
+    rounding = quant.rounding_function(view.rounding_mode)
     if rounding is None:
-        raise refusal(node, f"unknown rounding_mode '{mode}' (known: {', '.join(quant.ROUNDING_MODES)})")
-    signed = node.attributes.get_int("signed", 1)
-    narrow = node.attributes.get_int("narrow", 0)
+        raise refusal(node, f"unknown rounding_mode '{view.rounding_mode_as_written}' (known: {', '.join(quant.ROUNDING_MODES)})")
+    signed, narrow = int(view.signed), int(view.narrow)
 
-    def trunc(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
-        if v2:
+    if view.layout == "Trunc v2":
+
+        def trunc_v2_kernel(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
             x, scale, zeropt, _, out_scale, out_bit_width = args
             return (trunc_v2(x, scale, zeropt, out_scale, out_bit_width, signed, narrow, rounding),)
+
+        return trunc_v2_kernel
+
+    def trunc_v1_kernel(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         x, scale, zeropt, in_bit_width, out_bit_width = args
         return (trunc_v1(x, scale, zeropt, in_bit_width, out_bit_width, rounding),)
 
-    return trunc
+    return trunc_v1_kernel

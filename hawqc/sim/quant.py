@@ -7,9 +7,9 @@ repeat the numpy operations of `qonnx.custom_op.general.intquant.int_quant` and
   multiplication by a precomputed reciprocal, which would round differently;
 - `+ zeropt` and `- zeropt` are always performed, even for a zero point of 0, because
   `-0.0 + 0.0` is `+0.0` and a bitwise comparison sees the sign of zero;
-- the clamp bounds come from `2 ** (bitwidth - 1)` computed in the dtype of the bitwidth tensor
-  (float32 in practice), so for wide bit widths they round exactly as qonnx's do (a 32-bit signed
-  max is 2**31, not 2**31 - 1, in float32);
+- the clamp bounds are computed in the dtype of the bitwidth tensor (float32 in practice), so for
+  wide bit widths they round exactly as qonnx's do (a 32-bit signed max is 2**31, not 2**31 - 1,
+  in float32: `hawqc.ir.ops.quantizer.code_bounds`);
 - a 1-bit signed Quant is qonnx's "bipolar" special case: `where(x/scale + zeropt >= 0, 1, -1)`,
   with no clamping or rounding (qonnx marks this as a known bug; we follow its code).
 """
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from hawqc.ir.ops.quantizer import code_bounds
 
 RoundingFn = Callable[[np.ndarray], np.ndarray]
 
@@ -70,25 +72,15 @@ class QuantBounds:
 
 
 def quant_bounds(bitwidth: np.ndarray, signed: int, narrow: int) -> QuantBounds:
-    """qonnx's `min_int` / `max_int` evaluated on the bitwidth tensor, with the same expressions.
+    """qonnx's `min_int` / `max_int` evaluated on the bitwidth tensor in its dtype
+    (`hawqc.ir.ops.quantizer.code_bounds`), and its bipolar case.
 
     `bitwidth` must hold exactly one element (qonnx's `bitwidth == 1 and signed` needs that too).
     """
     if bool(bitwidth == 1) and signed:
         zero = bitwidth * 0
         return QuantBounds(bipolar=True, min_int=zero, max_int=zero)
-    if signed and narrow:
-        min_int = -(2 ** (bitwidth - 1)) + 1
-    elif signed:
-        min_int = -(2 ** (bitwidth - 1))
-    else:
-        min_int = 0 * bitwidth
-    if not signed and not narrow:
-        max_int = (2**bitwidth) - 1
-    elif not signed:
-        max_int = (2**bitwidth) - 2
-    else:
-        max_int = (2 ** (bitwidth - 1)) - 1
+    min_int, max_int = code_bounds(bitwidth, bool(signed), bool(narrow))
     return QuantBounds(bipolar=False, min_int=np.asarray(min_int)[()], max_int=np.asarray(max_int)[()])
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from hawqc.ir.domains import QONNX_DOMAIN, is_qonnx_domain
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, is_qonnx_domain
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -38,3 +38,7 @@ def qonnx_op(op_type: str) -> OpKey:
 def op_types(keys: frozenset[OpKey], domain: str) -> frozenset[str]:
     """The op types of the keys in `domain` (canonical), for the patterns that match by op type."""
     return frozenset(op for d, op in keys if d == domain)
+
+
+def channels_last_op(op_type: str) -> OpKey:
+    return CHANNELS_LAST_DOMAIN, op_type

@@ -15,11 +15,11 @@ stays with it. The numeric evaluation in qonnx's dtypes is `hawqc.sim.quant`'s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
 
-from hawqc.ir.domains import QONNX_DOMAIN
 from hawqc.ir.ops.keys import OpKey, op_key, qonnx_op
 from hawqc.ir.ops.reading import opset_version
 from hawqc.ir.quant_annotation import QuantAnnotation
@@ -35,6 +35,9 @@ QUANTIZERS: frozenset[OpKey] = INTEGER_QUANTIZERS | {BIPOLAR_QUANTIZER, TRUNC}
 # activation. `Trunc` re-quantizes an input that is already on a grid.
 CODE_QUANTIZERS: frozenset[OpKey] = INTEGER_QUANTIZERS | {BIPOLAR_QUANTIZER}
 
+# A bit width: a Python int, or a numpy tensor evaluated in its dtype (`code_bounds`).
+Bits = TypeVar("Bits", int, np.ndarray, np.generic)
+
 # The version of the QONNX domain a node runs at when the model imports none (qonnx's default).
 QONNX_DEFAULT_VERSION = 1
 
@@ -47,13 +50,19 @@ _ROLES = {
 }
 
 
-def code_bounds(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
+def code_bounds(bits: Bits, signed: bool, narrow: bool) -> tuple[Bits, Bits]:
     """The integers a quantizer's codes take, as qonnx's `min_int` / `max_int` give them. qonnx's
     code (not its spec) also narrows unsigned quantizers, at the top. A 1-bit signed `Quant` is
-    qonnx's bipolar case (codes -1 and +1), which `Quantizer.code_bounds` reports."""
+    qonnx's bipolar case (codes -1 and +1), which `Quantizer.code_bounds` reports.
+
+    `bits` is a Python int (exact bounds) or a numpy bit-width tensor, on which the bounds are
+    evaluated as qonnx evaluates them, in the tensor's dtype: each bound is one operation on a
+    power of two (exact in a float dtype), so it is the exact bound rounded once (a 32-bit signed
+    maximum is 2**31 in float32). The executor needs that to be bit-identical with qonnx."""
     if signed:
-        return -(1 << (bits - 1)) + int(narrow), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1 - int(narrow)
+        half = 2 ** (bits - 1)
+        return -half + int(narrow), half - 1
+    return 0 * bits, 2**bits - (1 + int(narrow))
 
 
 def is_quantizer(node: ir.Node, kinds: frozenset[OpKey] = QUANTIZERS) -> bool:
@@ -194,7 +203,8 @@ def quantizer(node: ir.Node) -> Quantizer | None:
     if key == BIPOLAR_QUANTIZER:
         return Quantizer(node, "BipolarQuant", True, False, "", "")
     if key == TRUNC:
-        version = opset_version(node, QONNX_DOMAIN) or QONNX_DEFAULT_VERSION
+        # The version its own domain is imported at: a file not yet normalized imports an alias.
+        version = opset_version(node, node.domain) or QONNX_DEFAULT_VERSION
         layout, default_mode = ("Trunc v2" if version >= 2 else "Trunc v1"), "FLOOR"
     else:
         layout, default_mode = "Quant", "ROUND"
