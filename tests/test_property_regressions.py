@@ -189,7 +189,7 @@ def _blas_layout(a: np.ndarray) -> bool:
 def test_every_float_conv_product_runs_on_blas_layouts(monkeypatch, kernel, group, strides) -> None:
     # The mechanism behind the test above, checked on every CPU: each matrix product of the
     # convolution kernels gets operands in a layout BLAS takes, whatever the data's layout.
-    from hawqc.sim.ops_conv import conv_nchw
+    from conv_reference import conv_nchw
 
     real_matmul, seen = np.matmul, []
 

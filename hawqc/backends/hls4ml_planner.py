@@ -46,7 +46,9 @@ from hawqc.backends.hls4ml_target import Hls4mlTarget
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
-from hawqc.ir.op_arithmetic import batch_norm_coefficients, cast_target
+from hawqc.ir.op_arithmetic import cast_target
+from hawqc.ir.ops.batchnorm import batch_norm
+from hawqc.ir.ops.window import Windows
 from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 
@@ -76,11 +78,6 @@ def _lsb_exponent(value: float) -> int:
         numerator //= 2
         exponent += 1
     return exponent
-
-
-def _ints(node: ir.Node, name: str) -> list[int] | None:
-    attr = node.attributes.get(name)
-    return None if attr is None else [int(v) for v in attr.value]
 
 
 def _int(node: ir.Node, name: str, default: int) -> int:
@@ -314,35 +311,25 @@ class Planner:
         self.consumed.add(id(add))
         return bias, self.typed(other, add), add.outputs[0]
 
-    def window(self, node: ir.Node, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> Window:
+    def window(self, node: ir.Node, spatial: tuple[int, ...], windows: Windows) -> Window:
         """The window of a Conv or pool; refuses what hls4ml's kernels do not compute (dilation,
         ceil mode that adds an output)."""
+        kernel = windows.kernel
+        assert kernel is not None, "read with the weight's kernel, or checked present for a pool"
         rank = len(kernel)
-        dilations = _ints(node, "dilations") or [1] * rank
+        dilations = windows.dilations_or_default(rank)
         if any(d != 1 for d in dilations):
-            raise UnsupportedModelError(f"{describe(node)}: dilations {dilations}: hls4ml 1.3.0's kernels have no dilation")
-        strides = tuple(_ints(node, "strides") or [1] * rank)
-        auto_pad = _str(node, "auto_pad", "NOTSET")
-        if auto_pad in ("NOTSET", ""):
-            pads = _ints(node, "pads") or [0] * (2 * rank)
-        elif auto_pad == "VALID":
-            pads = [0] * (2 * rank)
-        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            begins, ends = [], []
-            for size, k, s in zip(spatial, kernel, strides, strict=True):
-                total = max((-(-size // s) - 1) * s + k - size, 0)
-                head = (total + 1) // 2 if auto_pad == "SAME_LOWER" else total // 2
-                begins.append(head)
-                ends.append(total - head)
-            pads = begins + ends
-        else:
-            raise UnsupportedModelError(f"{describe(node)}: unknown auto_pad {auto_pad!r}")
-        if len(strides) != rank or len(pads) != 2 * rank:
-            raise UnsupportedModelError(f"{describe(node)}: strides/pads do not match a {rank}-D kernel")
+            raise UnsupportedModelError(f"{describe(node)}: dilations {list(dilations)}: hls4ml 1.3.0's kernels have no dilation")
+        strides = windows.strides_or_default(rank)
+        pads = windows.pads_for(spatial)
+        if windows.depends_on_input_size:
+            # A kernel smaller than its stride leaves the input's end unread (a negative end pad):
+            # the same windows as no padding there.
+            pads = tuple(max(p, 0) for p in pads)
         window = Window(tuple(spatial), tuple(kernel), strides, tuple(pads[:rank]), tuple(pads[rank:]))
         if any(o < 1 for o in window.out_size):
             raise UnsupportedModelError(f"{describe(node)}: the kernel is larger than the padded input")
-        if _int(node, "ceil_mode", 0):
+        if windows.ceil_mode:
             ceil = tuple(
                 -(-(n + b + e - k) // s) + 1
                 for n, k, s, b, e in zip(spatial, kernel, strides, window.pads_begin, window.pads_end, strict=True)
@@ -459,10 +446,8 @@ class Planner:
             )
         spatial, channels = dims[:-1], dims[-1]
         n_filt, kernel, per_group = weights.shape[0], tuple(weights.shape[1:-1]), weights.shape[-1]
-        declared = _ints(node, "kernel_shape")
-        if declared is not None and tuple(declared) != kernel:
-            raise UnsupportedModelError(f"{describe(node)}: kernel_shape {declared} does not match the weight {list(weights.shape)}")
-        group = _int(node, "group", 1)
+        windows = Windows.read(node, kernel)
+        group = windows.group
         depthwise = group != 1
         if group == 1:
             if per_group != channels:
@@ -479,7 +464,7 @@ class Planner:
                 f"{describe(node)}: grouped convolution (group {group} of {channels} channels) is not supported; "
                 "only group 1 and depthwise (group == channels == filters)"
             )
-        window = self.window(node, spatial, kernel)
+        window = self.window(node, spatial, windows)
         result = node.outputs[0]
         if self.feature_dims(result, node) != (*window.out_size, n_filt):
             raise UnsupportedModelError(
@@ -575,8 +560,9 @@ class Planner:
         prev = self.source(node, x)
         channels = self.plan.shapes[prev][-1]
         params = [self.per_channel(node, self.constant(v), channels, "parameter") for v in node.inputs[1:5]]
-        attr = node.attributes.get("epsilon")
-        a, b = batch_norm_coefficients(*params, float(attr.value) if attr is not None else 1e-5)
+        view = batch_norm(node)
+        assert view is not None, "the handler table maps only BatchNormalization here"
+        a, b = view.coefficients(tuple(params))
         self.scale_layer(node, prev, node.outputs[0], a, exact_type(a), b, exact_type(b))
 
     def add(self, node: ir.Node) -> None:
@@ -723,17 +709,18 @@ class Planner:
         dims = self.layer_shape(node, x, prev)
         if len(node.outputs) > 1 and node.outputs[1] is not None and list(node.outputs[1].consumers()):
             raise UnsupportedModelError(f"{describe(node)}: the Indices output is not supported")
-        kernel = _ints(node, "kernel_shape")
+        windows = Windows.read(node)
+        kernel = windows.kernel
         if kernel is None or len(dims) != len(kernel) + 1 or len(kernel) not in (1, 2):
             raise UnsupportedModelError(f"{describe(node)}: only 1-D and 2-D pooling with a kernel_shape is lowered")
         spatial, channels = dims[:-1], dims[-1]
-        window = self.window(node, spatial, tuple(kernel))
+        window = self.window(node, spatial, windows)
         out = node.outputs[0]
         if self.feature_dims(out, node) != (*window.out_size, channels):
             raise UnsupportedModelError(f"{describe(node)}: output shape does not match its window")
         x_type = self.plan.by_name[prev].types["result"]
         maximum = node.op_type == "MaxPool"
-        count_pad = bool(_int(node, "count_include_pad", 0)) and not maximum
+        count_pad = windows.count_include_pad and not maximum
         if window.padded and ((maximum and not x_type.signed) or count_pad):
             # Zeros are what max pooling's -inf padding gives when every value is >= 0, and what
             # average pooling with count_include_pad reads; hls4ml's own padding of max pooling

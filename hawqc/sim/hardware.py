@@ -52,7 +52,9 @@ from hawqc.ir.domains import (
     is_qonnx_domain,
 )
 from hawqc.ir.op_arithmetic import cast_target
+from hawqc.ir.ops.batchnorm import batch_norm
 from hawqc.ir.ops.quantizer import Quantizer, quantizer
+from hawqc.ir.ops.window import Windows
 from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 from hawqc.sim import ops, ops_conv, ops_threshold
@@ -162,11 +164,6 @@ def _constant(spec: ops.NodeSpec, index: int) -> np.ndarray | None:
     return _float64(spec.constants[index]) if index < len(spec.constants) else None
 
 
-def _ints(node: ir.Node, name: str) -> list[int] | None:
-    attr = node.attributes.get(name)
-    return None if attr is None else [int(v) for v in attr.as_ints()]
-
-
 def _elementwise(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> HardwareBuilder:
     def build(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
         a_const, b_const = _constant(spec, 0), _constant(spec, 1)
@@ -246,44 +243,27 @@ def build_matmul(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
     return matmul
 
 
-def _windows(node: ir.Node, kernel: Sequence[int]):
-    """(strides, dilations, pads_for(spatial)) of a Conv or pool, absent attributes at ONNX defaults."""
-    rank = len(kernel)
-    strides = _ints(node, "strides") or [1] * rank
-    dilations = _ints(node, "dilations") or [1] * rank
-    auto_pad_attr = node.attributes.get("auto_pad")
-    auto_pad = "NOTSET" if auto_pad_attr is None else auto_pad_attr.as_string()
-    pads = _ints(node, "pads") or [0] * (2 * rank)
-
-    def pads_for(spatial: Sequence[int]) -> Sequence[int]:
-        if auto_pad in ("NOTSET", ""):
-            return pads
-        return ops_conv.auto_pads(auto_pad, spatial, kernel, strides, dilations)
-
-    return strides, dilations, pads_for
-
-
 def build_conv(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
-    node = spec.node
     weights, bias = _constant(spec, 1), _constant(spec, 2)
-    group = node.attributes.get_int("group", 1)
-    strides, dilations, pads_for = _windows(node, weights.shape[1:-1])
+    windows = Windows.read(spec.node, weights.shape[1:-1])
 
     def conv(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         x = args[0]
         y = ops_conv.conv_channels_last(
-            x, weights, bias, strides=strides, pads=pads_for(x.shape[1:-1]), dilations=dilations, group=group
-        )
+            x, weights, bias, strides=windows.strides, pads=windows.pads_for(x.shape[1:-1]),
+            dilations=windows.dilations, group=windows.group,
+        )  # fmt: skip
         return (y + 0.0,)
 
     return conv
 
 
-def _kernel_shape(node: ir.Node) -> list[int]:
-    kernel = _ints(node, "kernel_shape")
-    if kernel is None:
+def _pool_windows(node: ir.Node) -> tuple[Windows, tuple[int, ...]]:
+    """A pool's window attributes and its kernel (required)."""
+    windows = Windows.read(node)
+    if windows.kernel is None:
         raise UnsupportedModelError(f"{describe(node)}: missing attribute 'kernel_shape'")
-    return kernel
+    return windows, windows.kernel
 
 
 def build_max_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
@@ -295,16 +275,14 @@ def build_max_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel
             return (ops_conv.max_pool_channels_last(x, kernel=x.shape[1:-1]),)
 
         return global_max_pool
-    kernel = _kernel_shape(node)
-    strides, dilations, pads_for = _windows(node, kernel)
-    ceil_mode = bool(node.attributes.get_int("ceil_mode", 0))
+    windows, kernel = _pool_windows(node)
 
     def max_pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         x = args[0]
-        pads = pads_for(x.shape[1:-1])
         y = ops_conv.max_pool_channels_last(
-            x, kernel=kernel, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode
-        )
+            x, kernel=kernel, strides=windows.strides, pads=windows.pads_for(x.shape[1:-1]),
+            dilations=windows.dilations, ceil_mode=windows.ceil_mode,
+        )  # fmt: skip
         return (y,)
 
     return max_pool
@@ -330,16 +308,13 @@ def build_average_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Ke
             return (divide_truncating(sums, counts, lsb),)
 
         return global_average_pool
-    kernel = _kernel_shape(node)
-    strides, dilations, pads_for = _windows(node, kernel)
-    ceil_mode = bool(node.attributes.get_int("ceil_mode", 0))
-    count_include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+    windows, kernel = _pool_windows(node)
 
     def average_pool(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         x = args[0]
         sums, counts = ops_conv.sum_pool_channels_last(
-            x, kernel=kernel, strides=strides, pads=pads_for(x.shape[1:-1]), ceil_mode=ceil_mode,
-            count_include_pad=count_include_pad, dilations=dilations,
+            x, kernel=kernel, strides=windows.strides, pads=windows.pads_for(x.shape[1:-1]),
+            ceil_mode=windows.ceil_mode, count_include_pad=windows.count_include_pad, dilations=windows.dilations,
         )  # fmt: skip
         return (divide_truncating(sums, counts, lsb),)
 
@@ -348,16 +323,15 @@ def build_average_pool(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Ke
 
 def build_batch_norm(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
     """Unfused BatchNormalization: `x * a + b` with semantic mode's float32 a and b, exactly."""
-    node = spec.node
-    attr = node.attributes.get("epsilon")
-    epsilon = 1e-5 if attr is None else attr.as_float()
-    a, b = ops_conv.batch_norm_coefficients(*spec.constants[1:5], epsilon)  # type: ignore[misc]
+    view = batch_norm(spec.node)
+    assert view is not None, "the hardware table maps only BatchNormalization here"
+    a, b = view.coefficients(tuple(spec.constants[1:5]))  # type: ignore[misc]
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
 
-    def batch_norm(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    def batch_normalization(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         return (ops_conv.batch_norm(args[0], a64, b64, channel_axis=-1) + 0.0,)
 
-    return batch_norm
+    return batch_normalization
 
 
 def build_relu(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:

@@ -34,16 +34,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
-from hawqc.ir.op_arithmetic import auto_pads, batch_norm_coefficients, window_count
+from hawqc.ir.op_arithmetic import window_count
+from hawqc.ir.ops.batchnorm import batch_norm as batch_norm_attributes
 from hawqc.ir.ops.reading import (
     check_input_count,
     check_single_output,
     refusal,
     standard_opset,
 )
+from hawqc.ir.ops.window import Windows
 
 if TYPE_CHECKING:  # hawqc.sim.ops imports this module to fill its op table
     from hawqc.sim.ops import Kernel, NodeSpec
@@ -231,23 +232,6 @@ def _dense(a: np.ndarray) -> np.ndarray:
     strided view or a contiguous array) gave different bits, on some CPUs and not others."""
     return np.ascontiguousarray(a)
 
-
-def conv_nchw(
-    x: np.ndarray,
-    w: np.ndarray,
-    b: np.ndarray | None = None,
-    *,
-    strides: Sequence[int] | None = None,
-    pads: Sequence[int] | None = None,
-    dilations: Sequence[int] | None = None,
-    group: int = 1,
-) -> np.ndarray:
-    """ONNX Conv: x [N, C, spatial...], weight [M, C/group, k...], bias [M] -> [N, M, out...]."""
-    y = conv_channels_last(
-        to_channels_last(x), to_channels_last(w), b,
-        strides=strides, pads=pads, dilations=dilations, group=group,
-    )  # fmt: skip
-    return np.ascontiguousarray(to_channels_first(y))
 
 # ---------------------------------------------------------------------------------------------------
 # Pooling
@@ -671,72 +655,6 @@ def batch_norm(x: np.ndarray, a: np.ndarray, b: np.ndarray, *, channel_axis: int
 # hawqc gives them the standard meaning. AveragePool, GlobalAveragePool and GlobalMaxPool in that
 # domain are hawqc's extensions, with the model's ONNX opset.
 
-AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
-
-
-@dataclass(frozen=True)
-class _Windows:
-    """A Conv's or pool's window attributes, read once; absent ones at ONNX defaults."""
-
-    kernel: tuple[int, ...] | None
-    strides: tuple[int, ...] | None
-    dilations: tuple[int, ...] | None
-    pads: tuple[int, ...] | None
-    auto_pad: str
-    ceil_mode: bool
-
-    @classmethod
-    def read(cls, node: ir.Node, kernel: Sequence[int] | None) -> _Windows:
-        attrs = node.attributes
-        given = attrs.get_ints("kernel_shape", None)
-        if given is not None and kernel is not None and tuple(given) != tuple(kernel):
-            raise refusal(node, f"kernel_shape {list(given)} does not match the weight's kernel {list(kernel)}")
-        kernel = tuple(given) if given is not None else (None if kernel is None else tuple(kernel))
-        auto_pad = attrs.get_string("auto_pad", "NOTSET") or "NOTSET"
-        if auto_pad not in AUTO_PADS:
-            raise refusal(node, f"unknown auto_pad '{auto_pad}' (known: {', '.join(AUTO_PADS)})")
-        windows = cls(
-            kernel,
-            _optional_ints(attrs.get_ints("strides", None)),
-            _optional_ints(attrs.get_ints("dilations", None)),
-            _optional_ints(attrs.get_ints("pads", None)),
-            auto_pad,
-            bool(attrs.get_int("ceil_mode", 0)),
-        )
-        windows.check(node)
-        return windows
-
-    def check(self, node: ir.Node) -> None:
-        if self.kernel is None:
-            return
-        rank = len(self.kernel)
-        for name, values, length in (
-            ("strides", self.strides, rank),
-            ("dilations", self.dilations, rank),
-            ("pads", self.pads, 2 * rank),
-        ):
-            if values is not None and len(values) != length:
-                raise refusal(node, f"{name} {list(values)} has {len(values)} values, expected {length}")
-        if any(k < 1 for k in self.kernel) or any(v < 1 for v in (*(self.strides or ()), *(self.dilations or ()))):
-            raise refusal(node, "kernel_shape, strides and dilations must be positive")
-        if self.auto_pad != "NOTSET" and any(self.pads or ()):
-            raise refusal(node, f"has both auto_pad {self.auto_pad} and explicit pads")
-        if self.auto_pad.startswith("SAME") and any(d != 1 for d in self.dilations or ()):
-            # onnxruntime refuses it for Conv and computes garbage for pools.
-            raise refusal(node, f"auto_pad {self.auto_pad} with dilations != 1 is not supported (onnxruntime refuses it)")
-
-    def pads_for(self, spatial: Sequence[int], kernel: Sequence[int]) -> Sequence[int] | None:
-        if self.auto_pad == "NOTSET":
-            return self.pads
-        return auto_pads(
-            self.auto_pad, spatial, kernel, self.strides or (1,) * len(kernel), self.dilations or (1,) * len(kernel)
-        )
-
-
-def _optional_ints(values: Sequence[int] | None) -> tuple[int, ...] | None:
-    return None if values is None else tuple(int(v) for v in values)
-
-
 def _constant(spec: NodeSpec, index: int) -> np.ndarray | None:
     return spec.constants[index] if index < len(spec.constants) else None
 
@@ -754,10 +672,8 @@ def _build_conv(spec: NodeSpec, channels_last: bool) -> Kernel:
         weights = np.ascontiguousarray(weights if channels_last else to_channels_last(weights))
         if bias is not None and bias.shape != (weights.shape[0],):
             raise refusal(node, f"the bias has shape {list(bias.shape)}, expected [{weights.shape[0]}]")
-    windows = _Windows.read(node, kernel)
-    group = node.attributes.get_int("group", 1)
-    if group < 1:
-        raise refusal(node, f"group {group} must be positive")
+    windows = Windows.read(node, kernel)
+    group = windows.group
 
     def conv(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
         x = args[0]
@@ -790,11 +706,11 @@ def _build_pool(spec: NodeSpec, channels_last: bool, kind: str) -> Kernel:
     node = spec.node
     check_input_count(node, 1, 1)
     check_single_output(node, "Indices" if kind == "max" else "unknown")
-    windows = _Windows.read(node, None)
+    windows = Windows.read(node, None)
     if windows.kernel is None:
         raise refusal(node, "has no kernel_shape attribute (required)")
     kernel = windows.kernel
-    count_include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+    count_include_pad = windows.count_include_pad
     # onnxruntime's AveragePool sums with MLAS before opset 19, unless count_include_pad meets
     # ceil_mode (see "Pooling" above).
     mlas = standard_opset(node) < 19 and not (count_include_pad and windows.ceil_mode) if kind == "average" else True
@@ -867,12 +783,13 @@ def build_global_max_pool_channels_last(spec: NodeSpec) -> Kernel:
 def _build_batch_norm(spec: NodeSpec, channels_last: bool) -> Kernel:
     node = spec.node
     check_input_count(node, 5, 5)
-    if node.attributes.get_int("training_mode", 0):
+    view = batch_norm_attributes(node)
+    assert view is not None, "the op table maps only BatchNormalization here"
+    if view.training_mode:
         raise refusal(node, "training_mode=1 is not supported (inference only)")
-    if not node.attributes.get_int("spatial", 1):
+    if not view.spatial:
         raise refusal(node, "spatial=0 (per-element statistics, opset < 9) is not supported")
     check_single_output(node, "running statistics, training only")
-    epsilon = node.attributes.get_float("epsilon", 1e-5)
     channel_axis = -1 if channels_last else 1
     params = spec.constants[1:5]
     coefficients = None
@@ -880,10 +797,10 @@ def _build_batch_norm(spec: NodeSpec, channels_last: bool) -> Kernel:
         if any(p.ndim != 1 or p.shape != params[0].shape for p in params):
             shapes = ", ".join(str(list(p.shape)) for p in params)
             raise refusal(node, f"scale, B, mean and var must be vectors of one length, got {shapes}")
-        coefficients = batch_norm_coefficients(*params, epsilon)
+        coefficients = view.coefficients(tuple(params))
 
     def batch_normalization(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
-        a, b = coefficients if coefficients is not None else batch_norm_coefficients(*args[1:5], epsilon)
+        a, b = coefficients if coefficients is not None else view.coefficients(tuple(args[1:5]))
         return (batch_norm(args[0], a, b, channel_axis=channel_axis),)
 
     return batch_normalization
