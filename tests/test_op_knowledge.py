@@ -155,6 +155,9 @@ def test_traits_table() -> None:
     assert ops_with(Trait.CHANNELS_LAST, "qonnx.custom_op.channels_last") == ops_with(Trait.CHANNELS_FIRST)
     assert ops_with(Trait.REARRANGES) == {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
     assert ops_with(Trait.REARRANGES) <= ops_with(Trait.SELECTS)
+    assert ops_with(Trait.NEW_SHAPE) == {"Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+    # What hardware mode runs with semantic mode's dtype-generic kernels.
+    assert ops_with(Trait.MOVES_DATA) == {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Resize", "Pad"}
     assert {("qonnx.custom_op.general", op) for op in ("Quant", "IntQuant", "BipolarQuant", "Trunc")} == keys_with(Trait.QUANTIZER)
     nodes = _nodes(QUANTIZERS)
     assert has_trait(nodes["a"], Trait.QUANTIZER | Trait.ELEMENTWISE)
@@ -241,3 +244,45 @@ def test_op_keys_canonicalize_the_domain() -> None:
     nodes = [ir.Node(domain, op, [x]) for domain, op in (("onnx.brevitas", "Quant"), ("ai.onnx", "Relu"), ("qonnx.custom_op.channels_last", "MaxPool"))]
     assert [op_key(node) for node in nodes] == [qonnx_op("Quant"), onnx_op("Relu"), channels_last_op("MaxPool")]
     assert channels_last_op("MaxPool") == ("qonnx.custom_op.channels_last", "MaxPool")
+
+
+def _exact_type_by_fractions(values: np.ndarray):
+    """The narrowest exact type computed value by value with Python's exact rationals (what the
+    hls4ml planner computed before `hawqc.ir.grid.exact_type`): the reference."""
+    from fractions import Fraction
+
+    from hawqc.ir.qtypes import FixedType
+
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    nonzero = [float(v) for v in values if v != 0]
+    if not nonzero:
+        return FixedType.covering(0, 0, 0)
+
+    def lsb(value: float) -> int:
+        numerator, denominator = Fraction(value).as_integer_ratio()
+        exponent = -(denominator.bit_length() - 1)
+        while numerator % 2 == 0:
+            numerator //= 2
+            exponent += 1
+        return exponent
+
+    return FixedType.covering(Fraction(float(values.min())), Fraction(float(values.max())), min(lsb(v) for v in nonzero))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [5e-324, -5e-324, 3 * 5e-324],  # subnormals: the finest grid there is
+        [2.2250738585072014e-308, -1.5 * 2.2250738585072014e-308],  # the smallest normal, and a neighbour
+        [-0.0, 0.0, -0.0],  # zeros of both signs only
+        [-0.0, 0.75, 0.0, -3.5],  # mixed zeros
+        [-1.0, -2.0**60, -(2.0**-40)],  # negative only, wide
+        [1e300, 3.0, -(2.0**53 + 2)],  # large values on coarse grids
+        [np.float32(0.1), np.float32(-1 / 3)],  # float32 values widened
+        [7.0],
+    ],
+)
+def test_exact_type_equals_the_value_by_value_reference(values) -> None:
+    array = np.asarray(values, dtype=np.float64)
+    assert exact_type(array) == _exact_type_by_fractions(array)
+    assert exact_type(array.reshape(-1, 1)) == _exact_type_by_fractions(array)

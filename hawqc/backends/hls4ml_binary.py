@@ -54,14 +54,17 @@ from hawqc.backends.hls4ml_binary_types import IntType, XnorType, int_type, xnor
 from hawqc.backends.hls4ml_plan import Planned
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import is_qonnx_domain
-from hawqc.ir.precision import bipolar_scale, is_bipolar_quant
+from hawqc.ir.grid import exact_type
+from hawqc.ir.ops.keys import onnx_op, op_key, qonnx_op
+from hawqc.ir.ops.quantizer import quantizer
+from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.ir.qtypes import FixedType
 
 if TYPE_CHECKING:
     from hawqc.backends.hls4ml_planner import Planner
 
-RESHAPES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
+# hls4ml's Reshape: a new shape of the same elements in the same order.
+RESHAPES = frozenset(onnx_op(op) for op in ops_with(Trait.NEW_SHAPE))
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,12 @@ class Coded:
     scale: Fraction
 
 
-def _is_onnx(node: ir.Node, *ops: str) -> bool:
-    return node.op_type in ops and node.domain in ("", "ai.onnx")
+def _is_reshape(node: ir.Node) -> bool:
+    return op_key(node) in RESHAPES
+
+
+def _is_matmul(node: ir.Node) -> bool:
+    return op_key(node) == onnx_op("MatMul")
 
 
 def _dense_readers_only(value: ir.Value) -> bool:
@@ -86,10 +93,10 @@ def _dense_readers_only(value: ir.Value) -> bool:
         return False
     for use in readers:
         node = use.node
-        if _is_onnx(node, *RESHAPES) and use.idx == 0:
+        if _is_reshape(node) and use.idx == 0:
             if not _dense_readers_only(node.outputs[0]):
                 return False
-        elif not (_is_onnx(node, "MatMul") and use.idx == 0):
+        elif not (_is_matmul(node) and use.idx == 0):
             return False
     return True
 
@@ -135,11 +142,12 @@ class BinaryLowering:
     def lower(self, node: ir.Node) -> bool:
         """Lower `node` if it is a binary/ternary quantizer, a threshold, or a reshape of codes."""
         p = self.planner
-        if _is_onnx(node, *RESHAPES) and node.inputs[0] is not None and node.inputs[0].name in self.coded:
+        if _is_reshape(node) and node.inputs[0] is not None and node.inputs[0].name in self.coded:
             self.reshape_codes(node)
             return True
-        multithreshold = node.op_type == "MultiThreshold" and is_qonnx_domain(node.domain)
-        if not (multithreshold or is_bipolar_quant(node)):
+        multithreshold = op_key(node) == qonnx_op("MultiThreshold")
+        view = quantizer(node)
+        if not (multithreshold or (view is not None and view.is_bipolar)):
             return False
         out = node.outputs[0]
         if out.name in p.precision.constants:
@@ -155,7 +163,8 @@ class BinaryLowering:
             k = _levels(node, thresholds.shape[1], out_scale, out_bias)
         else:
             thresholds = np.zeros((1, 1))
-            k = Fraction(float(bipolar_scale(node).reshape(-1)[0]))
+            # Precision inference has checked the scale: one positive number.
+            k = Fraction(float(view.scale.reshape(-1)[0]))  # type: ignore[union-attr]
         if x is not None and x.is_graph_input():
             prev = self.sign_input(node, x)
         else:
@@ -265,10 +274,10 @@ class BinaryLowering:
             return False
         for use in value.uses():
             node = use.node
-            if _is_onnx(node, *RESHAPES) and use.idx == 0:
+            if _is_reshape(node) and use.idx == 0:
                 if not BinaryLowering.weighted_readers_only(node.outputs[0]):
                     return False
-            elif not (use.idx == 0 and (_is_onnx(node, "MatMul") or node.op_type == "Conv")):
+            elif not (use.idx == 0 and (_is_matmul(node) or node.op_type == "Conv")):
                 return False
         return True
 
@@ -300,8 +309,6 @@ class BinaryLowering:
         """The weights a Dense/Conv reading `x` stores, and their type: times the scale of codes it
         reads; +-1 in the Xnor type (stored as 0/1; not for a convolution reading Xnor data, see the
         module docstring), {-1, 0, 1} in ap_int<2>; otherwise exact fixed point."""
-        from hawqc.backends.hls4ml_planner import exact_type
-
         coded = self.coded.get(x.name)
         if coded is not None:
             weights = weights * float(coded.scale)
@@ -353,8 +360,6 @@ class BinaryLowering:
         """both_binary: stores half the bias (`cast` doubles the accumulator), with an accumulator
         for `bias / 2 + popcount`; falls back to data_binary (fixed-point +-1 weights) when the bias
         is not an integer or `2 * acc - n_in` would not fit `ap_int<ceillog2(n_in) + 2>`."""
-        from hawqc.backends.hls4ml_planner import exact_type
-
         half = np.asarray(bias, dtype=np.float64) / 2
         limit = 2 ** (math.ceil(math.log2(n_in)) + 1) - 1 if n_in > 1 else 1
         integral = np.all(bias == np.round(bias))

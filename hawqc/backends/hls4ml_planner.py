@@ -45,39 +45,18 @@ from hawqc.backends.hls4ml_plan import Plan, Planned
 from hawqc.backends.hls4ml_target import Hls4mlTarget
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, is_quant
+from hawqc.ir.grid import exact_type
 from hawqc.ir.op_arithmetic import cast_target
 from hawqc.ir.ops.batchnorm import batch_norm
+from hawqc.ir.ops.keys import OpKey, channels_last_op, onnx_op, op_key
+from hawqc.ir.ops.quantizer import is_integer_quantizer
+from hawqc.ir.ops.traits import Trait, has_trait, ops_with
 from hawqc.ir.ops.window import Windows
 from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
 
-ONNX_DOMAINS = ("", "ai.onnx")
-RESHAPES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
-# Standard ops whose channels-first meaning hawqc does not lower.
-CHANNELS_FIRST_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization"})
 # hls4ml 1.3.0's `FixInputPrecision` (bit_exact.py) takes over any input type wider than this.
 MAX_INPUT_WIDTH = 100
-
-
-def exact_type(values: np.ndarray) -> FixedType:
-    """The narrowest type holding every element of a float tensor exactly (its finest dyadic grid)."""
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    nonzero = values[values != 0]
-    if nonzero.size == 0:
-        return FixedType.covering(0, 0, 0)
-    lsb = min(_lsb_exponent(float(v)) for v in nonzero)
-    return FixedType.covering(Fraction(float(values.min())), Fraction(float(values.max())), lsb)
-
-
-def _lsb_exponent(value: float) -> int:
-    """`e` such that value is an odd multiple of 2**e."""
-    numerator, denominator = Fraction(value).as_integer_ratio()
-    exponent = -(denominator.bit_length() - 1)
-    while numerator % 2 == 0:
-        numerator //= 2
-        exponent += 1
-    return exponent
 
 
 def _int(node: ir.Node, name: str, default: int) -> int:
@@ -98,7 +77,7 @@ def _only_consumer(value: ir.Value) -> ir.Node | None:
 
 
 def _is_onnx(node: ir.Node, op_type: str) -> bool:
-    return node.op_type == op_type and node.domain in ONNX_DOMAINS
+    return op_key(node) == onnx_op(op_type)
 
 
 def onnx_nearest_index(out_index: int, in_size: int, out_size: int, transform: str, nearest: str) -> int | None:
@@ -149,28 +128,25 @@ class Planner:
         self.io_type = io_type
         self.plan = Plan()
         self.consumed: set[int] = set()
-        onnx: dict[str, Callable[[ir.Node], None]] = {
-            "MatMul": self.dense,
-            "Relu": self.relu,
-            "LeakyRelu": self.leaky_relu,
-            "Add": self.add,
-            "Mul": self.requantization,
-            "Concat": self.concat,
-            "Resize": self.resize,
-            **{op: self.reshape for op in RESHAPES},
-            "Cast": self.cast,
-        }
-        channels_last: dict[str, Callable[[ir.Node], None]] = {
-            "Conv": self.conv,
-            "MaxPool": self.pool,
-            "AveragePool": self.pool,
-            "GlobalMaxPool": self.global_pool,
-            "GlobalAveragePool": self.global_pool,
-            "BatchNormalization": self.batchnorm,
-        }
         # Binary and ternary layers (thresholds, XNOR-popcount): hls4ml_binary.py.
         self.binary = BinaryLowering(self)
-        self.handlers = {**{("", op): h for op, h in onnx.items()}, **{(CHANNELS_LAST_DOMAIN, op): h for op, h in channels_last.items()}}
+        self.handlers: dict[OpKey, Callable[[ir.Node], None]] = {
+            onnx_op("MatMul"): self.dense,
+            onnx_op("Relu"): self.relu,
+            onnx_op("LeakyRelu"): self.leaky_relu,
+            onnx_op("Add"): self.add,
+            onnx_op("Mul"): self.requantization,
+            onnx_op("Concat"): self.concat,
+            onnx_op("Resize"): self.resize,
+            **{onnx_op(op): self.reshape for op in sorted(ops_with(Trait.NEW_SHAPE))},
+            onnx_op("Cast"): self.cast,
+            channels_last_op("Conv"): self.conv,
+            channels_last_op("MaxPool"): self.pool,
+            channels_last_op("AveragePool"): self.pool,
+            channels_last_op("GlobalMaxPool"): self.global_pool,
+            channels_last_op("GlobalAveragePool"): self.global_pool,
+            channels_last_op("BatchNormalization"): self.batchnorm,
+        }
 
     # ---- plumbing -----------------------------------------------------------------------------
     def run(self) -> Plan:
@@ -196,15 +172,14 @@ class Planner:
     def lower_node(self, node: ir.Node) -> None:
         if self.binary.lower(node):
             return
-        if is_quant(node.op_type, node.domain):
+        if is_integer_quantizer(node):
             self.quant(node)
             return
-        domain = "" if node.domain in ONNX_DOMAINS else node.domain
-        handler = self.handlers.get((domain, node.op_type))
+        handler = self.handlers.get(op_key(node))
         if handler is not None:
             handler(node)
             return
-        if domain == "" and node.op_type in CHANNELS_FIRST_OPS:
+        if has_trait(node, Trait.CHANNELS_FIRST):  # hawqc does not lower their channels-first meaning
             raise UnsupportedModelError(f"{describe(node)}: channels-first {node.op_type}; run channels-last first")
         raise UnsupportedModelError(f"{describe(node)}: op is not supported by the hls4ml lowering")
 
@@ -280,7 +255,7 @@ class Planner:
     def fused_quant(self, value: ir.Value) -> tuple[ir.Value, FixedType | None]:
         """The Quant that is the only reader of `value`, consumed: (its output, its type)."""
         quant = _only_consumer(value)
-        if quant is None or not is_quant(quant.op_type, quant.domain):
+        if quant is None or not is_integer_quantizer(quant):
             return value, None
         out = quant.outputs[0]
         self.consumed.add(id(quant))

@@ -27,7 +27,7 @@ from hawqc.errors import UnsupportedModelError
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN
 from hawqc.ir.ops.keys import op_key
 from hawqc.ir.ops.quantizer import is_integer_quantizer, quantizer
-from hawqc.ir.ops.traits import Trait, keys_with
+from hawqc.ir.ops.traits import Trait, has_trait, keys_with
 from hawqc.ir.quant_annotation import read_annotation
 from hawqc.sim import ops
 
@@ -121,7 +121,7 @@ def layer_bops(model: ir.Model) -> list[LayerBops]:
     layers = []
     for node in model.graph:
         op = node.op_type
-        if op not in ("MatMul", "Gemm", "Conv") or node.domain not in ("", CHANNELS_LAST_DOMAIN):
+        if not has_trait(node, Trait.LAYER):
             continue
         weight = _constant_weight(node.inputs[1] if len(node.inputs) > 1 else None)
         out_dims = _dims(node.outputs[0])

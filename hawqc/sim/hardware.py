@@ -45,15 +45,11 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import (
-    CHANNELS_LAST_DOMAIN,
-    QONNX_DOMAIN,
-    QUANT_OPS,
-    is_qonnx_domain,
-)
 from hawqc.ir.op_arithmetic import cast_target
 from hawqc.ir.ops.batchnorm import batch_norm
-from hawqc.ir.ops.quantizer import Quantizer, quantizer
+from hawqc.ir.ops.keys import OpKey, channels_last_op, onnx_op, op_key, qonnx_op
+from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, INTEGER_QUANTIZERS, Quantizer, quantizer
+from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.ir.ops.window import Windows
 from hawqc.ir.precision import PrecisionResult
 from hawqc.ir.qtypes import FixedType
@@ -400,30 +396,30 @@ def _semantic(spec: ops.NodeSpec, precision: PrecisionResult) -> ops.Kernel:
 
 # Ops whose semantic kernels only move values (Resize nearest and Pad copy values or insert the pad
 # constant): dtype-generic, so exact on float64 as they are.
-DATA_MOVEMENT_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Resize", "Pad")
+DATA_MOVEMENT_OPS = ops_with(Trait.MOVES_DATA)
 
-HARDWARE_TABLE: dict[tuple[str, str], HardwareBuilder] = {
-    **{(QONNX_DOMAIN, op): build_quantizer for op in QUANT_OPS},
-    (QONNX_DOMAIN, "BipolarQuant"): build_bipolar_quant,
-    (QONNX_DOMAIN, "MultiThreshold"): build_multithreshold,
-    ("", "MatMul"): build_matmul,
-    ("", "Add"): _elementwise(np.add),
-    ("", "Sub"): _elementwise(np.subtract),
-    ("", "Mul"): _elementwise(np.multiply),
+HARDWARE_TABLE: dict[OpKey, HardwareBuilder] = {
+    **dict.fromkeys(INTEGER_QUANTIZERS, build_quantizer),
+    BIPOLAR_QUANTIZER: build_bipolar_quant,
+    qonnx_op("MultiThreshold"): build_multithreshold,
+    onnx_op("MatMul"): build_matmul,
+    onnx_op("Add"): _elementwise(np.add),
+    onnx_op("Sub"): _elementwise(np.subtract),
+    onnx_op("Mul"): _elementwise(np.multiply),
     # Division by a power of two (precision inference refuses any other divisor) is exact.
-    ("", "Div"): _elementwise(np.divide),
-    ("", "Relu"): build_relu,
-    ("", "LeakyRelu"): build_leaky_relu,
-    ("", "Clip"): build_clip,
-    ("", "Concat"): build_concat,
-    ("", "Cast"): build_cast,
-    **{("", op): _semantic for op in DATA_MOVEMENT_OPS},
-    (CHANNELS_LAST_DOMAIN, "Conv"): build_conv,
-    (CHANNELS_LAST_DOMAIN, "MaxPool"): build_max_pool,
-    (CHANNELS_LAST_DOMAIN, "GlobalMaxPool"): build_max_pool,
-    (CHANNELS_LAST_DOMAIN, "AveragePool"): build_average_pool,
-    (CHANNELS_LAST_DOMAIN, "GlobalAveragePool"): build_average_pool,
-    (CHANNELS_LAST_DOMAIN, "BatchNormalization"): build_batch_norm,
+    onnx_op("Div"): _elementwise(np.divide),
+    onnx_op("Relu"): build_relu,
+    onnx_op("LeakyRelu"): build_leaky_relu,
+    onnx_op("Clip"): build_clip,
+    onnx_op("Concat"): build_concat,
+    onnx_op("Cast"): build_cast,
+    **{onnx_op(op): _semantic for op in sorted(DATA_MOVEMENT_OPS)},
+    channels_last_op("Conv"): build_conv,
+    channels_last_op("MaxPool"): build_max_pool,
+    channels_last_op("GlobalMaxPool"): build_max_pool,
+    channels_last_op("AveragePool"): build_average_pool,
+    channels_last_op("GlobalAveragePool"): build_average_pool,
+    channels_last_op("BatchNormalization"): build_batch_norm,
 }
 
 
@@ -463,12 +459,7 @@ def cast_float_input(precision: PrecisionResult, name: str, array: np.ndarray) -
 
 def builder_for(node: ir.Node) -> HardwareBuilder:
     """The hardware builder of a node's op, or UnsupportedModelError naming the node."""
-    domain = node.domain
-    if domain == "ai.onnx":
-        domain = ""
-    elif is_qonnx_domain(domain):
-        domain = QONNX_DOMAIN
-    builder = HARDWARE_TABLE.get((domain, node.op_type))
+    builder = HARDWARE_TABLE.get(op_key(node))
     if builder is None:
         raise UnsupportedModelError(f"{describe(node)} has no hardware-mode rule")
     return with_float_parts(builder)

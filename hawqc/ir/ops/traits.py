@@ -28,6 +28,9 @@ class Trait(enum.Flag):
     REARRANGES = enum.auto()
     # Every output element is a copy of some input element (no arithmetic, no new value).
     SELECTS = enum.auto()
+    # Its output is input 0 under a new shape, every element in the same (row-major) order:
+    # Reshape, Flatten, Squeeze, Unsqueeze (not Identity: the same shape; not Transpose: a new order).
+    NEW_SHAPE = enum.auto()
     # Moves values without arithmetic, but may add constants (Pad's border).
     MOVES_DATA = enum.auto()
     # Every output element is an input element or zero (Relu).
@@ -67,7 +70,8 @@ _ZN = _T.CARRIES_ZERO_SIGN | _T.CARRIES_ZERO_SIGN_AT_EVERY_INPUT
 _REARRANGE = _T.REARRANGES | _T.SELECTS | _T.MOVES_DATA | _Z0
 
 _STANDARD: dict[str, Trait] = {
-    **dict.fromkeys(("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"), _REARRANGE),
+    **dict.fromkeys(("Identity", "Transpose"), _REARRANGE),
+    **dict.fromkeys(("Reshape", "Flatten", "Squeeze", "Unsqueeze"), _REARRANGE | _T.NEW_SHAPE),
     "MaxPool": _T.SELECTS | _T.CHANNELS_FIRST | _Z0,
     "GlobalMaxPool": _T.SELECTS | _T.CHANNELS_FIRST | _Z0,
     "Resize": _T.SELECTS | _T.MOVES_DATA | _Z0,
