@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import onnx_ir as ir
@@ -61,7 +61,28 @@ from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.ir.qtypes import FixedType
 
 if TYPE_CHECKING:
-    from hawqc.backends.hls4ml_planner import Planner
+    from hawqc.backends.hls4ml_plan import Plan
+    from hawqc.backends.hls4ml_target import Hls4mlTarget
+    from hawqc.ir.precision import PrecisionResult
+
+
+class Planner(Protocol):
+    """What these rules use of the planner (`hls4ml_planner.Planner`), which calls them: its plan
+    and types, and its plumbing for sources, constants and fused biases."""
+
+    plan: Plan
+    precision: PrecisionResult
+    target: Hls4mlTarget
+    io_type: str
+
+    def add_layer(self, planned: Planned, value: ir.Value, shape: tuple[int, ...]) -> None: ...
+    def name_for(self, node: ir.Node, value: ir.Value) -> str: ...
+    def source(self, node: ir.Node, value: ir.Value | None) -> str: ...
+    def typed(self, value: ir.Value, node: ir.Node) -> FixedType: ...
+    def accumulator(self, value: ir.Value, node: ir.Node) -> FixedType: ...
+    def constant(self, value: ir.Value | None) -> np.ndarray | None: ...
+    def feature_dims(self, value: ir.Value, node: ir.Node) -> tuple[int, ...]: ...
+    def fused_bias(self, value: ir.Value, channels: int) -> tuple[np.ndarray, FixedType | None, ir.Value]: ...
 
 # hls4ml's Reshape: a new shape of the same elements in the same order.
 RESHAPES = frozenset(onnx_op(op) for op in ops_with(Trait.NEW_SHAPE))
