@@ -528,3 +528,29 @@ def test_cast_to_an_integer_type_is_refused_by_name() -> None:
     proto = make_proto([oh.make_node("Cast", ["x"], ["y"], to=TensorProto.INT32, name="to_int")], {"x": [1, 2]}, {"y": [1, 2]})
     with pytest.raises(UnsupportedModelError, match=r"'to_int'.*INT32 are not supported"):
         Executor(ir.from_proto(proto))
+
+
+# Sizes where numpy's matmul on a transposed view and on a C-ordered copy gave different bits (AMD
+# EPYC, OpenBLAS): which ones depends on the CPU and the BLAS, so several are tried.
+@pytest.mark.parametrize(("batch", "outputs", "inputs"), [(1, 64, 16), (20, 32, 64), (256, 5, 32)])
+def test_gemm_with_a_transposed_weight_equals_matmul_on_the_weight_stored_transposed(batch: int, outputs: int, inputs: int) -> None:
+    """The bits of a float product must not depend on how the weight is stored: gemm-to-matmul
+    stores Gemm's transB weight transposed, and translation validation compares the two."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((outputs, inputs)).astype(np.float32)
+    x = rng.standard_normal((batch, inputs)).astype(np.float32)
+
+    def run(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
+        graph = oh.make_graph(
+            [node],
+            "g",
+            [oh.make_tensor_value_info("x", TensorProto.FLOAT, [None, inputs])],
+            [oh.make_tensor_value_info("y", TensorProto.FLOAT, [None, outputs])],
+            [numpy_helper.from_array(weight, "w")],
+        )
+        model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+        return execute(ir.serde.deserialize_model(model), x)["y"]
+
+    gemm = run(oh.make_node("Gemm", ["x", "w"], ["y"], transB=1), w)
+    matmul = run(oh.make_node("MatMul", ["x", "w"], ["y"]), np.ascontiguousarray(w.T))
+    np.testing.assert_array_equal(gemm.view(np.uint32), matmul.view(np.uint32))

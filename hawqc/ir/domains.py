@@ -14,10 +14,6 @@ QONNX_DOMAIN_ALIASES = frozenset(
     {QONNX_DOMAIN, "onnx.brevitas", "hawq2qonnx", "finn.custom_op.general", "qonnx.custom_op"}
 )
 
-# `IntQuant` is the newer name of `Quant`; both have the same inputs, attributes and meaning.
-QUANT_OPS = frozenset({"Quant", "IntQuant"})
-
-
 def is_qonnx_domain(domain: str) -> bool:
     return domain in QONNX_DOMAIN_ALIASES
 
@@ -31,7 +27,3 @@ def is_known_domain(domain: str) -> bool:
 def known_domains_text() -> str:
     aliases = ", ".join(sorted(QONNX_DOMAIN_ALIASES - {QONNX_DOMAIN}))
     return f"'' (ONNX), '{QONNX_DOMAIN}' (also written {aliases}), '{CHANNELS_LAST_DOMAIN}'"
-
-
-def is_quant(op_type: str, domain: str) -> bool:
-    return op_type in QUANT_OPS and is_qonnx_domain(domain)

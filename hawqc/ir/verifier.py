@@ -20,7 +20,9 @@ import onnx_ir as ir
 
 from hawqc.errors import VerificationError
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, QUANT_OPS, is_known_domain, known_domains_text
+from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN, is_known_domain, known_domains_text
+from hawqc.ir.ops.keys import op_types
+from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS, is_integer_quantizer
 from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.ir.shape_inference import why_not_inferred
 
@@ -47,7 +49,7 @@ SCALAR_ROLES = frozenset({BIT_WIDTH, IN_BIT_WIDTH, OUT_BIT_WIDTH})
 
 QUANT_SIGNATURE = QonnxSignature({4: (SCALE, ZERO_POINT, BIT_WIDTH)}, ("signed", "narrow"), has_rounding_mode=True)
 QONNX_SIGNATURES: dict[str, QonnxSignature] = {
-    **{op: QUANT_SIGNATURE for op in QUANT_OPS},
+    **{op: QUANT_SIGNATURE for op in op_types(INTEGER_QUANTIZERS, QONNX_DOMAIN)},
     "BipolarQuant": QonnxSignature({2: (SCALE,)}),
     # Trunc v1: (X, scale, zeropt, in_bitwidth, out_bitwidth); v2 adds out_scale before out_bitwidth.
     "Trunc": QonnxSignature(
@@ -176,7 +178,7 @@ def _verify_qonnx_node(node: ir.Node, where: str) -> None:
                 f"{where}: quantization parameter input {index} '{name}' is not a constant"
             )
         _verify_parameter_shape(value, role, x, where)
-    if node.op_type in QUANT_OPS:
+    if is_integer_quantizer(node):
         _verify_quant_parameters(node, where)
 
 

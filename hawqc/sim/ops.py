@@ -125,11 +125,15 @@ def build_bipolar_quant(spec: NodeSpec) -> Kernel:
 
 
 def build_matmul(spec: NodeSpec) -> Kernel:
-    """`MatMul` (A, B): numpy's matmul has ONNX's broadcasting rules."""
+    """`MatMul` (A, B): numpy's matmul has ONNX's broadcasting rules. The operands are made C-ordered
+    (`ops_conv.c_ordered`), so that a result does not depend on how its operands happen to be stored."""
     check_input_count(spec.node, 2, 2)
+    const_b = spec.constants[1]
+    b_stored = None if const_b is None else ops_conv.c_ordered(const_b)
 
     def matmul(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
-        return (np.matmul(args[0], args[1]),)
+        b = b_stored if b_stored is not None else ops_conv.c_ordered(args[1])
+        return (np.matmul(ops_conv.c_ordered(args[0]), b),)
 
     return matmul
 
@@ -153,10 +157,14 @@ def build_gemm(spec: NodeSpec) -> Kernel:
     const_c = spec.constants[2] if len(spec.constants) > 2 else None
     # beta * C is the same for every run when C is constant: compute it once.
     scaled_c = None if const_c is None else (const_c if beta == 1 else beta * const_c)
+    # B' stored C-ordered once when constant: `Gemm(transB=1)` then gives the bits of `MatMul` with
+    # the transposed weight stored (what gemm-to-matmul writes).
+    const_b = spec.constants[1]
+    b_stored = None if const_b is None else ops_conv.c_ordered(const_b.T if trans_b else const_b)
 
     def gemm(args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
-        a = args[0].T if trans_a else args[0]
-        b = args[1].T if trans_b else args[1]
+        a = ops_conv.c_ordered(args[0].T if trans_a else args[0])
+        b = b_stored if b_stored is not None else ops_conv.c_ordered(args[1].T if trans_b else args[1])
         acc = np.matmul(a, b)
         c = scaled_c
         if beta == 0:

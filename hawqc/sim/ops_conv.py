@@ -190,7 +190,7 @@ def conv_channels_last(
     elif group == 1 and all(k == 1 for k in kernel):
         # Pointwise: one matrix product on the (strided) input itself, no patches to build.
         view = xp[_offset_slices(xp.ndim, axes, (0,) * rank, strides_, dilations_, counts)]
-        y = np.matmul(_dense(view), _dense(w.reshape(out_channels, channels)).T)
+        y = np.matmul(c_ordered(view), c_ordered(w.reshape(out_channels, channels)).T)
         np.add(y, 0.0, out=y)
     else:
         extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations_))
@@ -209,14 +209,14 @@ def conv_channels_last(
             # -> [N, out..., k..., C], the order of the weight's trailing axes: one 2-D product.
             order = (0, *range(1, rank + 1), *range(rank + 2, 2 * rank + 2), rank + 1)
             patches = windows.transpose(order).reshape(n * positions, size)
-            y = np.matmul(_dense(patches), _dense(w.reshape(out_channels, size)).T).reshape(n, *counts, out_channels)
+            y = np.matmul(c_ordered(patches), c_ordered(w.reshape(out_channels, size)).T).reshape(n, *counts, out_channels)
         else:
             grouped = windows.reshape(n, *counts, group, per_group, *kernel)
             # -> [group, N, out..., k..., C/group].
             order = (rank + 1, 0, *range(1, rank + 1), *range(rank + 3, 2 * rank + 3), rank + 2)
             patches = grouped.transpose(order).reshape(group, n * positions, size)
-            weights = _dense(w.reshape(group, out_per_group, size)).transpose(0, 2, 1)
-            y = np.matmul(_dense(patches), weights)  # [group, N * positions, M / group]
+            weights = c_ordered(w.reshape(group, out_per_group, size)).transpose(0, 2, 1)
+            y = np.matmul(c_ordered(patches), weights)  # [group, N * positions, M / group]
             y = y.transpose(1, 0, 2).reshape(n, *counts, out_channels)
         # onnxruntime accumulates from +0.0, so a sum of -0.0 products is +0.0 there.
         np.add(y, 0.0, out=y)
@@ -225,11 +225,13 @@ def conv_channels_last(
     return y
 
 
-def _dense(a: np.ndarray) -> np.ndarray:
-    """`a` in C order. numpy's matmul hands C-ordered operands to BLAS and runs its own loop on
-    other strides; the two sum float32 products differently (BLAS with fused multiply-adds, on
-    some CPUs), so without this the same convolution stored channels-first or channels-last (a
-    strided view or a contiguous array) gave different bits, on some CPUs and not others."""
+def c_ordered(a: np.ndarray) -> np.ndarray:
+    """`a` in C order, for every matrix product of semantic mode. numpy's matmul hands operands to
+    BLAS or to its own loop, and BLAS to different kernels, by how they are stored; the kernels sum
+    float32 products in different orders (with fused multiply-adds on some CPUs). Without this the
+    same convolution stored channels-first or channels-last gave different bits on some CPUs, and
+    `Gemm(transB=1)` differed by an ulp from `MatMul` on the weight stored transposed. (Quantized
+    sums are exact in any order; float ones are not.)"""
     return np.ascontiguousarray(a)
 
 

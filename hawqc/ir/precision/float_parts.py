@@ -16,8 +16,8 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.ir import default_precision
-from hawqc.ir.domains import is_quant
 from hawqc.ir.ops.keys import STANDARD_DOMAINS
+from hawqc.ir.ops.quantizer import is_integer_quantizer
 from hawqc.ir.precision.bounds import Bounds, int_array, scalar
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def float_inputs(analysis: Analysis) -> None:
     """Every graph input read by something other than a Quant is a float input."""
     for value in analysis.graph.inputs:
         readers = list(value.consumers())
-        if value.const_value is None and any(not is_quant(r.op_type, r.domain) for r in readers):
+        if value.const_value is None and any(not is_integer_quantizer(r) for r in readers):
             float_input(analysis, value)
 
 
@@ -60,7 +60,7 @@ def float_outputs(analysis: Analysis, node: ir.Node) -> None:
     default precision, except a dot product that continues into its bias (the accumulator is
     exact; the sum with the bias is cast) and a value whose own Quant casts it."""
     assert analysis.float_parts is not None
-    if is_quant(node.op_type, node.domain):
+    if is_integer_quantizer(node):
         return
     if not any(v is not None and v.name in analysis.floating for v in node.inputs):
         return
@@ -77,7 +77,7 @@ def _cast_later(analysis: Analysis, node: ir.Node, out: ir.Value) -> bool:
     if len(readers) != 1 or out.is_graph_output():
         return False
     reader = readers[0]
-    if is_quant(reader.op_type, reader.domain):
+    if is_integer_quantizer(reader):
         return True
     dot_product = node.op_type == "MatMul" or (node.op_type == "Conv" and len(node.inputs) < 3)
     if not dot_product or reader.op_type != "Add" or reader.domain not in STANDARD_DOMAINS:
