@@ -286,3 +286,13 @@ def test_exact_type_equals_the_value_by_value_reference(values) -> None:
     array = np.asarray(values, dtype=np.float64)
     assert exact_type(array) == _exact_type_by_fractions(array)
     assert exact_type(array.reshape(-1, 1)) == _exact_type_by_fractions(array)
+
+
+def test_integer_parameters_of_a_quant() -> None:
+    nodes = _nodes(QUANTIZERS)
+    scale, zero_point, bits = quantizer(nodes["b"]).integer_parameters()
+    assert scale.tolist() == [0.5, 0.25, 0.25, 0.125] and float(zero_point) == 0 and int(bits) == 4
+    # Not a Quant / IntQuant, or a parameter the reader cannot read: None.
+    assert quantizer(nodes["d"]).integer_parameters() is None
+    assert quantizer(nodes["e"]).integer_parameters() is None
+    assert quantizer(nodes["a"]).integer_parameters(lambda value: None) is None

@@ -363,13 +363,11 @@ def _quant_parameters(node: ir.Node):
 
 def _read_quant_parameters(node: ir.Node):
     view = quantizer(node)
-    if view is None or op_key(node) not in INTEGER_QUANTIZERS or len(node.inputs) != view.expected_inputs:
+    parameters = None if view is None else view.integer_parameters(_float32_constant)
+    if parameters is None:
         return None
-    scale, zeropt = _float32_constant(view.input("scale")), _float32_constant(view.input("zero_point"))
-    bitwidth = view.bit_width_tensor
-    if scale is None or zeropt is None or bitwidth is None:
-        return None
-    if bitwidth.size != 1 or not np.all(np.isfinite(scale)) or not np.all(np.isfinite(zeropt)):
+    scale, zeropt, bitwidth = parameters
+    if not np.all(np.isfinite(scale)) or not np.all(np.isfinite(zeropt)):
         return None
     if quant.rounding_function(view.rounding_mode) is None:
         return None

@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.ir.ops.keys import op_key
-from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS, quantizer
+from hawqc.ir.ops.quantizer import quantizer
 from hawqc.ir.ops.traits import Trait, keys_with
 from hawqc.sim import quant
 
@@ -69,17 +69,15 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
 def quant_params(node: ir.Node) -> QuantParams | None:
     """Per-tensor, zero point 0, round half to even Quant with constant parameters, else None."""
     view = quantizer(node)
-    if view is None or op_key(node) not in INTEGER_QUANTIZERS or len(node.inputs) != view.expected_inputs:
+    parameters = None if view is None else view.integer_parameters(constant)
+    if parameters is None or view.bits is None or view.is_bipolar:
         return None
-    scale, zeropt = constant(view.input("scale")), constant(view.input("zero_point"))
-    bits = view.bit_width_tensor
-    if scale is None or zeropt is None or bits is None:
-        return None
-    if scale.size != 1 or zeropt.size != 1 or bits.size != 1 or float(bits.reshape(-1)[0]) != round(float(bits.reshape(-1)[0])):
+    scale, zeropt, bits = parameters
+    if scale.size != 1 or zeropt.size != 1:
         return None
     if not (np.isfinite(scale).all() and float(scale.reshape(-1)[0]) > 0 and float(zeropt.reshape(-1)[0]) == 0):
         return None
-    if view.rounding_mode not in ROUND_HALF_EVEN or view.is_bipolar:
+    if view.rounding_mode not in ROUND_HALF_EVEN:
         return None
     # qonnx's bounds in the bit width tensor's own dtype, as the executor evaluates them.
     return QuantParams(scale, zeropt, quant.quant_bounds(bits, view.signed, view.narrow), node)

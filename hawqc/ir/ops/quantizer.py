@@ -14,6 +14,7 @@ stays with it. The numeric evaluation in qonnx's dtypes is `hawqc.sim.quant`'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -113,6 +114,22 @@ class Quantizer:
     @property
     def expected_inputs(self) -> int:
         return 1 + len(_ROLES[self.layout])
+
+    def integer_parameters(
+        self, read_constant: Callable[[ir.Value | None], np.ndarray | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(scale, zero point, bit width tensor) of a `Quant` / `IntQuant` with every input there,
+        the scale and zero point read by `read_constant` (default: a constant's data; a rewrite
+        passes its own reader: float32 only, cached, ...), the bit width a constant of one element.
+        None for another quantizer, or where a parameter is missing or not readable."""
+        if self.layout != "Quant" or len(self.node.inputs) != self.expected_inputs:
+            return None
+        read = read_constant or (lambda value: None if value is None or value.const_value is None else value.const_value.numpy())
+        scale, zero_point = read(self.input("scale")), read(self.input("zero_point"))
+        bit_width = self.bit_width_tensor
+        if scale is None or zero_point is None or bit_width is None or bit_width.size != 1:
+            return None
+        return scale, zero_point, bit_width
 
     @property
     def scale(self) -> np.ndarray | None:
