@@ -9,6 +9,8 @@ import math
 
 import onnx_ir as ir
 
+from hawqc.ir.ops.window import Windows
+
 # What one slice may hold: the executors' intermediate values and the verification's own arrays.
 SLICE_BYTES = 256 << 20
 # Bytes per value an executor may hold: hardware mode's longdouble where float64 is too narrow.
@@ -47,7 +49,7 @@ def _patches(node: ir.Node) -> int:
     weight = [d for d in node.inputs[1].shape.dims if isinstance(d, int)]
     if out is None or len(weight) != len(node.inputs[1].shape.dims) or not weight[0]:
         return 0
-    return out // weight[0] * math.prod(weight[1:]) * max(1, node.attributes.get_int("group", 1))
+    return out // weight[0] * math.prod(weight[1:]) * Windows.read(node).group
 
 
 def sample_bytes(model: ir.Model) -> int:

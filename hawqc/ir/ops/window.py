@@ -61,7 +61,7 @@ class Windows:
 
     def _check(self, node: ir.Node) -> None:
         if self.group < 1:
-            raise refusal(node, f"group {self.group} must be positive")
+            raise refusal(node, f"group {self.group} must be at least 1")
         if self.kernel is None:
             return
         rank = len(self.kernel)

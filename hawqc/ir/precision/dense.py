@@ -26,6 +26,7 @@ from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN
 from hawqc.ir.ops.keys import onnx_op
+from hawqc.ir.ops.window import Windows
 from hawqc.ir.precision.bounds import Bounds, exact_codes, feature_grids
 from hawqc.ir.precision.windows import WindowGeometry
 
@@ -79,12 +80,10 @@ def conv(analysis: Analysis, node: ir.Node) -> None:
     if w_codes.ndim < 3:
         raise UnsupportedModelError(f"{describe(node)}: weight of shape {list(w_codes.shape)} is no convolution kernel")
     out_channels, kernel, per_group = w_codes.shape[0], tuple(w_codes.shape[1:-1]), w_codes.shape[-1]
-    # Checked before the window view reads the node: this refusal's wording is precision's own.
-    group = node.attributes.get_int("group", 1)
-    if group < 1:
-        raise UnsupportedModelError(f"{describe(node)}: group {group} must be at least 1")
+    view = Windows.read(node, kernel)
+    group = view.group
     spatial = analysis.spatial(node.inputs[0])
-    windows = WindowGeometry.of(node, kernel, spatial)
+    windows = WindowGeometry.from_view(view, kernel, spatial)
     channels = per_group * group
     if out_channels % group or x.features not in (None, channels):
         raise UnsupportedModelError(
