@@ -59,7 +59,8 @@ from hawqc.ir.layout import (
     record_layout,
 )
 from hawqc.ir.names import FreshNames
-from hawqc.ir.ops.traits import Trait, ops_with
+from hawqc.ir.ops.keys import onnx_op, op_key, qonnx_op
+from hawqc.ir.ops.traits import Trait, has_trait, ops_with
 from hawqc.ir.quant_annotation import QuantAnnotation, annotate, read_annotation
 from hawqc.passes.base import Pass, PassResult
 
@@ -172,7 +173,7 @@ def constant_values(graph: ir.Graph) -> set[ir.Value]:
     """Values known before any run: initializers, and results of nodes reading only those."""
     constant = set(graph.initializers.values())
     for node in graph:
-        if node.op_type.startswith("Random") or node.op_type in ("Multinomial", "Bernoulli"):
+        if has_trait(node, Trait.NEVER_FOLD):
             continue
         if all(value is None or value in constant for value in node.inputs):
             constant.update(node.outputs)
@@ -277,33 +278,30 @@ class _Conversion:
                 )
 
     def _rule(self, node: ir.Node):
-        op = node.op_type
-        if node.domain == QONNX_DOMAIN:
-            if op == "MultiThreshold":
-                return self._multithreshold
-            return self._elementwise if op in ELEMENTWISE_QONNX_OPS else None
-        if node.domain != "":
-            return None
-        if op in IMAGE_OPS and node.inputs[0] in self.region:
+        """The rule that relays out `node`, by its traits, else by the table of the ops with a rule
+        of their own (keyed by `op_key`); None: the node needs no relayout of its own."""
+        if has_trait(node, Trait.CHANNELS_FIRST) and node.inputs[0] in self.region:
             return self._image_op
-        if op in ELEMENTWISE_OPS:
+        if has_trait(node, Trait.ELEMENTWISE):
             return self._elementwise
-        if op in SOFTMAX_OPS:
+        if has_trait(node, Trait.ALONG_AXIS):
             return self._softmax
         rules = {
-            "BatchNormalization": self._batch_norm_on_features,
-            "Concat": self._concat,
-            "Flatten": self._flatten,
-            "Reshape": self._reshape,
-            "Squeeze": self._unit_axes,
-            "Unsqueeze": self._unit_axes,
-            "Transpose": self._transpose,
-            "Pad": self._pad,
-            "Resize": self._resize,
-            "MatMul": self._dense,
-            "Gemm": self._dense,
+            qonnx_op("MultiThreshold"): self._multithreshold,
+            # Not an image op: a BatchNormalization of [N, C] features.
+            onnx_op("BatchNormalization"): self._batch_norm_on_features,
+            onnx_op("Concat"): self._concat,
+            onnx_op("Flatten"): self._flatten,
+            onnx_op("Reshape"): self._reshape,
+            onnx_op("Squeeze"): self._unit_axes,
+            onnx_op("Unsqueeze"): self._unit_axes,
+            onnx_op("Transpose"): self._transpose,
+            onnx_op("Pad"): self._pad,
+            onnx_op("Resize"): self._resize,
+            onnx_op("MatMul"): self._dense,
+            onnx_op("Gemm"): self._dense,
         }
-        return rules.get(op)
+        return rules.get(op_key(node))
 
     # -- layouts and constants ----------------------------------------------------------------
 
@@ -382,8 +380,7 @@ class _Conversion:
     def _relayout_computed(self, value: ir.Value, layout: Layout, reader: ir.Node) -> ir.Value:
         producer = value.producer()
         elementwise = producer is not None and len(producer.outputs) == 1 and (
-            (producer.domain == "" and producer.op_type in ELEMENTWISE_OPS)
-            or (producer.domain == QONNX_DOMAIN and producer.op_type in ELEMENTWISE_QONNX_OPS)
+            has_trait(producer, Trait.ELEMENTWISE)
         )
         if not elementwise:
             source = describe(producer) if producer is not None else "no node"

@@ -88,6 +88,7 @@ import onnx_ir as ir
 
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import CHANNELS_LAST_DOMAIN, QONNX_DOMAIN
+from hawqc.ir.grid import finest_exponent
 from hawqc.ir.ops.keys import op_key, op_types
 from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, CODE_QUANTIZERS, INTEGER_QUANTIZERS, quantizer
 from hawqc.ir.ops.traits import Trait, keys_with, ops_with
@@ -180,15 +181,10 @@ def powers_of_two(array: np.ndarray) -> bool:
 
 
 def grid_of(array: np.ndarray) -> float:
-    """The largest power of two that every element of a float32 array is a multiple of."""
-    values = np.asarray(array, dtype=np.float32).astype(np.float64).ravel()
-    values = values[np.isfinite(values) & (values != 0)]
-    if values.size == 0:
-        return ANY_GRID
-    mantissa, exponent = np.frexp(np.abs(values))
-    significand = (mantissa * 2.0**24).astype(np.int64)  # a float32 significand has 24 bits
-    lowest = significand & -significand
-    return float(np.min(lowest.astype(np.float64) * np.exp2(exponent.astype(np.float64) - 24)))
+    """The largest power of two that every element of a float32 array is a multiple of (the array
+    as float32: its grid, `hawqc.ir.grid`, as a number; ANY_GRID when no element is finite and non-zero)."""
+    exponent = finest_exponent(np.asarray(array, dtype=np.float32))
+    return ANY_GRID if exponent is None else math.ldexp(1.0, exponent)
 
 
 def _is_negative_zero(array: np.ndarray) -> np.ndarray:
