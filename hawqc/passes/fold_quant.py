@@ -28,9 +28,10 @@ and counted. Rewrites, with their statistics counters:
      that its input is a multiple of the largest scale and inside its clamp range (every value of
      a float32 computation is a multiple of a power of two that the analysis tracks: exact sums and
      products keep it, and a rounded result is still a multiple of it). Then `x / s + z` is an
-     exact integer below 2^22, the clamp and every rounding mode leave it alone, and
-     `(q - z) * s` gives x back exactly.
-   Q may change the sign of a zero (`-0.0 / s + 0.0` is `+0.0`). It is then removed only if that
+     exact integer below 2^22, the clamp and every rounding mode leave its value alone, and
+     `(q - z) * s` gives x back exactly, but for the sign of a zero (HALF_DOWN rounds +0.0 to -0.0):
+     Q is run on the zeros that can reach it to see.
+   Q may change the sign of a zero (`-0.0 / s + 0.0` is `+0.0`; HALF_DOWN's `ceil(+0.0 - 0.5)` is `-0.0`). It is then removed only if that
    sign cannot matter: every path from Q's output goes through ops that map inputs differing only
    in the sign of zeros to outputs differing only in the sign of zeros (Relu, pools, shape ops,
    Add, Sub, Mul, MatMul, Conv, Div...) and ends in one that forgets the sign (a quantizer, a
@@ -207,6 +208,19 @@ def _padded(array: np.ndarray, rank: int) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------------------
 
 
+# Codes `x / s + z` near zero, where a rounding can give -0.0: ROUND, CEIL and DOWN of small
+# negatives, HALF_DOWN (ceil(y - 0.5)) of anything in [0, 0.5], even of +0.0. (-0.0 itself is no
+# code when z = +0.0: `x / s + 0.0` is never -0.0.)
+_NEAR_ZERO = np.array([0.0, -1e-3, 1e-3, -0.25, 0.25, -0.5, 0.5, -0.75, 0.75], dtype=np.float32)
+
+
+def _rounds_to_negative_zero(bounds: quant.QuantBounds, mode: str) -> bool:
+    """Whether a quantizer with z = +0.0 can round a code to -0.0 (qonnx clamps, then rounds)."""
+    y = np.where(_NEAR_ZERO > bounds.max_int, bounds.max_int, _NEAR_ZERO).astype(np.float32)
+    y = np.where(y < bounds.min_int, bounds.min_int, y).astype(np.float32)
+    return bool(_is_negative_zero(quant.rounding_function(mode)(y)).any())
+
+
 @dataclass(frozen=True)
 class Facts:
     """Every non-NaN value lies in [lo, hi] (finite), is an integer multiple of `grid` (a power of
@@ -335,10 +349,8 @@ def quantizer_values(node: ir.Node, rank: int, limit: int) -> ValueSet | None:
         if (high - low + 2) * cells > limit:
             return None
         integers = np.arange(low, high + 1, dtype=np.float64).astype(np.float32)
-        # A rounding toward zero of a negative y in (-1, 0) gives -0.0 (np.round(-0.3) is -0.0).
-        if (low < 0 and rounding_mode in ("ROUND", "HALF_EVEN", "CEIL", "DOWN", "HALF_UP", "HALF_DOWN")) or bool(
-            _is_negative_zero(zeropt).any()
-        ):
+        # A code rounded to -0.0 (np.round(-0.3) is -0.0; HALF_DOWN rounds [0, 0.5] to -0.0 too).
+        if _rounds_to_negative_zero(bounds, rounding_mode) or bool(_is_negative_zero(zeropt).any()):
             integers = np.append(integers, np.float32(-0.0))
     q = integers.reshape((-1,) + (1,) * rank)
     # The tail of qonnx's int_quant, in its order and dtypes: (q - zeropt) * scale, as float32.
@@ -536,7 +548,7 @@ class Analysis:
         parameters = _quant_parameters(node)
         if parameters is None or not _is_float32(node.inputs[0]):
             return None
-        scale, zeropt, bounds, _ = parameters
+        scale, zeropt, bounds, mode = parameters
         if bounds.bipolar:
             return None
         ends = np.array([_scalar(bounds.min_int), _scalar(bounds.max_int)], dtype=np.float32)
@@ -546,8 +558,10 @@ class Analysis:
             return None
         # q is an integer, q - z a multiple of min(1, grid(z)), times s a multiple of that * grid(s).
         grid = min(1.0, grid_of(zeropt)) * grid_of(scale)
-        negative_zero = bool(np.any(scale < 0)) or (_scalar(bounds.min_int) < 0 and bool(np.any(zeropt == 0)))
-        negative_zero = negative_zero or bool(_is_negative_zero(zeropt).any())
+        # -0.0 comes out of a negative scale, of a zero point of -0.0, or of a code q rounded to -0.0
+        # where z = +0.0 (q - z keeps it).
+        negative_zero = bool(np.any(scale < 0)) or bool(_is_negative_zero(zeropt).any())
+        negative_zero = negative_zero or (bool(np.any(zeropt == 0)) and _rounds_to_negative_zero(bounds, mode))
         return Facts(float(out.min()), float(out.max()), max(grid, SMALLEST_SUBNORMAL), negative_zero)
 
     def _facts_through(self, node: ir.Node, value: ir.Value) -> Facts | None:
@@ -796,8 +810,21 @@ def verdict_by_ranges(node: ir.Node, facts: Facts) -> Verdict:
         return REFUSED
     if max(abs(float(low.min())), abs(float(high.max()))) >= EXACT_INTEGER_LIMIT:
         return REFUSED
-    # -0.0 / s + z gives +0.0 (z = +-0) or z, and (z - z) * s = +0.0: only a -0.0 input changes.
-    return Verdict(True, flips_zero_sign=facts.negative_zero)
+    # Every value comes back, but a zero may change its sign: `-0.0 / s + 0.0` is +0.0, and HALF_DOWN
+    # rounds +0.0 to ceil(-0.5) = -0.0, which `q - z` keeps when z = +0.0. The quantizer says which.
+    return Verdict(True, flips_zero_sign=_changes_a_zero(node, facts))
+
+
+def _changes_a_zero(node: ir.Node, facts: Facts) -> bool:
+    """Whether the quantizer returns a zero that can reach it (+0.0, or -0.0) with the other sign."""
+    zeros = [zero for zero, reaches in ((0.0, facts.may_be_zero), (-0.0, facts.negative_zero)) if reaches]
+    if not zeros:
+        return False
+    rank = max(np.ndim(v.const_value.numpy()) for v in node.inputs[1:] if v is not None and v.const_value is not None)
+    probes = np.array(zeros, dtype=np.float32).reshape((-1,) + (1,) * rank)
+    with np.errstate(all="ignore"):
+        out = _apply_quant(node, probes)
+    return bool(np.any(_bits(out) != _bits(np.broadcast_to(probes, out.shape))))
 
 
 @dataclass
