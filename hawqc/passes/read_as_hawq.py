@@ -6,7 +6,7 @@ requantization as float32 rescales,
     acc -> Mul(k = fl32(s_w * s_prev)) -> Relu? -> Quant(s_a) -> (selection ops)* -> Div(s_a) -> next layer
 
 while HAWQ's integer inference computes `clamp(round(relu(acc) * m / 2^e))` in double, with
-`(m, e) = batch_frexp(k / s_a)` (`../shared/specs/hawq.md`). The two differ: float32 `(q * s_a) / s_a`
+`(m, e) = batch_frexp(k / s_a)` (upstream HAWQ's `quant_utils.py`). The two differ: float32 `(q * s_a) / s_a`
 gives some codes back one ulp off, and `fl32(acc * k) / s_a` rounds across .5 where `acc * m / 2^e`
 does not. `exact-requant` rewrites a layer only where it proves the file's float32 arithmetic equal
 to a dyadic multiply; with HAWQ's calibrated scales that proof fails on most layers.

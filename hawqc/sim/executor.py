@@ -5,7 +5,7 @@
 quantizers) into constants, and builds one kernel per remaining node (see `hawqc.sim.ops`).
 `run` then only moves arrays between kernels, so its cost is the arithmetic itself.
 
-Two modes (hawqc's exactness contract, DESIGN.md): "semantic" is what the QONNX graph means,
+Two modes (hawqc's exactness contract, the README's "Exactness"): "semantic" is what the QONNX graph means,
 bit-identical to qonnx's `execute_onnx` (float32); "hardware" is the fixed-point arithmetic the
 backend generates, with the types of `hawqc.ir.precision.infer_types`, exact, in float64 (see
 `hawqc.sim.hardware`). Constants are folded the same way in both modes (QONNX semantics), so

@@ -1,5 +1,6 @@
 """A CPU implementation of HAWQ's quantized modules, with HAWQ's names, constructor arguments,
-`set_param`, buffers, state_dict keys and forward signatures (`../shared/specs/hawq.md`), so a
+`set_param`, buffers, state_dict keys and forward signatures (upstream HAWQ's
+`utils/quantization_utils/quant_modules.py`, github.com/Zhen-Dong/HAWQ), so a
 HAWQ model definition runs on them unchanged and a HAWQ checkpoint loads.
 
 Deliberate differences from upstream HAWQ (each keeps the semantics HAWQ intends):

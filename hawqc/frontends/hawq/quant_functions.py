@@ -1,6 +1,7 @@
 """HAWQ's quantization arithmetic, on CPU, with the integer parts computed exactly.
 
-Written from `../shared/specs/hawq.md`; the public names are HAWQ's, so that training scripts that
+Written from upstream HAWQ's arithmetic (github.com/Zhen-Dong/HAWQ, `utils/quantization_utils/`
+`quant_utils.py` and `quant_modules.py`); the public names are HAWQ's, so that training scripts that
 import them keep working. Conventions (and where float32 vs float64 matters):
 
 - Quantizing a float tensor (`x` to `round(x / s)`, activations on entry, weights, biases) is
