@@ -22,7 +22,7 @@ from hawq_export_files import export_mlp, to_hawq_export
 import hawqc
 from hawqc.cli import main, opt_main
 from hawqc.errors import OptionError, UnsupportedModelError, UserInputError
-from hawqc.flow.float_parts_option import apply_default_precision
+from hawqc.flow.float_parts_option import run_default_precision_step
 from hawqc.flow.hawq_export import read_as_hawq
 from hawqc.flow.option_steps import run_step
 from hawqc.frontends.load import load_model
@@ -159,11 +159,11 @@ def test_the_type_option_is_spelled_as_a_pipeline_value():
 
 def test_the_option_runs_the_pass_and_reports_it(tmp_path, capsys):
     model = _float_mlp()
-    outcome, records = apply_default_precision(model, FIXED)
+    outcome, records = run_default_precision_step(model, FIXED)
     assert [r.name for r in records] == ["default-precision{type=fixed<16,6,RND_CONV,SAT>}"]
     assert outcome.parts is not None and outcome.summary().startswith("float parts computed in fixed<16,6,RND_CONV,SAT>")
     quantized = load_model(JET_TAGGER, None)
-    outcome, records = apply_default_precision(quantized, FIXED)
+    outcome, records = run_default_precision_step(quantized, FIXED)
     assert outcome.parts is None and records == []
     code = main([str(FLOAT_MLP), "-o", str(tmp_path / "p"), "-p", "default,remove-output-softmax",
                  "--default-precision", "fixed<16,6>", "--pass-statistics"])  # fmt: skip
@@ -203,4 +203,4 @@ g (float[1,2] x) => (float[1,2] y) <float[2,2] w = {1,2,3,4}> {
     assert DefaultPrecision().run(model).changed is True
     assert default_precision.read(model) == FIXED
     with pytest.raises(UnsupportedModelError, match=r"^unnamed node \(Gemm\): no precision rule for this op$"):
-        apply_default_precision(load_onnx_text(text, source="gemm"), FIXED)
+        run_default_precision_step(load_onnx_text(text, source="gemm"), FIXED)

@@ -24,7 +24,7 @@ from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.backends.project_name import check_name_free, check_project_name
 from hawqc.errors import OptionError, UserInputError
-from hawqc.flow.float_parts_option import FloatPartsOutcome, apply_default_precision, check_float_options
+from hawqc.flow.float_parts_option import FloatPartsOutcome, check_float_options, run_default_precision_step
 from hawqc.flow.hawq_export import check_semantics, run_hawq_export_step
 from hawqc.flow.mismatch_trace import trace_mismatch
 from hawqc.flow.output_dir import OutputDirectory
@@ -173,7 +173,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         records += manager.run(model)
         float_parts = None
         if default_precision is not None:
-            float_parts, step_records = apply_default_precision(model, default_precision, options.configure_passes)
+            float_parts, step_records = run_default_precision_step(model, default_precision, options.configure_passes)
             records += step_records
         user = None if options.inputs is None else load_user_data(model, options.inputs, options.outputs)
 

@@ -45,7 +45,7 @@ class FloatPartsOutcome:
         return self.parts.summary()
 
 
-def apply_default_precision(
+def run_default_precision_step(
     model: ir.Model, fixed: FixedType, configure: Callable[[PassManager], None] | None = None
 ) -> tuple[FloatPartsOutcome, list[PassRecord]]:
     """Run `default-precision{type=fixed}` over the model (its manager set up by `configure`); where

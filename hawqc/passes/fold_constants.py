@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
 from hawqc.ir.constants import make_initializer
+from hawqc.ir.ops.keys import op_key
 from hawqc.ir.ops.traits import Trait, ops_with
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.sim import ops as sim_ops
@@ -91,7 +92,7 @@ def _evaluate_with_executor(node: ir.Node) -> list[np.ndarray] | None:
     places (Gemm with alpha: twice where onnxruntime rounds once), so it serves only the ops the
     executor lacks: shape arithmetic (Shape, Gather, Concat, Unsqueeze...), which is exact.
     """
-    builder = sim_ops.OP_TABLE.get((node.domain, node.op_type))
+    builder = sim_ops.OP_TABLE.get(op_key(node))
     if builder is None:
         return None
     constants = tuple(None if value is None else value.const_value.numpy() for value in node.inputs)

@@ -31,13 +31,14 @@ and counted. Rewrites, with their statistics counters:
      exact integer below 2^22, the clamp and every rounding mode leave its value alone, and
      `(q - z) * s` gives x back exactly, but for the sign of a zero (HALF_DOWN rounds +0.0 to -0.0):
      Q is run on the zeros that can reach it to see.
-   Q may change the sign of a zero (`-0.0 / s + 0.0` is `+0.0`; HALF_DOWN's `ceil(+0.0 - 0.5)` is `-0.0`). It is then removed only if that
-   sign cannot matter: every path from Q's output goes through ops that map inputs differing only
-   in the sign of zeros to outputs differing only in the sign of zeros (Relu, pools, shape ops,
-   Add, Sub, Mul, MatMul, Conv, Div...) and ends in one that forgets the sign (a quantizer, a
-   MultiThreshold, an Add of a constant without -0.0...), never in a graph output: the zero-sign
-   analysis of `hawqc.ir.ops.zero_sign`, shared with fuse-bn. Otherwise Q stays (`quants-kept-sign-of-zero`). NaN inputs: Q is also run on NaNs of both signs and two
-   payloads, and must return them unchanged.
+   Q may change the sign of a zero (`-0.0 / s + 0.0` is `+0.0`; HALF_DOWN's `ceil(+0.0 - 0.5)` is
+   `-0.0`). It is then removed only if that sign cannot matter: every path from Q's output goes
+   through ops that map inputs differing only in the sign of zeros to outputs differing only in the
+   sign of zeros (Relu, pools, shape ops, Add, Sub, Mul, MatMul, Conv, Div...) and ends in one that
+   forgets the sign (a quantizer, a MultiThreshold, an Add of a constant without -0.0...), never in
+   a graph output: the zero-sign analysis of `hawqc.ir.ops.zero_sign`, shared with fuse-bn.
+   Otherwise Q stays (`quants-kept-sign-of-zero`). NaN inputs: Q is also run on NaNs of both signs
+   and two payloads, and must return them unchanged.
 
 3. `divs-to-muls`: `Div(x, c)` with c a constant whose elements are all +-2^k with 1/c a float32
    becomes `Mul(x, 1/c)`: x / c and x * (1/c) are the same real number, and both ops round it once,
@@ -712,9 +713,9 @@ def _selects_per_position(node: ir.Node, source: ir.Value, value: ir.Value, upst
 def fold_constant_quantizers(graph: ir.Graph, statistics: Counter) -> None:
     """Rewrite 1. One sweep in graph (topological) order folds chains of quantizers too."""
     for node in list(graph):
-        view = quantizer(node)
-        if view is None or op_key(node) not in CODE_QUANTIZERS:
+        if op_key(node) not in CODE_QUANTIZERS:
             continue
+        view = quantizer(node)
         if any(v is None or v.const_value is None or v.is_graph_input() for v in node.inputs):
             continue
         output = node.outputs[0]
@@ -725,7 +726,7 @@ def fold_constant_quantizers(graph: ir.Graph, statistics: Counter) -> None:
         if annotation is None:
             continue
         constants = tuple(v.const_value.numpy() for v in node.inputs)
-        builder = sim_ops.OP_TABLE[(QONNX_DOMAIN, node.op_type)]
+        builder = sim_ops.builder_for(node)
         with np.errstate(all="ignore"):
             (result,) = builder(sim_ops.NodeSpec(node, constants, declared_batch=None))(constants)
         result = np.asarray(result)
@@ -766,13 +767,19 @@ def _verdict(before: np.ndarray, after: np.ndarray) -> Verdict:
     return REFUSED
 
 
-def _keeps_nans(node: ir.Node) -> bool:
-    """Whether the quantizer returns NaNs (both signs, two payloads) bit for bit."""
+def _returns_unchanged(node: ir.Node, values: np.ndarray) -> bool:
+    """Whether the quantizer returns each of `values` (a 1-D float32 array) bit for bit, in every
+    channel of its parameters."""
     rank = max(np.ndim(v.const_value.numpy()) for v in node.inputs[1:] if v is not None and v.const_value is not None)
-    probes = NAN_PROBES.reshape((-1,) + (1,) * rank)
+    probes = values.reshape((-1,) + (1,) * rank)
     with np.errstate(all="ignore"):
         out = _apply_quant(node, probes)
     return bool(np.all(_bits(out) == _bits(np.broadcast_to(probes, out.shape))))
+
+
+def _keeps_nans(node: ir.Node) -> bool:
+    """Whether the quantizer returns NaNs (both signs, two payloads) bit for bit."""
+    return _returns_unchanged(node, NAN_PROBES)
 
 
 def verdict_by_enumeration(node: ir.Node, found: ValueSet) -> Verdict:
@@ -818,13 +825,7 @@ def verdict_by_ranges(node: ir.Node, facts: Facts) -> Verdict:
 def _changes_a_zero(node: ir.Node, facts: Facts) -> bool:
     """Whether the quantizer returns a zero that can reach it (+0.0, or -0.0) with the other sign."""
     zeros = [zero for zero, reaches in ((0.0, facts.may_be_zero), (-0.0, facts.negative_zero)) if reaches]
-    if not zeros:
-        return False
-    rank = max(np.ndim(v.const_value.numpy()) for v in node.inputs[1:] if v is not None and v.const_value is not None)
-    probes = np.array(zeros, dtype=np.float32).reshape((-1,) + (1,) * rank)
-    with np.errstate(all="ignore"):
-        out = _apply_quant(node, probes)
-    return bool(np.any(_bits(out) != _bits(np.broadcast_to(probes, out.shape))))
+    return bool(zeros) and not _returns_unchanged(node, np.array(zeros, dtype=np.float32))
 
 
 @dataclass

@@ -106,10 +106,7 @@ class Quantizer:
         return self.node.inputs[index]
 
     def constant(self, role: str) -> np.ndarray | None:
-        value = self.input(role)
-        if value is None or value.const_value is None:
-            return None
-        return value.const_value.numpy()
+        return _constant_data(self.input(role))
 
     @property
     def expected_inputs(self) -> int:
@@ -124,7 +121,7 @@ class Quantizer:
         None for another quantizer, or where a parameter is missing or not readable."""
         if self.layout != "Quant" or len(self.node.inputs) != self.expected_inputs:
             return None
-        read = read_constant or (lambda value: None if value is None or value.const_value is None else value.const_value.numpy())
+        read = read_constant or _constant_data
         scale, zero_point = read(self.input("scale")), read(self.input("zero_point"))
         bit_width = self.bit_width_tensor
         if scale is None or zero_point is None or bit_width is None or bit_width.size != 1:
@@ -209,6 +206,12 @@ class Quantizer:
         # A BipolarQuant does not round; the annotation takes its default mode.
         mode = self.rounding_mode or "ROUND"
         return QuantAnnotation.from_arrays(bits, self.signed, self.narrow, scale, zero_point, mode)
+
+
+def _constant_data(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
 
 
 def quantizer(node: ir.Node) -> Quantizer | None:
