@@ -1,0 +1,295 @@
+"""The fewest-bit dyadic multiply-add that requantizes an integer accumulator exactly.
+
+A requantization maps an integer accumulator n to the next quantizer's code. Its exact meaning, with
+every float32 scale, zero point and bias taken as the exact rational it is:
+
+    code(n) = R(clip(g(r * n + t)))
+
+r, t rationals (products and quotients of float32 scales, a folded BatchNorm, a float bias in code
+units), g the identity or a Relu, clip to the quantizer's code bounds [a, b], R its rounding mode.
+Fixed-point hardware computes the dyadic form exactly:
+
+    code~(n) = R(clip(g((m * n + c) / 2^e)))
+
+`solve` finds integers m, c, e with code~(n) == code(n) for **every** integer n in the accumulator's
+range [lo, hi] (what range analysis allows), with the smallest e (so the fewest mantissa bits of m).
+
+Why the check is a proof, not a sample:
+- Codes are monotone in n (r > 0; r < 0 is mirrored, r == 0 is a constant). Below the first step the
+  code is the smallest one, above the last the largest; code~ is monotone too (m >= 0) and clipped to
+  the same bounds, so it suffices to check the n of the steps between, plus the last n of the bottom
+  plateau and the first of the top one.
+- The exact codes of those n are computed in float64 and recomputed with exact fractions wherever
+  float64's error bound could reach a rounding boundary (`exact_codes`).
+- For a candidate m at e, every checked n confines c to an interval (the code's cell, `code_cell`,
+  scaled by 2^e, minus m*n), with exact integer ends; c must lie in their intersection. An m is
+  accepted with a c from that intersection, so code~ equals code at every checked n by construction.
+- Feasibility is monotone in e ((m, c, e) feasible implies (2m, 2c, e+1) is), so e is searched by
+  bisection, then walked down while a smaller e still works.
+Ties of the exact meaning (r*n + t on a cell's end) are cell ends like any other, closed or open as
+R decides; where no dyadic satisfies them all, the refusal names the accumulator value and the tie.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from hawqc.ir.ops.rounding import HALF_MODES, check_mode, code_cell, round_quotient
+
+# The largest exponent tried: m*n must stay exact in the hardware's product (hls4ml types are wide,
+# but nobody wants a multiplier beyond this), and float64 scales stop at 2^53 mantissas anyway.
+MAX_EXPONENT = 62
+# The most accumulator values checked one by one (the steps between the plateaus).
+MAX_CHECKED = 1 << 22
+
+
+@dataclass(frozen=True)
+class Dyadic:
+    """code~(n) = R(clip(g((m*n + c) / 2^e)))."""
+
+    m: int
+    c: int
+    e: int
+
+    @property
+    def multiplier(self) -> Fraction:
+        return Fraction(self.m, 1 << self.e)
+
+    @property
+    def offset(self) -> Fraction:
+        return Fraction(self.c, 1 << self.e)
+
+    @property
+    def mantissa_bits(self) -> int:
+        """Significant bits of the multiplier (the width of the hardware's multiplier input)."""
+        m = abs(self.m)
+        return (m >> _trailing_zeros(m)).bit_length() if m else 0
+
+
+@dataclass(frozen=True)
+class Requantization:
+    """One channel's requantization: its exact meaning, and the accumulator range it must hold on."""
+
+    r: Fraction
+    t: Fraction
+    lo: int
+    hi: int
+    min_code: int
+    max_code: int
+    mode: str
+    relu: bool = False
+
+    def exact_code(self, n: int) -> int:
+        y = self.r * n + self.t
+        if self.relu and y < 0:
+            y = Fraction(0)
+        y = min(max(y, Fraction(self.min_code)), Fraction(self.max_code))
+        return int(round_quotient(np.array([y.numerator], dtype=object), y.denominator, self.mode)[0])
+
+    def dyadic_code(self, d: Dyadic, n: int) -> int:
+        return Requantization(d.multiplier, d.offset, self.lo, self.hi, self.min_code, self.max_code, self.mode, self.relu).exact_code(n)
+
+
+class NoDyadic(Exception):
+    """No dyadic reproduces the exact codes: `reason` says where (the accumulator value, the tie)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _trailing_zeros(x: int) -> int:
+    return (x & -x).bit_length() - 1 if x else 0
+
+
+def solve(q: Requantization) -> Dyadic:
+    """The dyadic with the smallest exponent reproducing `q` on its whole range (see the module
+    docstring); raises NoDyadic naming the accumulator value where none can, or where the range has
+    too many steps to check."""
+    mode = check_mode(q.mode)
+    q = Requantization(q.r, q.t, q.lo, q.hi, q.min_code, q.max_code, mode, q.relu)
+    if q.lo > q.hi:
+        raise ValueError("empty accumulator range")
+    if q.r < 0:
+        mirrored = Requantization(-q.r, q.t, -q.hi, -q.lo, q.min_code, q.max_code, mode, q.relu)
+        d = solve(mirrored)
+        return Dyadic(-d.m, d.c, d.e)
+    n = _checked_accumulators(q)
+    codes = exact_codes(q, n)
+    low_code = _lowest_code(q)
+    return _search(q, n, codes, low_code)
+
+
+def _lowest_code(q: Requantization) -> int:
+    return q.exact_code(q.lo) if q.r == 0 else max(q.min_code, 0 if q.relu and q.min_code <= 0 <= q.max_code else q.min_code)
+
+
+def _checked_accumulators(q: Requantization) -> np.ndarray:
+    """The n between the plateaus, with the last n of the bottom one and the first of the top one."""
+    if q.r == 0:
+        return np.array([q.lo], dtype=np.int64)
+    low_code = _lowest_code(q)
+    # The bottom plateau ends below the lowest code's cell end; the top one starts at the highest
+    # code's cell start. Estimate with fractions, then step to the exact ends.
+    low_cell = code_cell(np.array([low_code]), q.mode)
+    top_cell = code_cell(np.array([q.max_code]), q.mode)
+    first = math.floor((Fraction(int(low_cell.hi2[0]), 2) - q.t) / q.r) - 1
+    last = math.ceil((Fraction(int(top_cell.lo2[0]), 2) - q.t) / q.r) + 1
+    first, last = max(first, q.lo), min(last, q.hi)
+    while first > q.lo and q.exact_code(first) != low_code:
+        first -= 1
+    while first < q.hi and q.exact_code(first + 1) == low_code:
+        first += 1
+    while last < q.hi and q.exact_code(last) != q.max_code:
+        last += 1
+    while last > q.lo and q.exact_code(last - 1) == q.max_code:
+        last -= 1
+    if last < first:
+        first, last = min(first, last), max(first, last)
+    if last - first + 1 > MAX_CHECKED:
+        raise NoDyadic(
+            f"the accumulator takes {last - first + 1} values between the quantizer's first and last code "
+            f"(more than {MAX_CHECKED} to check)"
+        )
+    return np.arange(first, last + 1, dtype=np.int64)
+
+
+def exact_codes(q: Requantization, n: np.ndarray) -> np.ndarray:
+    """code(n) for every n, exact: float64 where its error cannot reach a cell end, fractions elsewhere."""
+    r, t = float(q.r), float(q.t)
+    y = r * n.astype(np.float64) + t
+    # |y_float - y| <= 4 ulps of the terms: the rounding of r, t, the product and the sum.
+    tolerance = (np.abs(r * n.astype(np.float64)) + abs(t) + 1.0) * 2.0**-48
+    if q.relu:
+        y = np.maximum(y, 0.0)
+    y = np.clip(y, q.min_code, q.max_code)
+    step = 0.5 if q.mode in HALF_MODES else 1.0
+    boundary_distance = np.abs(y / step - np.round(y / step)) * step
+    # Rounded with the exact rounding on float64 values (exact as fractions of a power of two).
+    codes = _round_float(y, q.mode)
+    unsure = np.flatnonzero(boundary_distance <= tolerance)
+    for i in unsure:
+        codes[i] = q.exact_code(int(n[i]))
+    return codes
+
+
+def _round_float(y: np.ndarray, mode: str) -> np.ndarray:
+    """R(y) on float64 values: exact (each float64 is num / 2^k), by the integer rounding."""
+    mantissa, exponent = np.frexp(y)
+    scale = 60
+    num = np.round(mantissa * 2.0**53).astype(np.int64)  # exact: |mantissa| < 1 has 53 bits
+    shift = 53 - exponent  # y = num / 2^shift
+    out = np.empty(y.shape, dtype=np.int64)
+    for s in np.unique(shift):
+        where = shift == s
+        s = int(s)
+        if s <= 0:
+            out[where] = num[where] << -s
+        elif s < scale:
+            out[where] = round_quotient(num[where], 1 << s, mode)
+        else:  # |y| < 2^-6: compare exactly with Python ints
+            out[where] = round_quotient(num[where].astype(object), 1 << s, mode).astype(np.int64)
+    return out
+
+
+def _search(q: Requantization, n: np.ndarray, codes: np.ndarray, low_code: int) -> Dyadic:
+    cells = code_cell(codes, q.mode)
+    # Plateaus are open-ended: below the lowest code and above the highest, anything is that code.
+    bottom, top = codes == low_code, codes == q.max_code
+    cache: dict[int, Dyadic | None] = {}
+
+    def at(e: int) -> Dyadic | None:
+        if e not in cache:
+            cache[e] = _feasible_at(q, e, n, cells, bottom, top)
+        return cache[e]
+
+    lo_e, hi_e = 0, None
+    for probe in (*range(0, MAX_EXPONENT, 4), MAX_EXPONENT):
+        if at(probe) is not None:
+            hi_e = probe
+            break
+        lo_e = probe + 1
+    if hi_e is None:
+        raise NoDyadic(_why_none(q, n, codes))
+    while lo_e < hi_e:  # the smallest feasible e in [lo_e, hi_e]
+        mid = (lo_e + hi_e) // 2
+        if at(mid) is not None:
+            hi_e = mid
+        else:
+            lo_e = mid + 1
+    result = at(hi_e)
+    assert result is not None
+    return result
+
+
+def _feasible_at(q, e: int, n: np.ndarray, cells, bottom: np.ndarray, top: np.ndarray) -> Dyadic | None:
+    """A dyadic with exponent e reproducing every checked code, trying the multipliers nearest r*2^e."""
+    target = q.r * (1 << e)
+    base = math.floor(target)
+    candidates = sorted({max(0, base + k) for k in (0, 1, -1, 2)}, key=lambda m: abs(m - target))
+    for m in candidates:
+        window = _offset_window(e, m, n, cells, bottom, top)
+        if window is None:
+            continue
+        c_min, c_max = window
+        return Dyadic(m, _simplest_in(c_min, c_max, q.t * (1 << e)), e)
+    return None
+
+
+def _offset_window(e: int, m: int, n: np.ndarray, cells, bottom, top) -> tuple[int, int] | None:
+    """The integers c with (m*n + c) / 2^e in every checked code's cell: [c_min, c_max], or None."""
+    big = max(abs(int(n.min())), abs(int(n.max())), 1) * m + (int(np.abs(cells.hi2).max()) + 2 << e)
+    if big < 1 << 60:
+        mn = m * n
+        lo2, hi2 = cells.lo2 << e, cells.hi2 << e
+    else:
+        mn = n.astype(object) * m
+        lo2 = cells.lo2.astype(object) * (1 << e)
+        hi2 = cells.hi2.astype(object) * (1 << e)
+    # 2(mn + c) >= lo2 (closed) or > lo2 (open): c >= ceil((lo2 - 2mn) / 2) or floor(...) + 1.
+    low = lo2 - 2 * mn
+    c_low = np.where(cells.lo_closed, -((-low) // 2), low // 2 + 1)
+    high = hi2 - 2 * mn
+    c_high = np.where(cells.hi_closed, high // 2, -((-high) // 2) - 1)
+    c_low = c_low[~bottom]
+    c_high = c_high[~top]
+    c_min = int(c_low.max()) if c_low.size else None
+    c_max = int(c_high.min()) if c_high.size else None
+    if c_min is not None and c_max is not None and c_min > c_max:
+        return None
+    if c_min is None and c_max is None:
+        return (0, 0)
+    if c_min is None:
+        c_min = c_max - (1 << 62)
+    if c_max is None:
+        c_max = c_min + (1 << 62)
+    return c_min, c_max
+
+
+def _simplest_in(c_min: int, c_max: int, near: Fraction) -> int:
+    """The integer of [c_min, c_max] with the most trailing zeros (fewest significant bits), nearest
+    to `near` among those."""
+    if c_min <= 0 <= c_max:
+        return 0
+    for k in range(max(abs(c_min), abs(c_max)).bit_length(), -1, -1):
+        step = 1 << k
+        first = -((-c_min) // step) * step
+        if first <= c_max:
+            options = range(first, c_max + 1, step)
+            centre = round(near / step) * step
+            return min((options[0], options[-1], min(max(centre, first), options[-1])), key=lambda c: (abs(c - near), abs(c)))
+    return c_min
+
+
+def _why_none(q: Requantization, n: np.ndarray, codes: np.ndarray) -> str:
+    ys = [(q.r * int(v) + q.t, int(v), int(k)) for v, k in zip(n, codes)]
+    step = Fraction(1, 2) if q.mode in HALF_MODES else Fraction(1)
+    ties = [(v, y, k) for y, v, k in ys if (y / step).denominator == 1 and q.min_code <= y <= q.max_code]
+    if ties:
+        v, y, k = ties[0]
+        return f"accumulator {v} gives exactly {y} (a tie of {q.mode}, code {k}); no dyadic multiply up to 2^{MAX_EXPONENT} reproduces it"
+    return f"no dyadic multiply with up to {MAX_EXPONENT} fraction bits reproduces the codes of accumulators {int(n[0])}..{int(n[-1])}"

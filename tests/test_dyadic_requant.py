@@ -1,0 +1,96 @@
+"""The exact rounding of QONNX's modes, and the fewest-bit dyadic requantization, against brute force."""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from hawqc.ir.dyadic_requant import Dyadic, NoDyadic, Requantization, solve
+from hawqc.ir.ops.rounding import MODES, code_cell, round_quotient
+from hawqc.sim.quant import rounding_function
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_round_quotient_is_qonnx_rounding_on_exact_values(mode):
+    # Quarters are exact in float64, so qonnx's numpy rounding of them is the exact rounding.
+    num = np.arange(-41, 42, dtype=np.int64)
+    expected = rounding_function(mode)(num.astype(np.float64) / 4)
+    assert np.array_equal(round_quotient(num, 4, mode), expected)
+    assert np.array_equal(round_quotient(num.astype(object), 4, mode).astype(np.int64), expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_code_cell_holds_exactly_the_values_that_round_to_the_code(mode):
+    num = np.arange(-40, 41, dtype=np.int64)  # eighths: ends, ties and interiors
+    codes = round_quotient(num, 8, mode)
+    cells = code_cell(codes, mode)
+    y8 = num  # y = num / 8; a cell end lo2 / 2 is lo2 * 4 eighths
+    inside_lo = np.where(cells.lo_closed, y8 >= cells.lo2 * 4, y8 > cells.lo2 * 4)
+    inside_hi = np.where(cells.hi_closed, y8 <= cells.hi2 * 4, y8 < cells.hi2 * 4)
+    assert inside_lo.all() and inside_hi.all()
+    # ... and a value of a neighbouring code lies outside.
+    for k in range(-3, 4):
+        cell = code_cell(np.array([k]), mode)
+        for y in num:
+            rounds_to_k = round_quotient(np.array([y]), 8, mode)[0] == k
+            lo_ok = y >= cell.lo2[0] * 4 if cell.lo_closed[0] else y > cell.lo2[0] * 4
+            hi_ok = y <= cell.hi2[0] * 4 if cell.hi_closed[0] else y < cell.hi2[0] * 4
+            assert rounds_to_k == (lo_ok and hi_ok), (k, y)
+
+
+def _random_requantization(rng: random.Random, span: int) -> Requantization:
+    r = Fraction(float(np.float32(rng.uniform(1e-3, 0.4)))) * (-1 if rng.random() < 0.15 else 1)
+    t = Fraction(float(np.float32(rng.uniform(-40, 40)))) if rng.random() < 0.7 else Fraction(0)
+    if rng.random() < 0.2:
+        t = Fraction(rng.randint(-20, 20), 2)  # half-integers: ties of the exact meaning
+    bits = rng.choice([1, 2, 3, 4, 8])
+    signed = rng.random() < 0.5 and bits > 1
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    lo, hi = sorted(rng.sample(range(-span, span), 2))
+    return Requantization(r, t, lo, hi, low, high, rng.choice(MODES), rng.random() < 0.3)
+
+
+def test_the_dyadic_reproduces_every_code_of_the_range():
+    rng = random.Random(1)
+    for _ in range(60):
+        q = _random_requantization(rng, 1000)
+        d = solve(q)
+        codes = [q.exact_code(n) for n in range(q.lo, q.hi + 1)]
+        assert codes == [q.dyadic_code(d, n) for n in range(q.lo, q.hi + 1)], (q, d)
+
+
+def test_no_dyadic_with_a_smaller_exponent_exists():
+    rng = random.Random(2)
+    for _ in range(25):
+        q = _random_requantization(rng, 40)
+        q = Requantization(abs(q.r), q.t, q.lo, q.hi, -4, 3, q.mode, q.relu)
+        d = solve(q)
+        for e in range(d.e):
+            bound = int(abs(q.t) * 2**e) + (8 << e) + 2
+            for m in range(0, int(q.r * 2**e * 2) + 3):
+                for c in range(-bound, bound + 1):
+                    other = Dyadic(m, c, e)
+                    assert any(q.exact_code(n) != q.dyadic_code(other, n) for n in range(q.lo, q.hi + 1)), (q, d, other)
+
+
+def test_a_dyadic_requantization_is_its_own_exact_solution():
+    q = Requantization(Fraction(3, 8), Fraction(-5, 4), -1000, 1000, -128, 127, "ROUND")
+    d = solve(q)
+    assert d.multiplier <= Fraction(3, 8) * 2 and d.e <= 3
+
+
+def test_a_wide_accumulator_range_is_checked_only_between_the_plateaus():
+    # 2^40 accumulator values, but only ~ 2 * 128 / r of them are between the first and last code.
+    q = Requantization(Fraction(float(np.float32(0.0123))), Fraction(0), -(1 << 40), 1 << 40, -128, 127, "ROUND")
+    d = solve(q)
+    for n in (-(1 << 40), -10500, -10400, -5, 0, 7, 10400, 10500, 1 << 40):
+        assert q.exact_code(n) == q.dyadic_code(d, n)
+
+
+def test_too_many_steps_are_refused_naming_the_count():
+    q = Requantization(Fraction(1, 3 << 20), Fraction(0), -(1 << 40), 1 << 40, -(1 << 15), (1 << 15) - 1, "ROUND")
+    with pytest.raises(NoDyadic, match="accumulator takes .* values"):
+        solve(q)
