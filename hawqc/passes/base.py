@@ -88,6 +88,10 @@ class Pass:
     summary: ClassVar[str] = ""
     # True only for a pass that changes the outputs on purpose (see the module docstring).
     changes_meaning: ClassVar[bool] = False
+    # What a pass keeps: "semantic" (float32 outputs bit for bit, what translation validation checks), or
+    # "exact" (the exact meaning, hawqc.sim.exact: float32 may round differently; ports may carry
+    # integer codes, hawqc.ir.interfaces).
+    preserves: ClassVar[str] = "semantic"
 
     def run(self, model: ir.Model) -> PassResult | bool:
         raise NotImplementedError

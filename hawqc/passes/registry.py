@@ -26,6 +26,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "gemm-to-matmul": "hawqc.passes.gemm_to_matmul:GemmToMatMul",
     "fold-quant": "hawqc.passes.fold_quant:FoldQuant",
     "exact-requant": "hawqc.passes.exact_requant:ExactRequant",
+    "integer-requant": "hawqc.passes.integer_requant:IntegerRequant",
     "infer-precision": "hawqc.passes.infer_precision:InferPrecision",
     "channels-last": "hawqc.passes.channels_last:ChannelsLast",
     "fuse-bn": "hawqc.passes.fuse_bn:FuseBatchNorm",

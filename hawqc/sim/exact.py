@@ -300,7 +300,7 @@ def _clip(node: ir.Node, args: list) -> Exact:
     return out
 
 
-def _matmul_ints(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul_ints(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     k = a.shape[-1]
     if a.dtype != object and b.dtype != object and _bound(a) * _bound(b) * max(k, 1) < INT64_SAFE:
         if _bound(a) * _bound(b) * max(k, 1) < FLOAT64_EXACT:
@@ -314,7 +314,7 @@ def _matmul(node: ir.Node, args: list) -> Exact:
     a, b = _constant_exact(args[0]), _constant_exact(args[1])
     a = a.uniform_over((-1,))
     b = b.uniform_over((-2,)) if b.ints.ndim >= 2 else b.uniform_over((0,))
-    ints = _matmul_ints(a.ints, b.ints)
+    ints = matmul_ints(a.ints, b.ints)
     sa = a.scale[..., 0]  # drop the contracted axis
     sb = b.scale[..., 0, :] if b.scale.ndim >= 2 else b.scale[0]
     scale = sa[..., None] * sb if b.scale.ndim >= 2 else sa
@@ -363,7 +363,7 @@ def _conv(node: ir.Node, args: list) -> Exact:
         p = patches[:, g * cg : (g + 1) * cg].reshape(n, cg * int(np.prod(w.ints.shape[2:])), -1)
         p = np.moveaxis(p, 1, 2)  # [N, positions, C*k]
         wg = w.ints[g * mg : (g + 1) * mg].reshape(mg, -1).T  # [C*k, M]
-        outs.append(np.moveaxis(_matmul_ints(p, wg), 2, 1))
+        outs.append(np.moveaxis(matmul_ints(p, wg), 2, 1))
     ints = outs[0] if group == 1 else np.concatenate(outs, axis=1)
     ints = ints.reshape((n, m, *out_dims))
     scale = x.scale.reshape(-1)[0] * np.broadcast_to(w.scale, (m,) + (1,) * (w.ints.ndim - 1)).reshape(m)
@@ -395,6 +395,24 @@ def _patches(ints: np.ndarray, windows: Windows, spatial: int, pad_value: int) -
         slices.append(pos)
     grids = np.broadcast_arrays(*slices)
     return gathered[(slice(None), slice(None), *grids)]
+
+
+def conv_ints(lo: np.ndarray, hi: np.ndarray, weight: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of a convolution's sums per output channel, for inputs in [lo[c], hi[c]] per input
+    channel (no padding counted: a padded zero lies inside any interval widened to 0)."""
+    out_channels, in_per_group = weight.shape[:2]
+    per_group = out_channels // group
+    low = np.empty(out_channels, dtype=object)
+    high = np.empty(out_channels, dtype=object)
+    for o in range(out_channels):
+        g = o // per_group
+        w = weight[o].reshape(in_per_group, -1).astype(object)
+        lo_c = np.asarray(lo[g * in_per_group : (g + 1) * in_per_group], dtype=object)[:, None]
+        hi_c = np.asarray(hi[g * in_per_group : (g + 1) * in_per_group], dtype=object)[:, None]
+        positive, negative = np.maximum(w, 0), np.minimum(w, 0)
+        low[o] = int((positive * lo_c + negative * hi_c).sum())
+        high[o] = int((positive * hi_c + negative * lo_c).sum())
+    return low, high
 
 
 def _average_pool(node: ir.Node, args: list, global_pool: bool) -> Exact:
@@ -531,6 +549,22 @@ class ExactExecutor:
                 raise UnsupportedModelError(f"{describe(node)}: exact mode has no rule for {node.op_type}")
             else:
                 self._runtime.append(node)
+
+    @staticmethod
+    def constants_of(model: ir.Model) -> dict[ir.Value, object]:
+        """Every value computable before any input is known: numpy arrays (folded as semantic mode
+        folds them) or `Exact` (quantizers of constants, and what is computed from them)."""
+        executor = ExactExecutor.__new__(ExactExecutor)
+        executor._constants = {v: v.const_value.numpy() for v in model.graph.initializers.values() if v.const_value is not None}
+        for node in _topological_order(model.graph):
+            if node.inputs and all(v is None or v in executor._constants for v in node.inputs) or (
+                not node.inputs and op_key(node) == onnx_op("Constant")
+            ):
+                try:
+                    executor._fold(node)
+                except UnsupportedModelError:
+                    continue
+        return executor._constants
 
     def _fold(self, node: ir.Node) -> None:
         """Constants: quantizers and anything computed from an exact constant exactly, the rest as
