@@ -24,6 +24,7 @@ from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.backends.project_name import check_name_free, check_project_name
 from hawqc.errors import OptionError, UserInputError
+from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.flow.float_parts_option import FloatPartsOutcome, check_float_options, run_default_precision_step
 from hawqc.flow.hawq_export import check_semantics, run_hawq_export_step
 from hawqc.flow.mismatch_trace import trace_mismatch
@@ -34,6 +35,8 @@ from hawqc.flow.verify import VerifyResult
 from hawqc.flow.verify_slices import run_in_slices
 from hawqc.frontends.load import load_model
 from hawqc.frontends.pytorch_options import PyTorchOptions
+from hawqc.ir.interfaces import has_interfaces
+from hawqc.ir.io import copy_model
 from hawqc.ir.layout import describe_layouts
 from hawqc.passes.base import PassRecord
 from hawqc.passes.manager import PassManager
@@ -170,6 +173,9 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
                 configure=options.configure_passes,
             )  # fmt: skip
             hawq_export, records = step.reading, step.records
+        # The model as the user means it, for verifying a design with integer interfaces against its
+        # exact meaning (integer-requant rewrites scales that are not powers of two).
+        original = copy_model(model) if options.verify_samples or options.inputs is not None else None
         records += manager.run(model)
         float_parts = None
         if default_precision is not None:
@@ -202,7 +208,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
             command = options.command or _compile_command(model_path, options)
             result = verify_project(
                 model, project, options.verify_samples, options.seed, report, user=user, command=command,
-                tolerance=options.tolerance, shown_outdir=output.final,
+                tolerance=options.tolerance, shown_outdir=output.final, original=original,
             )  # fmt: skip
         report.write(staging / "hawqc_report.json")
         output.commit()
@@ -236,6 +242,7 @@ def verify_project(
     tolerance: float | None = None,
     shown_outdir: Path | None = None,
     slice_samples: int | None = None,
+    original: ir.Model | None = None,
 ) -> VerifyResult:
     """Run `samples` inputs (or the user's) through the C simulation and hardware mode, which must
     agree bit for bit, and compare hardware mode with semantic mode (the QONNX meaning), a slice of
@@ -243,7 +250,8 @@ def verify_project(
     differing sample layer by layer (hawqc.flow.mismatch_trace); with the user's expected outputs,
     compare the C simulation with them; write the test bench (the user's data, or the first drawn
     samples); record everything in the report. `shown_outdir`: where the project will be when the
-    user reads the report (see `trace_mismatch`)."""
+    user reads the report (see `trace_mismatch`). `original`: the model before the passes; a design with
+    integer interfaces is verified against its exact meaning (hawqc.flow.exact_meaning)."""
     from hawqc.backends.csim import compile_csim
     from hawqc.ir.precision import precision_of
     from hawqc.sim import Executor
@@ -252,9 +260,10 @@ def verify_project(
     hardware, semantic = Executor(model, mode="hardware"), Executor(model)
     with spinner("compiling the C simulation (g++)"):
         csim = compile_csim(project)
+    meaning = ExactMeaning(original, model) if original is not None and has_interfaces(model) else None
     run = run_in_slices(
         model, hardware, semantic, csim, samples, seed,
-        user_inputs=None if user is None else user.inputs, slice_samples=slice_samples,
+        user_inputs=None if user is None else user.inputs, slice_samples=slice_samples, meaning=meaning,
     )  # fmt: skip
     precision = precision_of(model)
     output_type = precision.types.get(hardware.output_names[0])
@@ -265,7 +274,9 @@ def verify_project(
         tolerance,
         None if precision.float_parts is None else str(precision.float_parts.fixed),
     )
-    result = run.csim_vs_hardware.result(against="hardware", modes=modes)
+    result = run.csim_vs_hardware.result(against="hardware", modes=None if meaning is not None else modes)
+    if meaning is not None:
+        result = dataclasses.replace(result, exact=meaning.comparison)
     if not result.bit_exact and project.trace_points:  # a plugin backend's project may not be traceable
         with spinner("tracing the first differing sample layer by layer"):
             trace = trace_mismatch(

@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import OptionError, UserInputError
+from hawqc.ir.io import copy_model
 from hawqc.flow.option_steps import run_step
 from hawqc.passes.base import PassRecord
 from hawqc.passes.manager import PassManager
@@ -67,7 +68,7 @@ def run_hawq_export_step(
             f"{source}: {{}}: no HAWQ-export requantization (Mul(k) -> Relu? -> Quant(s_a) -> Div(s_a)) "
             f"found; compile this file without the option", option=OPTION
         )
-    original = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if samples else None
+    original = copy_model(model) if samples else None
     records = run_step(ReadAsHawq(), model, configure)
     reading = recorded_reading(model)
     if original is not None:

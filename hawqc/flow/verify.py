@@ -179,6 +179,9 @@ class VerifyResult:
     trace: Any = None
     # With `--outputs`: the C simulation against the user's expected outputs (hawqc.flow.user_data).
     expected: Any = None
+    # A design with integer interfaces: hardware mode against the original model's exact meaning, and
+    # float32 semantics against it (hawqc.flow.exact_meaning.ExactComparison).
+    exact: Any = None
 
     @property
     def bit_exact(self) -> bool:
@@ -192,6 +195,7 @@ class VerifyResult:
             self.bit_exact
             and (self.modes is None or self.modes.acceptable)
             and (self.expected is None or self.expected.equal)
+            and (self.exact is None or self.exact.equal)
         )
 
     def as_dict(self) -> dict:
@@ -205,6 +209,7 @@ class VerifyResult:
             "first_mismatch": self.first_mismatch,
             "trace": None if self.trace is None else self.trace.as_dict(),
             "expected_outputs": None if self.expected is None else self.expected.as_dict(),
+            "exact_meaning": None if self.exact is None else self.exact.as_dict(),
         }
 
     def summary(self) -> str:
@@ -219,6 +224,8 @@ class VerifyResult:
             )
         if self.modes is not None:
             line += f"\nverify: {self.modes.summary()}"
+        if self.exact is not None:
+            line += f"\nverify: {self.exact.summary()}"
         for extra in (self.trace, self.expected):
             if extra is not None:
                 line += "".join(f"\nverify: {part}" for part in extra.summary().splitlines())

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.flow.progress import bar, slice_length
 from hawqc.flow.user_data import bench_samples
 from hawqc.flow.verify import Differences
@@ -68,10 +69,14 @@ def run_in_slices(
     *,
     user_inputs: np.ndarray | None = None,
     slice_samples: int | None = None,
+    meaning: ExactMeaning | None = None,
 ) -> SlicedRun:
     """Verify `samples` drawn inputs (or `user_inputs`): each slice through `hardware` and
     `semantic` (`hawqc.sim.Executor`s of `model`) and `csim.predict`. `slice_samples` overrides the
-    size the model's shapes give (tests use it to force many slices)."""
+    size the model's shapes give (tests use it to force many slices). With `meaning` (a design with
+    integer interfaces, `hawqc.flow.exact_meaning`), the drawn samples are host values: the design
+    runs on their codes, and hardware mode is compared with the original model's exact meaning
+    instead of the lowered model's semantic mode."""
     total = samples if user_inputs is None else len(user_inputs)
     size = slice_length(total, slice_samples or slice_size(model))
     name, output = hardware.input_names[0], hardware.output_names[0]
@@ -79,11 +84,16 @@ def run_in_slices(
     keep = total if user_inputs is not None else None
     with bar(total, "verifying") as advance:
         for x in _slices(model, samples, seed, size, user_inputs):
+            if meaning is not None:
+                host = meaning.host_values(x) if user_inputs is None else meaning.host_layout(x)
+                x = meaning.design_inputs(host)
             expected = hardware.run({name: x})[output]
-            meaning = semantic.run({name: x})[output]
             simulated = csim.predict(x)
             first = run.csim_vs_hardware.add(expected, simulated)
-            run.hardware_vs_semantic.add(meaning, expected, what="hardware mode")
+            if meaning is None:
+                run.hardware_vs_semantic.add(semantic.run({name: x})[output], expected, what="hardware mode")
+            else:
+                meaning.add(host, expected)
             if first is not None and run.first_mismatch_input is None:
                 run.first_mismatch_input = np.array(x[first : first + 1])
             if keep is None:

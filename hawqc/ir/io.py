@@ -257,3 +257,9 @@ def _first_line(err: BaseException) -> str:
     text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(err)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return "; ".join(lines) if lines else type(err).__name__
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent copy (nodes, values, constants, metadata): what a later pass changes in one
+    is not seen in the other."""
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))

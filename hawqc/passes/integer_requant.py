@@ -345,11 +345,17 @@ class _Rewriter:
 
 
 def _compact(array: np.ndarray) -> np.ndarray:
-    """One number when all are equal, else per element."""
-    flat = np.asarray(array).reshape(-1)
+    """One number when all are equal, else the array reduced to size 1 along every axis it is
+    constant along (a per-channel constant stays per channel)."""
+    array = np.asarray(array, dtype=np.float32)
+    flat = array.reshape(-1)
     if flat.size and np.all(flat == flat[0]):
         return np.asarray(flat[0], dtype=np.float32)
-    return np.asarray(array, dtype=np.float32)
+    for axis in range(array.ndim):
+        first = np.take(array, [0], axis=axis)
+        if np.all(array == first):
+            array = first
+    return array
 
 
 def _requantized_range(a: Affine, r, t, low: int, high: int, mode: str) -> tuple[np.ndarray, np.ndarray]:

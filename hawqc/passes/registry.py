@@ -42,8 +42,10 @@ BUILTIN_PIPELINES: dict[str, str] = {
     # What the hls4ml lowering needs in front of it: quantized constants folded, BatchNorm turned into
     # requantization, the whole graph channels-last, dense layers as MatMul+Add, all clean.
     # fold-quant runs before fuse-bn so that fuse-bn sees annotated (quantized) weights; exact-requant
-    # before fold-quant, which would fold the weight Quants and power-of-two Divs it reads.
-    "hls4ml-prepare": "cleanup,exact-requant,fold-quant,fuse-bn,channels-last,gemm-to-matmul,cleanup",
+    # before fold-quant, which would fold the weight Quants and power-of-two Divs it reads;
+    # integer-requant after exact-requant (which keeps HAWQ exports' float32 meaning where it can) and
+    # before fold-quant (it reads weight Quants to take their exact codes).
+    "hls4ml-prepare": "cleanup,exact-requant,integer-requant,fold-quant,fuse-bn,channels-last,gemm-to-matmul,cleanup",
     # What `hawqc` runs before lowering. Not infer-precision: the lowering infers the types itself, and
     # it would refuse a float model, which gets its types only after the pipeline, from
     # `--default-precision` (the pass default-precision).
