@@ -158,6 +158,16 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
         render_table(result.report.layer_table)
     for name, change in result.report.layouts.items():
         print(f"hawqc: layout of '{name}' is {change.split('->')[-1]} (was {change.split('->')[0]}) in the project")
+    for port in (result.report.interfaces or {}).get("inputs", {}).values():
+        print(f"hawqc: {port['host']}")
+    for port in (result.report.interfaces or {}).get("outputs", {}).values():
+        print(f"hawqc: {port['host']}")
+    if result.report.requantizations:
+        widths = sorted({r["multiplier_bits"] for r in result.report.requantizations})
+        print(
+            f"hawqc: {len(result.report.requantizations)} requantization(s) with float scales made exact dyadic "
+            f"multiplies of {', '.join(map(str, widths))} significant bits"
+        )
     if result.verify is None:
         return 0
     for line in result.verify.summary().splitlines():

@@ -43,6 +43,7 @@ from hawqc.passes.manager import PassManager
 from hawqc.passes.read_as_hawq import HawqExportReading
 from hawqc.report.bops import bops_summary
 from hawqc.report.compile_report import CompileReport
+from hawqc.report.interfaces import interfaces_summary, requantizations
 from hawqc.report.layer_table import build_table
 
 # The named pipeline every backend needs in front of it: a clean graph whose dense layers are
@@ -200,6 +201,8 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         report.bops = bops_summary(model)
         report.hawq_export = None if hawq_export is None else hawq_export.as_dict()
         report.layer_table = build_table(model, project)
+        report.interfaces = interfaces_summary(model)
+        report.requantizations = requantizations(model) or None
         report.hardware = project.hardware or None
         if float_parts is not None and float_parts.parts is not None:
             report.float_parts = float_parts.parts.as_dict()

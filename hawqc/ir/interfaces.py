@@ -26,6 +26,7 @@ import onnx_ir as ir
 from hawqc.ir.ops.rounding import round_quotient
 
 INPUT_KEY = "hawqc.input_codes."
+_ROUNDING_NAMES = {"ROUND": "round_half_even", "HALF_EVEN": "round_half_even"}
 OUTPUT_KEY = "hawqc.output_affine."
 
 
@@ -75,7 +76,8 @@ class InputCodes:
             pre = f"x * {float(self.pre_scale):.6g} + {float(self.pre_offset):.6g}, then "
         return (
             f"input '{self.name}': {self.bits}-bit {kind} codes of Quant(scale {float(self.scale):.6g}); "
-            f"code = {pre}clip(round_{self.rounding_mode.lower()}(x / scale), {self.min_code}, {self.max_code})"
+            f"code = {pre}clip({_ROUNDING_NAMES.get(self.rounding_mode, self.rounding_mode.lower())}(x / scale), "
+            f"{self.min_code}, {self.max_code})"
         )
 
     def as_dict(self) -> dict:

@@ -38,6 +38,10 @@ class CompileReport:
     # Float parts computed in `--default-precision` (hawqc.ir.default_precision): where, and the
     # weights' rounding. Absent for a quantized model.
     float_parts: dict[str, Any] | None = None
+    # Ports that carry integer codes and outputs with an affine map to real units (hawqc.ir.interfaces),
+    # and the proven dyadic requantizations with their multipliers' widths (integer-requant).
+    interfaces: dict[str, Any] | None = None
+    requantizations: list[dict[str, Any]] | None = None
     hawqc_version: str = __version__
 
     @classmethod

@@ -27,6 +27,7 @@ from typing import Any
 import onnx_ir as ir
 
 from hawqc.backends.project import LoweredProject
+from hawqc.passes.integer_requant import MULTIPLIER_BITS_KEY
 from hawqc.report.bops import layer_bops
 
 _TYPE_ROLES = ("weight", "accum", "result")
@@ -93,6 +94,14 @@ def build_table(model: ir.Model, project: LoweredProject) -> dict[str, Any]:
         if layer is not None:
             dot_products[layer] = entry
 
+    # Proven dyadic requantizations (integer-requant): the significant bits of each layer's multiplier.
+    multiplier_bits = {}
+    for node in model.graph:
+        bits = node.metadata_props.get(MULTIPLIER_BITS_KEY)
+        layer = _layer_of(node.outputs[0], plan.value_layer) if bits is not None and plan else None
+        if layer is not None:
+            multiplier_bits[layer] = int(bits)
+
     rows = []
     for written in project.layers:
         planned = plan.by_name.get(written.name) if plan else None
@@ -105,6 +114,8 @@ def build_table(model: ir.Model, project: LoweredProject) -> dict[str, Any]:
         sources = planned.inputs if planned else []
         in_shape = list(plan.shapes.get(sources[0], plan.input_shape if sources[0] == plan.input_name else ())) if plan and sources else []
         types = {role: str(planned.types[role]) for role in _TYPE_ROLES if planned and role in planned.types}
+        if planned and "weight" not in types and "scale" in planned.types:
+            types["weight"] = str(planned.types["scale"])  # a BatchNormalization's multiplier
         if not types.get("result"):
             types["result"] = written.precision
         dot = dot_products.get(written.name)
@@ -128,6 +139,7 @@ def build_table(model: ir.Model, project: LoweredProject) -> dict[str, Any]:
                 "reuse_factor": reuse,
                 "strategy": strategy,
                 "latency_cycles": latency_cycles(op, dot.n if dot else None, reuse, _pool_window(layer_dict)),
+                "requant_multiplier_bits": multiplier_bits.get(written.name),
             }
         )
     # The model is of hls4ml's kernels: a project another backend wrote (a plugin's) gets no estimate.
