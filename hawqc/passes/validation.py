@@ -39,6 +39,8 @@ class TranslationValidator(PassInstrumentation):
     _inputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _reference: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _layouts: dict[str, Permutation] = field(default_factory=dict, repr=False)
+    # Before a pass that keeps the exact meaning (`preserves = "exact"`): the model's exact outputs.
+    _exact_before: dict | None = field(default=None, repr=False)
 
     def before_pipeline(self, model: ir.Model) -> None:
         from hawqc.sim.inputs import draw_inputs
@@ -54,7 +56,72 @@ class TranslationValidator(PassInstrumentation):
         except UnsupportedModelError as err:
             raise OptionError(f"{{}}: the semantic executor cannot run this model ({err})", "validate") from None
 
+    def before_pass(self, pass_: Pass, model: ir.Model) -> None:
+        self._exact_before = None
+        if getattr(pass_, "preserves", "semantic") == "exact":
+            from hawqc.sim.exact import ExactExecutor
+
+            try:
+                self._exact_before = ExactExecutor(model).run(self._inputs)
+            except UnsupportedModelError as err:
+                # Fine if the pass changes nothing (checked as any other pass); an error if it does.
+                self._exact_before = {"": err}
+
+    def _check_same_layouts(self, model: ir.Model, name: str) -> None:
+        if layout_permutations(model) != self._layouts:
+            raise TranslationValidationError(
+                f"translation validation: pass '{name}' keeps the exact meaning; it must run before passes that change layouts"
+            )
+
+    def _after_exact_pass(self, pass_: Pass, model: ir.Model, record: PassRecord) -> None:
+        """The exact meaning must be kept: the new model on the inputs' codes, its outputs mapped to
+        real units, equals the old one exactly. The new model's semantic outputs become the reference
+        (float32 may round differently), and the codes the inputs (the ports may now take codes)."""
+        from hawqc.ir.interfaces import input_codes, output_affines
+        from hawqc.sim.exact import ExactExecutor
+
+        assert self._exact_before is not None
+        codes = input_codes(model)
+        inputs = {name: codes[name].encode(array) if name in codes else array for name, array in self._inputs.items()}
+        try:
+            after = ExactExecutor(model).run(inputs)
+        except UnsupportedModelError as err:
+            raise TranslationValidationError(
+                f"translation validation: after pass '{record.name}' exact mode cannot run the model ({err})"
+            ) from None
+        affines = output_affines(model)
+        for name, before in self._exact_before.items():
+            if name not in after:
+                raise TranslationValidationError(f"translation validation: pass '{record.name}' removed graph output '{name}'")
+            got = after[name].fractions()
+            real = affines[name].decode(after[name].to_float64()) if name in affines else got
+            if name in affines and not np.all(after[name].equals(after[name].to_float64())):
+                raise TranslationValidationError(
+                    f"translation validation: pass '{record.name}': output '{name}' carries values that are no float64"
+                )
+            differs = np.asarray(before.fractions() != real, dtype=bool)
+            if differs.any():
+                index = tuple(int(i) for i in np.argwhere(differs)[0])
+                raise TranslationValidationError(
+                    f"translation validation: pass '{record.name}' changed the exact meaning of output '{name}'"
+                    f"{list(index)} (sample {index[0]}) from {before.fractions()[index]} to {real[index]}; "
+                    f"{int(differs.sum())} of {differs.size} elements differ"
+                )
+        self._inputs = inputs
+        self._reference = self._run(model, inputs)
+
     def after_pass(self, pass_: Pass, model: ir.Model, record: PassRecord) -> None:
+        exact_before, self._exact_before = self._exact_before, None
+        if exact_before is not None and record.changed:
+            if "" in exact_before:
+                raise TranslationValidationError(
+                    f"translation validation: before pass '{record.name}' exact mode cannot run the model ({exact_before['']})"
+                )
+            self._check_same_layouts(model, record.name)
+            self._exact_before = exact_before
+            self._after_exact_pass(pass_, model, record)
+            self._exact_before = None
+            return
         changes = self._layout_changes(model, record)
         inputs = {
             name: array.transpose(changes[name]) if name in changes else array
