@@ -63,6 +63,11 @@ COUNTERS = ("requantizations-made-dyadic", "input-code-ports", "output-affine-ma
 _frac = np.frompyfunc(lambda x: Fraction(float(x)) if not isinstance(x, Fraction) else x, 1, 1)
 
 
+def _label(node: ir.Node) -> str:
+    """A node's name, or its first output's where it has none (text IR leaves nodes unnamed)."""
+    return node.name or node.outputs[0].name or node.op_type.lower()
+
+
 def _objects(value, shape) -> np.ndarray:
     out = np.empty(shape, dtype=object)
     out[...] = value
@@ -150,7 +155,7 @@ class _Rewriter:
         """Replace a node that only rescaled by an Identity of `source`: its rescale is tracked, and
         the Identity's output carries the new tracking (`source` may have other readers)."""
         out = node.outputs[0]
-        identity = ir.node("Identity", [source], name=self.names(f"{node.name}_rescaled"))
+        identity = ir.node("Identity", [source], name=self.names(f"{_label(node)}_rescaled"))
         result = identity.outputs[0]
         result.shape, result.type = out.shape, out.type
         self.graph.insert_before(node, identity)
@@ -216,7 +221,7 @@ class _Rewriter:
             low, high, pre_scale, pre_offset,
         ))  # fmt: skip
         node.replace_input_with(0, source)
-        node.replace_input_with(1, self.initializer(np.ones_like(scale), f"{node.name}_unit_scale"))
+        node.replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
         for removed in reversed(chain):
             if not any(True for _ in removed.outputs[0].uses()) and not removed.outputs[0].is_graph_output():
                 self.graph.remove(removed, safe=True)
@@ -461,7 +466,7 @@ def _relu(self: _Rewriter, node: ir.Node) -> None:
         return
     if all(_is_dyadic(v) for v in shift.reshape(-1)) and _float32_exact(shift) is not None:
         # relu(s * v + o) = s * relu(v + o/s) for s > 0: the offset is exact in the integers.
-        value = self.insert(node, "Add", [x, self.initializer(_compact(_float32_exact(shift)), f"{node.name}_offset")], f"{node.name}_offset_add")
+        value = self.insert(node, "Add", [x, self.initializer(_compact(_float32_exact(shift)), f"{_label(node)}_offset")], f"{_label(node)}_offset_add")
         node.replace_input_with(0, value)
         lo = np.frompyfunc(lambda v, o: v + o, 2, 1)(a.lo, shift)
         hi = np.frompyfunc(lambda v, o: v + o, 2, 1)(a.hi, shift)
@@ -493,7 +498,7 @@ def _matmul(self: _Rewriter, node: ir.Node) -> None:
     offset = (a.offset.reshape(-1)[None, :] @ w.fractions()) if any(v != 0 for v in a.offset.reshape(-1)) else _objects(Fraction(0), (1, ints.shape[1]))
     lo_k, hi_k = a.lo.reshape(1, -1), a.hi.reshape(1, -1)
     lo, hi = _interval_matmul(lo_k, hi_k, ints)
-    node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{node.name}_integer_weight"))
+    node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{_label(node)}_integer_weight"))
     self.values[node.outputs[0]] = Affine(column_scale.reshape(1, -1), np.asarray(offset, dtype=object).reshape(1, -1), lo, hi)
 
 
@@ -508,7 +513,7 @@ def _gemm(self: _Rewriter, node: ir.Node) -> None:
     if attrs.get("transB", 0):
         weight = weight.T
     weight = weight * Fraction(float(attrs.get("alpha", 1.0)))
-    matmul = ir.node("MatMul", [node.inputs[0], self.initializer(np.zeros(weight.shape, np.float32), f"{node.name}_weight")], name=self.names(f"{node.name}_matmul"))
+    matmul = ir.node("MatMul", [node.inputs[0], self.initializer(np.zeros(weight.shape, np.float32), f"{_label(node)}_weight")], name=self.names(f"{_label(node)}_matmul"))
     matmul.outputs[0].name = self.names(f"{matmul.name}_out")
     matmul.outputs[0].shape = node.outputs[0].shape
     matmul.outputs[0].type = node.outputs[0].type
@@ -620,7 +625,7 @@ def _conv(self: _Rewriter, node: ir.Node) -> None:
             raise UnsupportedModelError(f"{describe(node)}: the bias must be a constant")
         offset = bias.fractions().reshape((1, out_channels) + spatial)
         node.resize_inputs(2) if hasattr(node, "resize_inputs") else node.replace_input_with(2, None)
-    node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{node.name}_integer_weight"))
+    node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{_label(node)}_integer_weight"))
     self.values[node.outputs[0]] = Affine(
         scales.reshape((1, out_channels) + spatial), offset,
         low.reshape((1, out_channels) + spatial), high.reshape((1, out_channels) + spatial),

@@ -127,8 +127,9 @@ class Exact:
         return self.ints.shape
 
     def fractions(self) -> np.ndarray:
-        """Every element as a Fraction (object array)."""
-        return _wide(self.ints) * self.scale
+        """Every element as a Fraction (object array, 0-d for a scalar)."""
+        out = _wide(self.ints) * self.scale
+        return out if isinstance(out, np.ndarray) else np.asarray(out, dtype=object).reshape(())
 
     def to_float64(self) -> np.ndarray:
         """Nearest float64 of every element (exact where the value is a float64)."""
