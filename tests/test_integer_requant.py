@@ -1,0 +1,157 @@
+"""integer-requant: float scales become integer codes and proven dyadic requantizations; hardware
+mode of the lowered model equals the original model's exact meaning on every sample."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import float_scale_models as models
+from hawqc.errors import UnsupportedModelError
+from hawqc.flow.exact_meaning import ExactMeaning
+from hawqc.ir.dyadic_requant import Dyadic
+from hawqc.ir.interfaces import input_codes, output_affines
+from hawqc.ir.io import copy_model
+from hawqc.passes.manager import PassManager
+from hawqc.passes.validation import TranslationValidationError
+from hawqc.sim import Executor
+from hawqc.sim.inputs import draw_input_slices
+
+VARIANTS = {
+    "mlp per-channel weights, float bias, relu": lambda: models.mlp(0),
+    "mlp per-tensor weights, quantized output": lambda: models.mlp(1, per_channel=False, output_quant=True),
+    "mlp signed activations, no relu, 8-bit": lambda: models.mlp(2, relu=False, act_bits=8, weight_bits=8),
+    "mlp 2-bit": lambda: models.mlp(3, act_bits=2, weight_bits=2),
+    "cnn conv, batchnorm, relu, maxpool, flatten": lambda: models.cnn(0),
+    "cnn 8-bit": lambda: models.cnn(1, act_bits=8, weight_bits=8),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_translation_validation_keeps_the_exact_meaning(name):
+    model = VARIANTS[name]()
+    records = PassManager.parse("cleanup,integer-requant", validate=200).run(model)
+    statistics = next(r.statistics for r in records if r.name == "integer-requant")
+    assert statistics["requantizations-made-dyadic"] >= 1 and statistics["input-code-ports"] == 1
+
+
+def _hardware_against_exact(model, samples: int = 300) -> ExactMeaning:
+    original = copy_model(model)
+    PassManager.parse("cleanup").run(original)
+    PassManager.parse("default").run(model)
+    meaning = ExactMeaning(original, model)
+    hardware = Executor(model, mode="hardware")
+    for drawn in draw_input_slices(model, samples, 0, samples):
+        host = meaning.host_values(drawn)
+        meaning.add(host, hardware.run(meaning.design_inputs(host))[hardware.output_names[0]])
+    return meaning
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_hardware_mode_of_the_lowered_model_equals_the_exact_meaning(name):
+    meaning = _hardware_against_exact(VARIANTS[name]())
+    assert meaning.comparison.samples == 300
+    assert meaning.comparison.equal, meaning.comparison.summary()
+
+
+def test_float32_semantics_differs_from_the_exact_meaning_and_is_only_reported():
+    # The drawn inputs include host values on ties between codes: float32's x / s lands on either side.
+    meaning = _hardware_against_exact(models.mlp(1, per_channel=False, output_quant=True))
+    assert meaning.comparison.equal
+    assert 0 < meaning.comparison.float32_mismatches < meaning.comparison.samples
+
+
+def test_the_input_port_takes_codes_of_the_exact_quotient():
+    model = models.mlp(0)
+    scale = float(np.float32(next(v for v in model.graph.initializers.values() if v.name == "s1").const_value.numpy()))
+    PassManager.parse("cleanup,integer-requant").run(model)
+    codes = input_codes(model)["x"]
+    assert codes.scale == Fraction(scale) and (codes.bits, codes.signed, codes.min_code, codes.max_code) == (8, True, -128, 127)
+    k = np.arange(-130, 131)
+    x = (k[:, None] * scale).astype(np.float32)  # within a float32 rounding of code k
+    assert np.array_equal(codes.encode(x)[:, 0], np.clip(k, -128, 127).astype(np.float32))
+    # On an exact tie (a multiple of scale / 2 that float32 holds), half to even.
+    tie = np.array([Fraction(5, 2) * Fraction(scale)], dtype=object)
+    if float(tie[0]) == Fraction(float(tie[0])) and Fraction(float(np.float32(float(tie[0])))) == tie[0]:
+        assert codes.encode(np.array([float(tie[0])], dtype=np.float32))[0] == 2
+    assert "round_half_even(x / scale)" in codes.describe()
+
+
+def test_an_output_without_quantizer_carries_integers_and_its_affine_map():
+    model = models.mlp(0)
+    PassManager.parse("cleanup,integer-requant").run(model)
+    (name, affine), = output_affines(model).items()
+    assert affine.scale.shape == (1, 5) and all(s > 0 for s in affine.scale.reshape(-1))
+    assert any(o != 0 for o in affine.offset.reshape(-1))  # the float bias
+
+
+def test_multiplier_widths_are_recorded_on_the_requantization():
+    model = models.cnn(0)
+    records = PassManager.parse("cleanup,integer-requant").run(model)
+    statistics = next(r.statistics for r in records if r.name == "integer-requant")
+    bits = [int(n.metadata_props["hawqc.requant.multiplier_bits"]) for n in model.graph if "hawqc.requant.multiplier_bits" in n.metadata_props]
+    assert bits and max(bits) == statistics["widest-multiplier-bits"] and max(bits) < 24
+
+
+def test_a_wrong_requantization_is_caught_by_translation_validation(monkeypatch):
+    import hawqc.passes.integer_requant as integer_requant
+
+    real_solve = integer_requant.solve
+
+    def off_by_one(q):
+        d = real_solve(q)
+        return Dyadic(d.m + 1, d.c, d.e)
+
+    monkeypatch.setattr(integer_requant, "solve", off_by_one)
+    with pytest.raises(TranslationValidationError, match="changed the exact meaning"):
+        PassManager.parse("cleanup,integer-requant", validate=300).run(models.mlp(0, act_bits=8, weight_bits=8))
+
+
+def _refused(builder_steps, match: str) -> None:
+    model = builder_steps()
+    with pytest.raises(UnsupportedModelError, match=match):
+        PassManager.parse("cleanup,integer-requant").run(model)
+
+
+def test_a_nonzero_zero_point_is_refused_naming_the_node():
+    def build():
+        b = models.FloatScaleBuilder(0)
+        h = b.quant("x", b.scale(), 8)
+        args = [h, b.const(np.float32(0.07), "s"), b.const(np.float32(3), "z"), b.const(np.float32(4), "b")]
+        h = b.node("Quant", args, "qonnx.custom_op.general", signed=1, narrow=0, rounding_mode="ROUND")
+        return b.build((4,), h)
+
+    _refused(build, r"node 'quant\d+' .*non-zero zero point")
+
+
+def test_adding_values_of_different_scales_is_refused():
+    def build():
+        b = models.FloatScaleBuilder(0)
+        h = b.quant("x", b.scale(), 8)
+        h2 = b.quant(h, np.float32(0.0517), 4)
+        h = b.node("Add", [h, h2])
+        return b.build((4,), h)
+
+    _refused(build, r"\(Add\): adds values quantized with different scales")
+
+
+def test_an_op_without_an_integer_form_is_refused_naming_it():
+    def build():
+        b = models.FloatScaleBuilder(0)
+        h = b.quant("x", b.scale(), 8)
+        h = b.node("Sigmoid", [h])
+        return b.build((4,), h)
+
+    _refused(build, r"\(Sigmoid\): its input .* not a power of two, and Sigmoid has no exact integer form")
+
+
+def test_a_quantizer_of_a_value_computed_in_float_is_refused():
+    def build():
+        b = models.FloatScaleBuilder(0)
+        h = b.node("Sigmoid", ["x"])
+        h = b.quant(h, b.scale(), 8)
+        return b.build((4,), h)
+
+    _refused(build, r"is not a power of two, and its input .* is computed in float")
