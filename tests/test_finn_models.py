@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ import onnx_ir as ir
 import pytest
 from finn_models import MODELS, KwsSpec, TfcSpec, UnswSpec, build, is_power_of_two, kws_mlp, tfc, tfc_inputs, unsw_nb15_mlp
 
-from hawqc.frontends.onnx import prepare_model
+import hawqc
 from hawqc.ir.ops.quantizer import quantizer
 from hawqc.sim import Executor
 from hawqc.sim.qonnx_oracle import QonnxOracle
@@ -41,6 +42,13 @@ def qonnx_outputs(proto: onnx.ModelProto, x: np.ndarray, per_sample: bool = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return QonnxOracle(proto).run(x, per_sample=per_sample)
+
+
+def hawqc_loaded(proto: onnx.ModelProto, tmp_path: Path, stem: str) -> ir.Model:
+    """The model as hawqc's loader gives it from a file (read, normalized, shapes inferred, verified)."""
+    path = tmp_path / f"{stem}.onnx"
+    onnx.save(proto, path)
+    return hawqc.load(path)
 
 
 def output_of(proto: onnx.ModelProto) -> str:
@@ -176,20 +184,20 @@ def test_constant_reshape_target_is_the_computed_one(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["tfc_w1a1", "tfc_w1a2", "tfc_w2a2"])
-def test_tfc_with_the_zoo_scales_matches_qonnx_bit_for_bit(name: str) -> None:
+def test_tfc_with_the_zoo_scales_matches_qonnx_bit_for_bit(name: str, tmp_path: Path) -> None:
     """All quantizer scales 1.0 as in the zoo's files: every dot product is an exact integer sum,
     and the float BatchNorms and TensorNorm are elementwise, so hawqc's executor (on the model loaded
     by hawqc's loader) gives qonnx's bits, per sample and at batch 200."""
     computed, x = zoo_scale_tfc(name)
     static, _ = zoo_scale_tfc(name, computed_reshape=False)
-    got = Executor(prepare_model(ir.from_proto(static), name, True)).run(x)[output_of(static)]
+    got = Executor(hawqc_loaded(static, tmp_path, name)).run(x)[output_of(static)]
     assert_identical(got, qonnx_outputs(computed, x)[output_of(computed)])
     assert_identical(got, qonnx_outputs(computed, x, per_sample=False)[output_of(computed)])
     assert len(np.unique(got.argmax(axis=1))) >= 5, "the model should not collapse to one class"
 
 
 @pytest.mark.parametrize("name", ["tfc_w1a1", "tfc_w1a2", "tfc_w2a2", "kws_mlp_w3a3"])
-def test_float_scales_activations_match_qonnx_bit_for_bit(name: str) -> None:
+def test_float_scales_activations_match_qonnx_bit_for_bit(name: str, tmp_path: Path) -> None:
     """Float scales: every activation quantizer's output is qonnx's, bit for bit, on 200 inputs;
     the float logits after the last quantizer agree to rounding (see the module docstring)."""
     computed, x = build(name)
@@ -197,7 +205,7 @@ def test_float_scales_activations_match_qonnx_bit_for_bit(name: str) -> None:
     computed_probe, names = with_activations_as_outputs(computed)
     static_probe, static_names = with_activations_as_outputs(static)
     want = qonnx_outputs(computed_probe, x)
-    got = Executor(prepare_model(ir.from_proto(static_probe), name, True)).run(x)
+    got = Executor(hawqc_loaded(static_probe, tmp_path, name)).run(x)
     for ours, theirs in zip(static_names, names):
         assert_identical(got[ours], want[theirs])
         assert len(np.unique(got[ours])) > 1, f"activation {ours} is constant"
@@ -206,12 +214,12 @@ def test_float_scales_activations_match_qonnx_bit_for_bit(name: str) -> None:
     assert len(np.unique(logits, axis=0)) == len(x)
 
 
-def test_unsw_matches_qonnx_bit_for_bit() -> None:
+def test_unsw_matches_qonnx_bit_for_bit(tmp_path: Path) -> None:
     """No Reshape, so hawqc's loader takes the model as it is; its single binary output equals qonnx's
     on all 200 inputs (both classes occur)."""
     proto, x = build("unsw_nb15_mlp_w2a2")
     probe, names = with_activations_as_outputs(proto)
-    got = Executor(prepare_model(ir.from_proto(probe), "unsw", True)).run(x)
+    got = Executor(hawqc_loaded(probe, tmp_path, "unsw")).run(x)
     want = qonnx_outputs(probe, x)
     for name in names:
         assert_identical(got[name], want[name])
