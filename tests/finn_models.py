@@ -7,8 +7,10 @@ tests stay fast (the real sizes are one argument away):
 - `unsw_nb15_mlp`: the UNSW-NB15 network intrusion MLP (w2a2), whose graph input has no quantizer.
 
 What the layouts are based on (public sources, read through the search tool; none of the zoo's
-`.onnx` files could be read, they are binary, so the exact tensor names, opsets and which constants
-are `Constant` nodes are our best reading of the exporter, said where they are assumptions):
+`.onnx` files could be read, they are binary, so the exact tensor names and opsets are our best
+reading of the exporter, said where they are assumptions):
+- Xilinx/brevitas `src/brevitas/export/onnx/qonnx/manager.py` (`QONNXManager.onnx_passes`:
+  `extract_constant_to_initializer`, so constants are initializers, no `Constant` nodes);
 - fastmachinelearning/qonnx_model_zoo `models/MNIST/Brevitas_FINN_TFC/README.md`, `models/GSCV2/README.md`,
   `models/UNSW_NB15/README.md`: the three families, their bit widths and sizes;
 - fastmachinelearning/qonnx `src/qonnx/util/test.py` (`FINN-TFC_W*A*`: input `(1, 1, 28, 28)` in
@@ -24,6 +26,10 @@ are `Constant` nodes are our best reading of the exporter, said where they are a
   bipolar `(1, 600)` input, `QuantLinear(bias=True, weight_bit_width=2)` -> `BatchNorm1d` ->
   `QuantReLU(bit_width=2)` three times, `QuantLinear(64, 1)`, a binary `QuantIdentity` output;
   after export the first nodes are `Add`, `Div`, `MatMul`);
+- Xilinx/brevitas `src/brevitas/export/onnx/qonnx/function.py` (the symbolic functions: domain
+  `onnx.brevitas`, `Quant(x, scale, zero_point, bit_width)` with attributes `rounding_mode`,
+  `signed`, `narrow`; `BipolarQuant(x, scale)`), and qonnx's `FoldTransposeIntoQuantInit` (exists
+  because a `QuantLinear` exports as `Quant(W) -> Transpose -> MatMul`);
 - Xilinx/finn-examples `build/kws/build.py`, `folding_config/kws_folding_config.json`,
   `finn_examples/notebooks/4_keyword_spotting.ipynb` (KWS: input `(1, 1, 10, 49)` MFCC features,
   flattened to 490, quantized to 8 bits by `x / 0.8298503756523132`, clamped to +-127 and rounded;
@@ -45,7 +51,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-QONNX = "qonnx.custom_op.general"
+# Brevitas writes its quantizers in this domain (`DOMAIN_STRING` of its QONNX export handlers, every
+# version); qonnx reads it as its own `qonnx.custom_op.general`.
+BREVITAS = "onnx.brevitas"
 
 
 def is_power_of_two(value: float) -> bool:
@@ -75,13 +83,6 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
         return name
 
-    def constant(self, array: np.ndarray, stem: str) -> str:
-        """A `Constant` node, as torch.onnx writes the index and the -1 of a traced `x.view(N, -1)`."""
-        name = self.fresh(stem)
-        tensor = numpy_helper.from_array(np.asarray(array), name + "_value")
-        self.nodes.append(helper.make_node("Constant", [], [name], name=f"Constant_{self.count}", value=tensor))
-        return name
-
     def node(self, op: str, inputs: list[str], domain: str = "", **attrs) -> str:
         out = self.fresh(op.lower())
         self.nodes.append(helper.make_node(op, inputs, [out], name=f"{op}_{self.count}", domain=domain, **attrs))
@@ -93,7 +94,7 @@ class _Graph:
               rounding: str = "ROUND") -> tuple[str, np.ndarray]:  # fmt: skip
         scale = np.asarray(scale, np.float32)
         inputs = [x, self.init(scale, "scale"), self.init(np.float32(0.0), "zeropt"), self.init(np.float32(bits), "bitwidth")]
-        out = self.node("Quant", inputs, domain=self.domain, signed=int(signed), narrow=int(narrow), rounding_mode=rounding)
+        out = self.node("Quant", inputs, domain=self.domain, rounding_mode=rounding, signed=int(signed), narrow=int(narrow))
         return out, quantize(calib, scale.astype(np.float64), bits, signed=signed, narrow=narrow)
 
     def bipolar(self, x: str, calib: np.ndarray, scale: float) -> tuple[str, np.ndarray]:
@@ -134,19 +135,21 @@ def _float_scale(value: float) -> np.float32:
 
 def _flatten(g: _Graph, x: str, opset: int, computed: bool) -> str:
     """`x.view(x.shape[0], -1)` as torch.onnx traces it: `Shape -> Gather(0) -> Unsqueeze -> Concat
-    with [-1] -> Reshape`, the index and the -1 as `Constant` nodes. Unsqueeze takes its axes as an
-    attribute up to opset 12, as an input from 13. `computed=False`: the same Reshape with the
-    target `[1, -1]` as an initializer, what the chain computes at batch 1 (for executors that
-    cannot run `Shape` and `Gather`)."""
+    with [-1] -> Reshape`. The index, the axes and the -1 are int64 initializers: torch.onnx writes
+    them as `Constant` nodes and Brevitas' QONNX manager runs onnxoptimizer's
+    `extract_constant_to_initializer` on every export. Unsqueeze takes its axes as an attribute up
+    to opset 12, as an input from 13. `computed=False`: the same Reshape with the target `[1, -1]`
+    as an initializer, what the chain computes at batch 1 (for executors that cannot run `Shape`
+    and `Gather`)."""
     if not computed:
         return g.node("Reshape", [x, g.init(np.array([1, -1], np.int64), "shape", dtype=np.int64)])
     shape = g.node("Shape", [x])
-    batch = g.node("Gather", [shape, g.constant(np.int64(0), "index")], axis=0)
+    batch = g.node("Gather", [shape, g.init(np.int64(0), "index", dtype=np.int64)], axis=0)
     if opset < 13:
         batch_1d = g.node("Unsqueeze", [batch], axes=[0])
     else:
-        batch_1d = g.node("Unsqueeze", [batch, g.constant(np.array([0], np.int64), "axes")])
-    target = g.node("Concat", [batch_1d, g.constant(np.array([-1], np.int64), "minus_one")], axis=0)
+        batch_1d = g.node("Unsqueeze", [batch, g.init(np.array([0], np.int64), "axes", dtype=np.int64)])
+    target = g.node("Concat", [batch_1d, g.init(np.array([-1], np.int64), "minus_one", dtype=np.int64)], axis=0)
     return g.node("Reshape", [x, target])
 
 
@@ -206,7 +209,7 @@ class TfcSpec:
     classes: int = 10
     seed: int = 0
     zoo_scales: bool = False
-    domain: str = "onnx.brevitas"
+    domain: str = BREVITAS
     opset: int = 9
     computed_reshape: bool = True
 
@@ -232,8 +235,8 @@ def tfc(spec: TfcSpec = TfcSpec()) -> onnx.ModelProto:
     `max_val` 1.0 over `2**(b-1) - 1` = 1 code); `zoo_scales=True` keeps that, the default gives
     them trained-looking float scales (never powers of two). Either way the TensorNorm's `Div` is by
     a non-power-of-two constant and BatchNorm parameters are floats. Tensors are numbered as by
-    torch.onnx 1.x (`0` the input); the quantizer domain is `onnx.brevitas` as the
-    BrevitasONNXManager of the time wrote it (an assumption; `domain=` changes it); opset 9."""
+    torch.onnx 1.x (`0` the input); opset 9 (an assumption: the KWS build script says its model,
+    of the same exporter, had opset 9)."""
     if (spec.weight_bits, spec.act_bits) not in {(1, 1), (1, 2), (2, 2)}:
         raise ValueError(f"TFC has w1a1, w1a2, w2a2, not w{spec.weight_bits}a{spec.act_bits}")
     g = _Graph(spec.seed, spec.domain, numeric_names=True)
@@ -306,7 +309,7 @@ class KwsSpec:
     bits: int = 3
     input_scale: float = 0.8298503756523132
     seed: int = 0
-    domain: str = QONNX
+    domain: str = BREVITAS
     opset: int = 9
     computed_reshape: bool = True
 
@@ -375,7 +378,7 @@ class UnswSpec:
     weight_bits: int = 2
     act_bits: int = 2
     seed: int = 0
-    domain: str = QONNX
+    domain: str = BREVITAS
     opset: int = 11
 
 
