@@ -25,11 +25,13 @@ reading of the exporter, said where they are assumptions):
   `notebooks/end2end_example/cybersecurity/` (UNSW-NB15: `CybSecMLPForExport`, `(x + 1) / 2` on a
   bipolar `(1, 600)` input, `QuantLinear(bias=True, weight_bit_width=2)` -> `BatchNorm1d` ->
   `QuantReLU(bit_width=2)` three times, `QuantLinear(64, 1)`, a binary `QuantIdentity` output;
-  after export the first nodes are `Add`, `Div`, `MatMul`);
+  after export and FINN's `ConvertQONNXtoFINN`, which runs `GemmToMatMul`, the first nodes are
+  `Add`, `Div`, `MatMul`);
 - Xilinx/brevitas `src/brevitas/export/onnx/qonnx/function.py` (the symbolic functions: domain
   `onnx.brevitas`, `Quant(x, scale, zero_point, bit_width)` with attributes `rounding_mode`,
-  `signed`, `narrow`; `BipolarQuant(x, scale)`), and qonnx's `FoldTransposeIntoQuantInit` (exists
-  because a `QuantLinear` exports as `Quant(W) -> Transpose -> MatMul`);
+  `signed`, `narrow`; `BipolarQuant(x, scale)`); torch.onnx's `symbolic_opset9.linear` (`t(weight)`,
+  then `addmm` = `Gemm` on a 2-D input with a bias, else `MatMul`), whence qonnx's
+  `FoldTransposeIntoQuantInit` (`Quant(W) -> Transpose -> MatMul`) and `GemmToMatMul`;
 - Xilinx/finn-examples `build/kws/build.py`, `folding_config/kws_folding_config.json`,
   `finn_examples/notebooks/4_keyword_spotting.ipynb` (KWS: input `(1, 1, 10, 49)` MFCC features,
   flattened to 490, quantized to 8 bits by `x / 0.8298503756523132`, clamped to +-127 and rounded;
@@ -155,9 +157,11 @@ def _flatten(g: _Graph, x: str, opset: int, computed: bool) -> str:
 
 def _quant_linear(g: _Graph, x: str, calib: np.ndarray, n_in: int, n_out: int, *, bits: int, per_channel: bool,
                   zoo_scales: bool, bias: bool) -> tuple[str, np.ndarray]:  # fmt: skip
-    """Brevitas' `QuantLinear` exported to QONNX: the float weight `[out, in]` as an initializer,
-    its quantizer, a `Transpose` (what qonnx's `FoldTransposeIntoQuantInit` exists to remove) and a
-    `MatMul`; a float bias (Brevitas' default: not quantized) as an `Add`. Weight quantizers are
+    """Brevitas' `QuantLinear` exported to QONNX: the float weight `[out, in]` as an initializer and
+    its quantizer, then what torch.onnx makes of `F.linear` on a 2-D input: without a bias,
+    `Transpose -> MatMul` (what qonnx's `FoldTransposeIntoQuantInit` exists to remove); with a bias
+    (a float one, Brevitas' default: not quantized), `addmm`, i.e. `Gemm(x, W', b)` whose transpose
+    the exporter's peephole folds into `transB=1` (what qonnx's `GemmToMatMul` exists to undo). Weight quantizers are
     signed and narrow (`CommonWeightQuant`, `Int8WeightPerTensorFloat`); 1 bit is `BipolarQuant`.
     Scales: per output channel `[out, 1]` or per tensor (a scalar)."""
     w = g.rng.uniform(-1.0, 1.0, (n_out, n_in))
@@ -173,12 +177,12 @@ def _quant_linear(g: _Graph, x: str, calib: np.ndarray, n_in: int, n_out: int, *
         else:
             scale = _float_scale(np.abs(w).max() / max_code)
         wq_name, wq = g.quant(g.init(w, "weight"), w, scale, bits, signed=True, narrow=True)
-    wt = g.node("Transpose", [wq_name], perm=[1, 0])
-    out, value = g.node("MatMul", [x, wt]), calib @ wq.T
     if bias:
         b = g.rng.normal(0.0, 0.1, n_out).astype(np.float32)
-        out, value = g.node("Add", [out, g.init(b, "bias")]), value + b
-    return out, value
+        out = g.node("Gemm", [x, wq_name, g.init(b, "bias")], alpha=1.0, beta=1.0, transB=1)
+        return out, calib @ wq.T + b
+    wt = g.node("Transpose", [wq_name], perm=[1, 0])
+    return g.node("MatMul", [x, wt]), calib @ wq.T
 
 
 def _batchnorm(g: _Graph, x: str, calib: np.ndarray, channels: int) -> tuple[str, np.ndarray]:
@@ -324,10 +328,10 @@ def kws_mlp(spec: KwsSpec = KwsSpec()) -> onnx.ModelProto:
 
         Shape -> Gather -> Unsqueeze -> Concat -> Reshape      flatten to (1, 490)
         Quant(8 bits, signed, narrow, scale 0.8298503756523132)   the MFCC quantizer of the notebook
-        3 x: Quant(W, 3 bits, signed, narrow, per-channel float scales [out, 1]) -> Transpose
-             -> MatMul -> Add(float bias) -> BatchNormalization -> Relu
+        3 x: Gemm(x, Quant(W, 3 bits, signed, narrow, per-channel float scales [out, 1]),
+                  float bias, transB=1) -> BatchNormalization -> Relu
              -> Quant(3 bits, unsigned, non-narrow, float scale)
-        Quant(W, 3 bits, per-tensor float scale) -> Transpose -> MatMul -> Add(float bias)
+        Gemm(x, Quant(W, 3 bits, per-tensor float scale), float bias, transB=1)
 
     Names as after qonnx's cleanup (`global_in`, `global_out`); opset 9 (the build script raises it
     to 11 for TopK). The input Quant's scale is the notebook's; the rest are drawn."""
@@ -388,14 +392,15 @@ def unsw_nb15_mlp(spec: UnswSpec = UnswSpec()) -> onnx.ModelProto:
     `global_in` `(1, 600)` of bipolar values, **without a quantizer**:
 
         Add(1.0) -> Div(2.0)                                   (x + 1) / 2: bipolar to {0, 1}
-        3 x: Quant(W, 2 bits, signed, narrow, per-tensor float scale) -> Transpose -> MatMul
-             -> Add(float bias) -> BatchNormalization -> Relu
+        3 x: Gemm(x, Quant(W, 2 bits, signed, narrow, per-tensor float scale), float bias,
+                  transB=1) -> BatchNormalization -> Relu
              -> Quant(2 bits, unsigned, non-narrow, float scale)  (QuantReLU)
-        Quant(W, 2 bits) -> Transpose -> MatMul -> Add(float bias)  -> (1, 1)
+        Gemm(x, Quant(W, 2 bits), float bias, transB=1)  -> (1, 1)
         BipolarQuant(scale 1.0)                                the binary output QuantIdentity
 
     Names as after qonnx's cleanup (`global_in`, `global_out`). Opset 11 is an assumption (the
-    sources do not say); FINN's test sees `Add`, `Div`, `MatMul` first, as here."""
+    sources do not say). FINN's test sees `Add`, `Div`, `MatMul` first after its `ConvertQONNXtoFINN`,
+    which runs `GemmToMatMul`."""
     g = _Graph(spec.seed, spec.domain, numeric_names=False)
     calib = g.rng.choice([-1.0, 1.0], (256, spec.features), p=[0.8, 0.2])
     x = g.node("Add", ["global_in", g.init(np.array([1.0], np.float32), "one")])
