@@ -457,3 +457,37 @@ def build(name: str, n_inputs: int = 200, *, computed_reshape: bool = True) -> t
     if name == "unsw_nb15_mlp_w2a2":
         return unsw_nb15_mlp(), unsw_inputs(UnswSpec(), n_inputs)
     raise ValueError(f"no model {name!r}; there are {', '.join(MODELS)}")
+
+
+def write_all(directory: str) -> list[str]:
+    """Every model of `MODELS` (and the TFC with the zoo's scales, and the variants with a constant
+    Reshape target) as `.onnx` files in `directory`, with their 200 inputs as `<name>_inputs.npy`:
+    `python tests/finn_models.py /tmp/finn-models` gives the files to try `hawqc` on."""
+    import dataclasses
+    from pathlib import Path
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(proto: onnx.ModelProto, stem: str) -> None:
+        onnx.save(proto, out / f"{stem}.onnx")
+        written.append(str(out / f"{stem}.onnx"))
+
+    for name in MODELS:
+        proto, x = build(name)
+        save(proto, name)
+        np.save(out / f"{name}_inputs.npy", x)
+        if name != "unsw_nb15_mlp_w2a2":
+            save(build(name, computed_reshape=False)[0], f"{name}_static_reshape")
+    for w, a in ((1, 1), (1, 2), (2, 2)):
+        spec = TfcSpec(weight_bits=w, act_bits=a, zoo_scales=True)
+        save(tfc(spec), f"tfc_w{w}a{a}_zoo_scales")
+        save(tfc(dataclasses.replace(spec, computed_reshape=False)), f"tfc_w{w}a{a}_zoo_scales_static_reshape")
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+
+    print("\n".join(write_all(sys.argv[1] if len(sys.argv) > 1 else "finn-models")))

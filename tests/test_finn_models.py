@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from finn_models import MODELS, KwsSpec, TfcSpec, UnswSpec, build, is_power_of_two, kws_mlp, tfc, tfc_inputs, unsw_nb15_mlp
+from finn_models import MODELS, KwsSpec, TfcSpec, UnswSpec, build, is_power_of_two, kws_mlp, tfc, tfc_inputs, unsw_nb15_mlp, write_all
 
 import hawqc
 from hawqc.ir.ops.quantizer import quantizer
@@ -238,3 +238,12 @@ def test_zoo_scale_variant_only_changes_scales() -> None:
     assert [n.op_type for n in ours.graph.node] == [n.op_type for n in zoo.graph.node]
     zoo_model = ir.from_proto(zoo)
     assert all(float(np.max(quantizer(n).scale)) == 1.0 for n in zoo_model.graph if n.op_type in QUANTIZERS)
+
+
+def test_write_all_gives_the_files_to_try_hawqc_on(tmp_path: Path) -> None:
+    """`python tests/finn_models.py DIR`: every model, its variants and its inputs, as the builders give them."""
+    written = write_all(str(tmp_path))
+    assert len(written) == 15 and len(list(tmp_path.glob("*_inputs.npy"))) == len(MODELS)
+    assert (tmp_path / "kws_mlp_w3a3.onnx").read_bytes() == build("kws_mlp_w3a3", 1)[0].SerializeToString()
+    for path in written:
+        onnx.checker.check_model(onnx.load(path))
