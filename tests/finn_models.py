@@ -108,7 +108,7 @@ class _Graph:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(self.domain, 1)],
-            producer_name="pytorch", producer_version="1.8",
+            producer_name="pytorch",
         )  # fmt: skip
         model.ir_version = ir_version
         onnx.checker.check_model(model)
@@ -334,7 +334,8 @@ def kws_mlp(spec: KwsSpec = KwsSpec()) -> onnx.ModelProto:
         Gemm(x, Quant(W, 3 bits, per-tensor float scale), float bias, transB=1)
 
     Names as after qonnx's cleanup (`global_in`, `global_out`); opset 9 (the build script raises it
-    to 11 for TopK). The input Quant's scale is the notebook's; the rest are drawn."""
+    to 11 for TopK). The input Quant's scale is the notebook's; the rest are drawn. Assumptions (the
+    sources do not say): the flatten comes before the input quantizer, as TFC's `view` does."""
     g = _Graph(spec.seed, spec.domain, numeric_names=False)
     calib = g.rng.normal(0.0, 30.0, (256, spec.features))
     x = _flatten(g, "global_in", spec.opset, spec.computed_reshape)
