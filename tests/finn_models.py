@@ -223,9 +223,12 @@ class TfcSpec:
 
 
 def tfc(spec: TfcSpec = TfcSpec()) -> onnx.ModelProto:
-    """FINN's TFC (`Brevitas_FINN_TFC/TFC/TFC_{w}W{a}A.onnx` of the QONNX model zoo, exported from
-    Brevitas' bnn_pynq `FC`, see the module docstring for the sources), input `(1, 1, H, W)` of
-    pixels in `[0, 1]`:
+    """FINN's TFC (`models/MNIST/Brevitas_FINN_TFC/TFC/TFC_{w}W{a}A.onnx` of
+    fastmachinelearning/qonnx_model_zoo), input `(1, 1, H, W)` of pixels in `[0, 1]`. Based on
+    Xilinx/brevitas `src/brevitas_examples/bnn_pynq/models/FC.py`, `common.py`, `tensor_norm.py` (the
+    network), `src/brevitas/export/onnx/qonnx/function.py` and `manager.py` (its export), and
+    fastmachinelearning/qonnx `src/qonnx/util/test.py` and `tests/analysis/test_inference_cost.py`
+    (input shape and range; the MatMuls' sizes and 2-bit operands of scale 1):
 
         Shape -> Gather -> Unsqueeze -> Concat -> Reshape      x.view(x.shape[0], -1)
         Mul(2.0) -> Sub(1.0)                                   2.0 * x - 1.0
@@ -323,8 +326,13 @@ class KwsSpec:
 
 
 def kws_mlp(spec: KwsSpec = KwsSpec()) -> onnx.ModelProto:
-    """The keyword-spotting MLP (`GSCV2/kwsmlp_w3a3/kwsmlp_w3a3.onnx` of the QONNX model zoo, the
-    finn-examples KWS model; sources in the module docstring), input `global_in` `(1, 1, 10, 49)`:
+    """The keyword-spotting MLP (`models/GSCV2/kwsmlp_w3a3/kwsmlp_w3a3.onnx` of
+    fastmachinelearning/qonnx_model_zoo), input `global_in` `(1, 1, 10, 49)`. Based on
+    Xilinx/finn-examples `build/kws/build.py` (input shape, opset 9, the model's name),
+    `build/kws/folding_config/kws_folding_config.json` (four layers),
+    `finn_examples/notebooks/4_keyword_spotting.ipynb` (the input quantizer), the zoo's
+    `models/GSCV2/README.md` (8-bit input, 3-bit weights and activations), and Brevitas' export as
+    for `tfc`:
 
         Shape -> Gather -> Unsqueeze -> Concat -> Reshape      flatten to (1, 490)
         Quant(8 bits, signed, narrow, scale 0.8298503756523132)   the MFCC quantizer of the notebook
@@ -388,9 +396,12 @@ class UnswSpec:
 
 
 def unsw_nb15_mlp(spec: UnswSpec = UnswSpec()) -> onnx.ModelProto:
-    """The UNSW-NB15 network intrusion MLP (`UNSW_NB15/unsw_nb15_mlp_w2a2/unsw_nb15-mlp-w2a2.onnx` of
-    the QONNX model zoo, FINN's cybersecurity example; sources in the module docstring), input
-    `global_in` `(1, 600)` of bipolar values, **without a quantizer**:
+    """The UNSW-NB15 network intrusion MLP (`models/UNSW_NB15/unsw_nb15_mlp_w2a2/unsw_nb15-mlp-w2a2.onnx`
+    of fastmachinelearning/qonnx_model_zoo), input `global_in` `(1, 600)` of bipolar values,
+    **without a quantizer**. Based on Xilinx/finn `tests/end2end/test_end2end_cybsec_mlp.py` and
+    `notebooks/end2end_example/cybersecurity/2-export-to-finn-and-verify.ipynb` (the network, its
+    export wrapper `CybSecMLPForExport`, the bipolar `(1, 600)` input, the first ops), the zoo's
+    `models/UNSW_NB15/README.md`, and Brevitas' export as for `tfc`:
 
         Add(1.0) -> Div(2.0)                                   (x + 1) / 2: bipolar to {0, 1}
         3 x: Gemm(x, Quant(W, 2 bits, signed, narrow, per-tensor float scale), float bias,
