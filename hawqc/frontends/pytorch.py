@@ -159,7 +159,8 @@ def _one_line(err: BaseException) -> str:
 
 def lift_model(model: torch.nn.Module, example_input: torch.Tensor, **options) -> ir.Model:
     """`hawqc.lift`: the QONNX graph of a HAWQ model, normalized, shape-inferred and verified like a
-    loaded ONNX file (options: those of `hawqc.frontends.hawq.lift.lift`)."""
+    loaded ONNX file (options: those of `hawqc.frontends.hawq.lift.lift`). The model is not changed:
+    a frozen deep copy of it is lifted (`hawqc.frontends.hawq.lift.frozen_copy`)."""
     from hawqc.frontends.hawq.lift import lift
     from hawqc.frontends.onnx import prepare_model
 

@@ -6,6 +6,8 @@ The model is traced with torch.fx, HAWQ's modules (recognized by class name and 
 upstream HAWQ's classes work without importing HAWQ) kept as leaves, and then run once on the
 example input (eval mode, CPU) so that every scale the modules pass each other (activation scales,
 per-channel weight scales) is a known constant. The graph is then built from the traced calls.
+A stateless module built inside `forward` (HAWQ's ResNet blocks call `nn.ReLU()(x)`) is traced
+through; fx alone cannot name it.
 
 `lift` never changes the model it is given: it traces and runs a FROZEN DEEP COPY (`frozen_copy`:
 eval mode, on the CPU, `fix()` on every HAWQ module, as HAWQ's `freeze_model` prepares inference).
