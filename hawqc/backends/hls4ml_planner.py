@@ -670,12 +670,18 @@ class Planner:
 
     def cast(self, node: ir.Node) -> None:
         """A float Cast: the exact value is unchanged in fixed point (where semantic mode's float32
-        Cast could round, precision inference has said so), so its output stays on the input's layer."""
+        Cast could round, precision inference has said so), so its output stays on the input's layer.
+
+        The condition is that the input layer's type holds the cast's values (`kept_type`), not that
+        the two inferred types are equal: a quantizer's result type carries the rounding and
+        saturation it writes with (`RND_CONV,SAT`; `TRN_ZERO` for HAWQ's truncating average), the
+        cast's result type the defaults of a computed interval (`TRN,WRAP`), on the same values.
+        (HAWQ's residual whose identity branch is a QuantAct's output, and a QuantAct after
+        QuantAveragePool2d, cast a Quant's result to double.)"""
         cast_target(node)
         x, out = node.inputs[0], node.outputs[0]
         prev = self.source(node, x)
-        if self.typed(out, node) != self.typed(x, node):
-            raise UnsupportedModelError(f"{describe(node)}: the cast changes the value's type")
+        self.kept_type(node, out, prev)
         self.plan.value_layer[out.name] = prev
 
     def pool(self, node: ir.Node) -> None:

@@ -159,7 +159,8 @@ def _one_line(err: BaseException) -> str:
 
 def lift_model(model: torch.nn.Module, example_input: torch.Tensor, **options) -> ir.Model:
     """`hawqc.lift`: the QONNX graph of a HAWQ model, normalized, shape-inferred and verified like a
-    loaded ONNX file (options: those of `hawqc.frontends.hawq.lift.lift`)."""
+    loaded ONNX file (options: those of `hawqc.frontends.hawq.lift.lift`). The model is not changed:
+    a frozen deep copy of it is lifted (`hawqc.frontends.hawq.lift.frozen_copy`)."""
     from hawqc.frontends.hawq.lift import lift
     from hawqc.frontends.onnx import prepare_model
 
@@ -168,14 +169,15 @@ def lift_model(model: torch.nn.Module, example_input: torch.Tensor, **options) -
 
 def load_pytorch(path: str | Path, options: PyTorchOptions, *, verify_ir: bool = True) -> ir.Model:
     """Read `path` (see the module docstring), lift it and prepare it like a loaded ONNX file."""
-    from hawqc.frontends.hawq.lift import lift
+    from hawqc.frontends.hawq.lift import frozen_copy, lift
     from hawqc.frontends.onnx import prepare_model
 
     if not Path(path).is_file():
         raise UserInputError(f"{path}: no such file")
     if options.input_shape is None:
         raise OptionError(f"{path}: a PyTorch model needs {{}} (e.g. 1,16)", "input_shape")
-    model = load_pytorch_model(path, options)
+    # Frozen before the trial run below: upstream HAWQ's QuantAct would move its range to the zeros.
+    model = frozen_copy(load_pytorch_model(path, options))
     example = torch.zeros(options.input_shape)
     shape = ",".join(map(str, options.input_shape))
     try:

@@ -6,6 +6,16 @@ The model is traced with torch.fx, HAWQ's modules (recognized by class name and 
 upstream HAWQ's classes work without importing HAWQ) kept as leaves, and then run once on the
 example input (eval mode, CPU) so that every scale the modules pass each other (activation scales,
 per-channel weight scales) is a known constant. The graph is then built from the traced calls.
+A stateless module built inside `forward` (HAWQ's ResNet blocks call `nn.ReLU()(x)`) is traced
+through; fx alone cannot name it.
+
+`lift` never changes the model it is given: it traces and runs a FROZEN DEEP COPY (`frozen_copy`:
+eval mode, on the CPU, `fix()` on every HAWQ module, as HAWQ's `freeze_model` prepares inference).
+HAWQ's forward stores what it computes in the module (`weight_integer`, `bias_integer`, scales) and
+upstream HAWQ's `QuantAct` moves its range (`x_min` / `x_max`) on every forward while its
+`running_stat` is set, in eval mode too: the trace run would have recalibrated the user's model on
+the example input, and made the graph depend on that input. The lifted model says so in its
+metadata (`hawqc.hawq.lifted_from`).
 
 Graph design: the graph carries HAWQ's INTEGER CODES, not their real values. HAWQ's integer
 inference is `out_int = clamp(round(z_int * m / 2^e))` on integers; the real values (`code * s`
@@ -64,6 +74,7 @@ Exactness argument:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import operator
@@ -86,6 +97,8 @@ from hawqc.ir.shape_inference import infer_shapes
 FLOAT32_EXACT_INTEGERS = 2**24
 OUTPUT_SCALE_KEY = "hawqc.hawq.output_scale"
 INEXACT_LAYERS_KEY = "hawqc.hawq.float32_inexact_layers"
+LIFTED_FROM_KEY = "hawqc.hawq.lifted_from"
+LIFTED_FROM = "a frozen deep copy of the model (HAWQ modules fixed, eval mode); the model itself is unchanged"
 OPSET = 13
 
 ACT_CLASSES = frozenset({"QuantAct"})
@@ -96,6 +109,8 @@ AVERAGE_POOL_CLASSES = frozenset({"QuantAveragePool2d"})
 PASS_THROUGH_CLASSES = frozenset({"QuantDropout", "Dropout", "Identity"})
 RELU_CLASSES = frozenset({"ReLU"})
 FLATTEN_CLASSES = frozenset({"Flatten"})
+# The modules HAWQ's `freeze_model` fixes (activation ranges frozen, BatchNorm folded).
+FIXABLE_CLASSES = ACT_CLASSES | LINEAR_CLASSES | CONV_CLASSES
 HAWQ_LEAVES = ACT_CLASSES | LINEAR_CLASSES | CONV_CLASSES | MAX_POOL_CLASSES | AVERAGE_POOL_CLASSES | {
     "QuantDropout"
 }
@@ -193,10 +208,27 @@ class _GraphBuilder:
 class _Tracer(torch.fx.Tracer):
     """HAWQ modules (and modules without children, which fx could not see into usefully) are leaves."""
 
+    submodule_ids: set[int] | None = None  # of the traced root's modules, on the first call_module
+
     def is_leaf_module(self, module: torch.nn.Module, qualified_name: str) -> bool:
         if type(module).__name__ in HAWQ_LEAVES:
             return True
         return super().is_leaf_module(module, qualified_name) or not any(True for _ in module.children())
+
+    def call_module(self, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        """A module built inside `forward` (HAWQ's ResNet blocks call `nn.ReLU()(x)`) is not a
+        submodule, so fx cannot name it as a leaf: a stateless one is traced through (its `forward`
+        calls `F.relu`, a function the lifter knows); one with parameters or buffers is refused."""
+        if self.submodule_ids is None:
+            self.submodule_ids = {id(installed) for installed in self.root.modules()}
+        if id(module) in self.submodule_ids:
+            return super().call_module(module, forward, args, kwargs)
+        if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            raise UnsupportedModelError(
+                f"a {type(module).__name__} created inside forward (not a submodule) holds parameters or buffers: "
+                "make it an attribute of the model"
+            )
+        return forward(*args, **kwargs)
 
 
 def _bound_arguments(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -572,9 +604,36 @@ def _conv_params(module: torch.nn.Module) -> dict[str, Any]:
             "group": int(source.groups)}  # fmt: skip
 
 
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `model` for inference: on the CPU, in eval mode, every HAWQ module fixed.
+
+    `fix()` is what HAWQ's `freeze_model` calls: a `QuantAct` stops tracking its range
+    (`running_stat`), a `QuantBnConv2d` folds its BatchNorm with the running statistics (upstream
+    HAWQ's unfolded eval path normalizes with the batch's own statistics: not an integer layer). A
+    module without `fix` but with `running_stat` has that cleared."""
+    try:
+        copied = copy.deepcopy(model)
+    except Exception as error:  # a module holding something deepcopy refuses (a lock, a file handle)
+        raise UnsupportedModelError(
+            f"the model cannot be copied ({type(error).__name__}: {str(error).partition(chr(10))[0]}); "
+            "hawqc.lift works on a copy so that the model is never changed"
+        ) from None
+    copied = copied.cpu().eval()
+    for module in copied.modules():
+        if type(module).__name__ not in FIXABLE_CLASSES:
+            continue
+        if callable(getattr(module, "fix", None)):
+            module.fix()
+        elif hasattr(module, "running_stat"):
+            module.running_stat = False
+    return copied
+
+
 def lift(model: torch.nn.Module, example_input: torch.Tensor, *, dequantize_output: bool = False) -> ir.Model:
-    """The QONNX graph of a HAWQ model (see the module docstring for its design and exactness)."""
-    model = model.cpu().eval()
+    """The QONNX graph of a HAWQ model (see the module docstring for its design and exactness).
+
+    `model` is not changed: the graph is that of `frozen_copy(model)`, HAWQ's frozen inference."""
+    model = frozen_copy(model)
     graph_module = torch.fx.GraphModule(model, _Tracer().trace(model))
     lifter = _Lifter(graph_module, example_input)
     try:
@@ -599,6 +658,7 @@ def lift(model: torch.nn.Module, example_input: torch.Tensor, *, dequantize_outp
     # Every value typed and shaped, the output too: a file without the output's type makes qonnx's
     # own shape inference add a second ValueInfo for it, and its executor then refuses the file.
     infer_shapes(lifted)
+    lifted.metadata_props[LIFTED_FROM_KEY] = LIFTED_FROM
     if lifter.inexact_layers:
         lifted.metadata_props[INEXACT_LAYERS_KEY] = json.dumps(lifter.inexact_layers)
     if not dequantize_output:
