@@ -47,8 +47,9 @@ def prepare_model(model: ir.Model, source: str, verify_ir: bool) -> ir.Model:
     if not verify_ir:
         return model  # `--no-verify`: a pass author feeding a deliberately broken graph
     for reshape, why in shapes.unresolved:
-        if reshape.outputs[0].shape is None:  # onnx could not infer it either
-            raise UnsupportedModelError(f"{source}: {describe(reshape)}: {why}")
+        # Refused even where the file declares the output's shape: nothing after load computes a
+        # shape from data (no precision rule, no hls4ml layer), and here the user learns where.
+        raise UnsupportedModelError(f"{source}: {describe(reshape)}: {why}")
     try:
         verify(model)
     except VerificationError as err:

@@ -21,7 +21,8 @@ This is exact: for every input of the declared shape, the constant is what the s
 
 A target that reads anything else (a value computed from data, a dim that is not the data's own at
 that position) is not folded; `prepare_model` refuses it, naming the Reshape and the node the
-evaluation stopped at, where onnx could not infer the Reshape's output either.
+evaluation stopped at. Only Reshape targets are folded: they are what exporters compute; other
+readers of computed shapes (Expand, Tile, ConstantOfShape, Resize sizes) are left to onnx.
 """
 
 from __future__ import annotations
