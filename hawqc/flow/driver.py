@@ -170,17 +170,16 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     with output.writing() as staging:
         model = load_model(model_path, options.pytorch)
         check_name_free(options.project_name, model)
-        hawq_export, records = None, []
+        hawq_export, records, input_outcome = None, [], None
+        if input_precision is not None:  # first: the HAWQ reading and the pipeline see the input's range
+            input_outcome, records = run_input_precision_step(model, input_precision, options.configure_passes)
         if options.hawq_export_semantics == "hawq":
             step = run_hawq_export_step(
                 model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed,
                 configure=options.configure_passes,
             )  # fmt: skip
-            hawq_export, records = step.reading, step.records
-        input_outcome = None
-        if input_precision is not None:  # before the pipeline, so that its passes see the input's range
-            input_outcome, step_records = run_input_precision_step(model, input_precision, options.configure_passes)
-            records += step_records
+            hawq_export = step.reading
+            records += step.records
         records += manager.run(model)
         float_parts = None
         if default_precision is not None:

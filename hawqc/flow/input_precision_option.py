@@ -2,7 +2,8 @@
 loading (by the pass `input-precision`, run as a step of the flow: `hawqc.flow.option_steps`), and
 said back to the user.
 
-It runs before the pipeline, so the passes see the input's range, and before `--default-precision`
+It runs first, before `--hawq-export-semantics hawq`'s reading and the pipeline, so that they see the
+input's range (a Quant on the input, as every quantized export has), and before `--default-precision`
 (which runs after the pipeline): with both options the inputs take the input precision (they are
 quantized when the default precision's step runs, so it finds no float input), and the default
 precision is left for the float weights and activations.
