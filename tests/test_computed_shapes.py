@@ -176,3 +176,45 @@ def test_a_dim_that_is_not_the_datas_own_is_not_folded():
     proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
     with pytest.raises(UnsupportedModelError, match=r"node 'mixed' \(Reshape\): .*not the data's dim 0"):
         load(proto)
+
+
+def tfc_shaped(opset: int = 9) -> onnx.ModelProto:
+    """The QONNX model zoo TFC's front, small: a float [1, 1, 4, 4] image input without a quantizer,
+    flattened by a computed Reshape (Constant nodes, opset 9 Unsqueeze), into a quantized dense layer."""
+    weights = np.random.default_rng(1).integers(-2, 2, size=(16, 5)).astype(np.float32) * 0.5
+    constants = [
+        numpy_helper.from_array(np.array(v, dtype=np.float32), n)
+        for n, v in [("s_w", 0.5), ("z", 0.0), ("b2", 2.0), ("s_out", 0.25), ("b8", 8.0)]
+    ] + [numpy_helper.from_array(weights, "w")]
+    quant = {"domain": QONNX, "signed": 1, "narrow": 0, "rounding_mode": "ROUND"}
+    nodes = [
+        oh.make_node("Shape", ["global_in"], ["26"]),
+        oh.make_node("Constant", [], ["27"], value=_ints("c27", [0], scalar=True)),
+        oh.make_node("Gather", ["26", "27"], ["28"], axis=0),
+        oh.make_node("Unsqueeze", ["28"], ["29"], axes=[0]),
+        oh.make_node("Constant", [], ["30"], value=_ints("c30", [-1])),
+        oh.make_node("Concat", ["29", "30"], ["31_shape"], axis=0),
+        oh.make_node("Reshape", ["global_in", "31_shape"], ["31"]),
+        oh.make_node("Quant", ["w", "s_w", "z", "b2"], ["wq"], **quant),
+        oh.make_node("MatMul", ["31", "wq"], ["m"]),
+        oh.make_node("Quant", ["m", "s_out", "z", "b8"], ["global_out"], **quant),
+    ]
+    graph = oh.make_graph(
+        nodes, "tfc", [oh.make_tensor_value_info("global_in", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [oh.make_tensor_value_info("global_out", TensorProto.FLOAT, [1, 5])], constants,
+    )  # fmt: skip
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset), oh.make_opsetid(QONNX, 1)])
+
+
+def test_a_tfc_shaped_model_with_a_float_input_compiles_bit_exact(tmp_path, capsys):
+    """Both halves of the issue at once: the computed flatten folds at load, the unquantized input takes
+    `--input-precision`; a [N, 1, H, W] input that no image op relays out is read by the C
+    simulation in its own shape."""
+    path = tmp_path / "tfc.onnx"
+    onnx.save(tfc_shaped(), path)
+    code, _, err = run_cli(capsys, main, path, "-o", tmp_path / "refused")
+    assert code == 2 and "--input-precision" in one_error_line(err)
+    code, text, err = run_cli(capsys, main, path, "-o", tmp_path / "proj", "--input-precision", "fixed<6,2>", "--verify", "200")
+    assert code == 0, err
+    verify = json.loads((tmp_path / "proj" / "hawqc_report.json").read_text())["verify"]
+    assert verify["bit_exact"] and verify["hardware_vs_semantic"]["equal"] and verify["samples"] == 200
