@@ -1,19 +1,20 @@
 """`input-precision{type=fixed<8,3>}`: take every unquantized graph input as a fixed-point type.
 
-A graph input read by something other than a Quant (`Quant` / `IntQuant`) gets a Quant of its own,
-`hawqc.ir.input_precision.InputQuant` (scale 2**(I - W), zero point 0, W bits, the type's signedness,
-rounding and saturation), and every such reader reads the Quant instead. From then on the graph is an
+A graph input read by something other than a quantizer (`Quant`, `IntQuant`, `BipolarQuant`) gets a
+Quant of its own, `hawqc.ir.input_precision.InputQuant` (scale 2**(I - W), zero point 0, W bits, the
+type's signedness, rounding and saturation), and every such reader reads the Quant instead. From then on the graph is an
 ordinary quantized graph: precision inference, semantic and hardware mode, verification's input
 drawing and the hls4ml planner (the Quant on a graph input is the input layer, and the C bridge's
 float -> `ap_fixed<W,I,AP_RND_CONV,AP_SAT>` conversion is that Quant) need nothing new.
 
-Readers that already are Quants keep the raw input (a Quant of a Quant would quantize twice). An
-input read only by Quants is quantized already and is left alone; a graph without unquantized
-inputs is not changed.
+Readers that already are quantizers keep the raw input (a Quant before them would round twice, and
+before a `BipolarQuant` could turn a tiny negative number into 0, whose sign is +1). An input read
+only by quantizers is quantized already and is left alone; a graph without unquantized inputs is
+not changed.
 
 It changes what the graph computes on purpose (inputs are rounded and clamped), so it declares
-`changes_meaning`. `hawqc --input-precision T` runs it right after loading, before the pipeline
-(`hawqc.flow.input_precision_option`), so that every pass sees the input's range; `hawqc-opt -p
+`changes_meaning`. `hawqc --input-precision T` runs it right after loading, before the HAWQ-export
+reading and the pipeline (`hawqc.flow.input_precision_option`), so that they see the input's range; `hawqc-opt -p
 'input-precision{type=T}'` replays it.
 """
 
@@ -30,7 +31,7 @@ from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
 from hawqc.ir.input_precision import InputQuant, parse_input_precision
 from hawqc.ir.names import FreshNames
-from hawqc.ir.ops.quantizer import is_integer_quantizer
+from hawqc.ir.ops.quantizer import CODE_QUANTIZERS, is_quantizer
 from hawqc.passes.base import Pass, PassResult, option
 
 # How a wrong `type` is named: the pass and its option (the command line's `--input-precision` is
@@ -58,12 +59,13 @@ class InputPrecision(Pass):
 
 
 def unquantized_inputs(graph: ir.Graph) -> list[ir.Value]:
-    """Graph inputs some non-Quant node reads (what precision inference calls a float input)."""
-    return [
-        value
-        for value in graph.inputs
-        if value.const_value is None and any(not is_integer_quantizer(user) for user, _ in value.uses())
-    ]
+    """Graph inputs read by something other than a quantizer of float values (`Quant`, `IntQuant`,
+    `BipolarQuant`: what precision inference takes a graph input into directly)."""
+    return [value for value in graph.inputs if value.const_value is None and any(not _quantizes(user) for user, _ in value.uses())]
+
+
+def _quantizes(node: ir.Node) -> bool:
+    return is_quantizer(node, CODE_QUANTIZERS)
 
 
 def quantize_inputs(model: ir.Model, spec: InputQuant) -> list[str]:
@@ -78,7 +80,7 @@ def quantize_inputs(model: ir.Model, spec: InputQuant) -> list[str]:
     for value in inputs:
         node = _input_quant(graph, value, spec, names)
         for user, index in list(value.uses()):
-            if not is_integer_quantizer(user):
+            if not _quantizes(user):
                 user.replace_input_with(index, node.outputs[0])
         if first is None:
             graph.append(node)
