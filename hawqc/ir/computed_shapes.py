@@ -89,6 +89,7 @@ def fold_computed_shapes(model: ir.Model) -> FoldOutcome:
     outcome = FoldOutcome()
     names = FreshNames(graph)
     evaluator = _Evaluator()
+    renames: list[tuple[ir.Value, str]] = []
     for node in list(graph):
         if node.domain not in STANDARD_DOMAINS or node.op_type != "Reshape" or len(node.inputs) < 2:
             continue
@@ -104,9 +105,17 @@ def fold_computed_shapes(model: ir.Model) -> FoldOutcome:
         constant = make_initializer(np.asarray(dims, dtype=np.int64), names(f"{target.name}_static"))
         graph.register_initializer(constant)
         node.replace_input_with(1, constant)
+        renames.append((constant, target.name))
         outcome.folded += 1
     if outcome.folded:
         _remove_unused(graph, evaluator.visited)
+        # The constant takes the computed value's name where that value went with its chain (as a
+        # folded result keeps its name in fold-constants): the user finds the name of their file.
+        taken = {v.name for v in graph.inputs} | {v.name for n in graph for v in n.outputs}
+        for constant, name in renames:
+            if name not in taken and name not in graph.initializers:
+                constant.name = name
+                constant.const_value.name = name
     return outcome
 
 
