@@ -192,3 +192,15 @@ def test_a_quantized_model_is_unchanged_by_the_option(tmp_path, capsys):
     assert "--input-precision fixed<8,3,RND_CONV,SAT>: every graph input is quantized already; nothing changed" in text
     report = json.loads((tmp_path / "proj" / "hawqc_report.json").read_text())
     assert not any(p["name"].startswith("input-precision") for p in report["passes"])
+
+
+def test_python_names_the_argument_and_the_command_line_the_flag(tmp_path, mlp_file):
+    import hawqc
+
+    with pytest.raises(UserInputError) as info:
+        hawqc.compile(mlp_file, tmp_path / "p", hawqc.CompileOptions(input_precision="fixed<8,3,TRN,WRAP>"))
+    assert str(info.value).startswith("input_precision 'fixed<8,3,TRN,WRAP>': saturation mode WRAP")
+    with pytest.raises(UserInputError) as info:
+        hawqc.compile(mlp_file, tmp_path / "p")
+    assert "with input_precision (e.g. fixed<8,3>" in str(info.value) and "--" not in str(info.value)
+    assert not (tmp_path / "p").exists()
