@@ -47,13 +47,15 @@ _INTEGER_TYPES = frozenset(
 
 @dataclass(frozen=True)
 class Dim:
-    """A dim known by identity only: the graph's symbolic dim `name`, or an unset dim (named after the
-    value and axis it was first seen at)."""
+    """A dim known by identity only: the graph's symbolic dim `name` (`unset` False: equal wherever
+    the name is, as ONNX means a dim_param), or an unset dim, named after the value and axis it was
+    first seen at (`unset` True: equal only to itself)."""
 
     name: str
+    unset: bool = False
 
     def __str__(self) -> str:
-        return self.name
+        return f"(unset) {self.name}" if self.unset else repr(self.name)
 
 
 Element = int | Dim
@@ -145,6 +147,8 @@ def _dim(value: ir.Value, axis: int) -> Element:
     through the ops that keep it (the same dim of input 0: quantizers, Relu and other elementwise ops
     whose other inputs broadcast along it; Transpose by its perm; dim 0 through convolutions, pools,
     BatchNorm, Flatten and MatMul), to the dim it was first seen at."""
+    if axis >= len(value.shape):
+        return Dim(f"{value.name}[{axis}]", unset=True)
     dim = value.shape[axis]
     if isinstance(dim, int):
         return dim
@@ -153,7 +157,7 @@ def _dim(value: ir.Value, axis: int) -> Element:
     source = _kept_from(value, axis)
     if source is not None:
         return _dim(*source)
-    return Dim(f"{value.name}[{axis}]")
+    return Dim(f"{value.name}[{axis}]", unset=True)
 
 
 def _kept_from(value: ir.Value, axis: int) -> tuple[ir.Value, int] | None:
@@ -211,6 +215,9 @@ class _Evaluator:
             raise NotAShape(None, f"{value.name!r} is a graph input")
         if node.domain not in STANDARD_DOMAINS or node.op_type not in _RULES:
             raise NotAShape(node, "it computes from data values, not from shapes")
+        least = 2 if node.op_type in _TWO_INPUTS else 1
+        if len(node.inputs) < least or any(v is None for v in node.inputs[:least]):
+            raise NotAShape(node, f"it has fewer than {least} inputs")
         result = _RULES[node.op_type](self, node)
         self.visited.add(node)
         return result
@@ -255,14 +262,16 @@ def _gather(ev: _Evaluator, node: ir.Node) -> Evaluated:
 def _slice(ev: _Evaluator, node: ir.Node) -> Evaluated:
     data = ev.evaluate(node.inputs[0])
     if _opset(node) < 10:
-        starts, ends = list(node.attributes.get_ints("starts")), list(node.attributes.get_ints("ends"))
+        starts, ends = list(node.attributes.get_ints("starts", [])), list(node.attributes.get_ints("ends", []))
         axes, steps = node.attributes.get_ints("axes", None), None
     else:
         starts, ends = ev.ints(node, 1, "starts"), ev.ints(node, 2, "ends")
         axes, steps = ev.ints(node, 3, "axes"), ev.ints(node, 4, "steps")
-    if data.scalar or len(starts) != 1 or (axes is not None and list(axes) not in ([0], [-1])):
+    if data.scalar or len(starts or []) != 1 or len(ends or []) != 1 or (axes is not None and list(axes) not in ([0], [-1])):
         raise NotAShape(node, "it slices something other than one vector")
     step = 1 if not steps else steps[0]
+    if step == 0:
+        raise NotAShape(node, "its step is 0")
     return Evaluated(data.elements[slice(starts[0], ends[0], step)])
 
 
@@ -313,6 +322,7 @@ def _arithmetic(ev: _Evaluator, node: ir.Node) -> Evaluated:
     return Evaluated(tuple(int(v) for v in result.reshape(-1)), scalar=a.scalar and b.scalar)
 
 
+_TWO_INPUTS = frozenset({"Gather", "Add", "Sub", "Mul"})
 _RULES = {
     "Shape": _shape,
     "Gather": _gather,
