@@ -218,3 +218,49 @@ def test_a_tfc_shaped_model_with_a_float_input_compiles_bit_exact(tmp_path, caps
     assert code == 0, err
     verify = json.loads((tmp_path / "proj" / "hawqc_report.json").read_text())["verify"]
     assert verify["bit_exact"] and verify["hardware_vs_semantic"]["equal"] and verify["samples"] == 200
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        # Shape with start/end (opset 15), a Squeeze to a scalar and back.
+        ("""s = Shape <start: int = 0, end: int = 1> (x)
+   sq = Squeeze (s, axes0)
+   u = Unsqueeze (sq, axes0)
+   target = Concat <axis: int = 0> (u, minus1)""", [0, -1]),
+        # FINN's [N, C*H*W]: a product of static dims beside the symbolic batch, through Casts.
+        ("""s = Shape (x)
+   n = Gather <axis: int = 0> (s, i0)
+   c = Gather <axis: int = 0> (s, i1)
+   w = Gather <axis: int = 0> (s, i2)
+   cw = Mul (c, w)
+   c32 = Cast <to: int = 6> (cw)
+   c64 = Cast <to: int = 7> (c32)
+   un = Unsqueeze (n, axes0)
+   ucw = Unsqueeze (c64, axes0)
+   target = Concat <axis: int = 0> (un, ucw)""", [0, 6]),
+        # Slices: the head, and the last two dims from a negative start to a huge end: [N, 2, 3].
+        ("""s = Shape (x)
+   last2 = Slice (s, minus2, big)
+   head = Slice (s, zero1, one1)
+   target = Concat <axis: int = 0> (head, last2)""", [0, 2, 3]),
+    ],
+    ids=["shape-start-end", "product", "slices"],
+)
+def test_more_forms_fold(body, expected):
+    from hawqc.frontends.onnx import load_onnx_text
+
+    text = f"""<ir_version: 8, opset_import: ["" : 15]>
+g (float[N,2,3] x) => (float{"[N,6]" if len(expected) == 2 else "[N,2,3]"} y)
+   <int64 i0 = {{0}}, int64 i1 = {{1}}, int64 i2 = {{2}}, int64[1] axes0 = {{0}}, int64[1] minus1 = {{-1}},
+    int64[1] minus2 = {{-2}}, int64[1] big = {{9223372036854775807}}, int64[1] zero1 = {{0}}, int64[1] one1 = {{1}}>
+{{
+   {body}
+   r = Reshape (x, target)
+   y = Relu (r)
+}}"""
+    model = load_onnx_text(text)
+    reshape = next(node for node in model.graph)
+    assert [node.op_type for node in model.graph] == ["Reshape", "Relu"]
+    assert reshape.inputs[1].const_value.numpy().tolist() == expected
+    assert list(reshape.outputs[0].shape)[1:] == ([6] if len(expected) == 2 else [2, 3])
