@@ -46,9 +46,10 @@ def prepare_model(model: ir.Model, source: str, verify_ir: bool) -> ir.Model:
         raise UserInputError(f"{source}: {err}") from None
     if not verify_ir:
         return model  # `--no-verify`: a pass author feeding a deliberately broken graph
-    for reshape, why in shapes.unresolved:
+    if shapes.unresolved:
         # Refused even where the file declares the output's shape: nothing after load computes a
         # shape from data (no precision rule, no hls4ml layer), and here the user learns where.
+        reshape, why = shapes.unresolved[0]
         raise UnsupportedModelError(f"{source}: {describe(reshape)}: {why}")
     try:
         verify(model)
