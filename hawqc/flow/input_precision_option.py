@@ -40,9 +40,6 @@ class InputPrecisionOutcome:
         names = ", ".join(repr(name) for name in self.inputs)
         return f"input {names} taken as {fixed}: {self.quant.describe()}"
 
-    def as_dict(self) -> dict:
-        return {"input_precision": str(self.quant.fixed), "inputs": list(self.inputs), "quant": self.quant.describe()}
-
 
 def run_input_precision_step(
     model: ir.Model, quant: InputQuant, configure: Callable[[PassManager], None] | None = None
