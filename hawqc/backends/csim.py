@@ -224,10 +224,12 @@ class CSim:
         """The inputs as C-contiguous float64 rows, and zeroed output rows."""
         x = np.asarray(x)
         n = x.shape[0] if x.ndim > 0 else 0
-        per_sample = tuple(x.shape[1:])
-        while len(per_sample) > 1 and per_sample[0] == 1:
-            per_sample = per_sample[1:]  # the graph's own [1, ...] spelling of one sample
-        if per_sample not in (tuple(self.project.input_shape), (self.project.input_size,)):
+        per_sample, accepted = tuple(x.shape[1:]), (tuple(self.project.input_shape), (self.project.input_size,))
+        # The graph's own [1, ...] spelling of one sample; a leading 1 of the input layer's own shape
+        # (one channel of a [N, 1, H, W] input that no image op made channels-last) stays.
+        while per_sample not in accepted and len(per_sample) > 1 and per_sample[0] == 1:
+            per_sample = per_sample[1:]
+        if per_sample not in accepted:
             # A same-sized array of another layout (channels-first, say) would be read in the wrong order.
             raise ValueError(
                 f"C simulation of {self.project.outdir.name} takes {self.project.input_size} values per sample "

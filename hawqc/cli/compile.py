@@ -80,6 +80,10 @@ def compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-precision", metavar="TYPE",
                         help="compute a model's float parts (unquantized input, float weights and activations) in this "
                         "type, e.g. fixed<16,6> (RND_CONV,SAT: a Quant's rounding) or fixed<16,6,TRN,WRAP> (hls4ml's)")  # fmt: skip
+    parser.add_argument("--input-precision", metavar="TYPE",
+                        help="take a graph input that has no Quant as this fixed-point type, e.g. fixed<8,3> (RND_CONV,SAT: "
+                        "a Quant of scale 2^-5 rounding half to even and clamping, as the C bridge converts it); "
+                        "with --default-precision, inputs take this one")  # fmt: skip
     parser.add_argument("--tolerance", type=float, metavar="LSB",
                         help="verify accepts hardware mode differing from semantic mode by at most this many output LSBs")  # fmt: skip
     add_hardware_options(parser)
@@ -143,6 +147,7 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
         outputs=args.outputs,
         command=command,
         default_precision=args.default_precision,
+        input_precision=args.input_precision,
         tolerance=args.tolerance,
     )
     result = compile_model(args.model, args.output, options)
@@ -150,6 +155,8 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
     if result.hawq_export is not None:
         print(f"hawqc: {result.hawq_export.summary()}")
     print(f"hawqc: wrote {result.report.backend} project to {result.outdir}")
+    if result.input_precision is not None:
+        print(f"hawqc: {result.input_precision.summary()}")
     if result.float_parts is not None:
         print(f"hawqc: {result.float_parts.summary()}")
     if result.report.layer_table is not None:

@@ -57,6 +57,7 @@ _FLAGS = {
     "outputs": "--outputs",
     "tolerance": "--tolerance",
     "default_precision": "--default-precision",
+    "input_precision": "--input-precision",
     "hawq_export_semantics": "--hawq-export-semantics",
     "project_name": "--project-name",
     "strategy": "--strategy",

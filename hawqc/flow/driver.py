@@ -27,6 +27,7 @@ from hawqc.errors import OptionError, UserInputError
 from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.flow.float_parts_option import FloatPartsOutcome, check_float_options, run_default_precision_step
 from hawqc.flow.hawq_export import check_semantics, run_hawq_export_step
+from hawqc.flow.input_precision_option import InputPrecisionOutcome, check_input_precision, run_input_precision_step
 from hawqc.flow.mismatch_trace import trace_mismatch
 from hawqc.flow.output_dir import OutputDirectory
 from hawqc.flow.progress import spinner
@@ -78,6 +79,8 @@ class CompileOptions:
         command: the command line that asked for this compile (program first), repeated by a
             mismatch's reproducer; None: one is made up from these options.
         default_precision: the fixed-point type of a model's float parts, e.g. "fixed<16,6>".
+        input_precision: the fixed-point type an unquantized graph input is taken as, e.g.
+            "fixed<8,3>" (a Quant on it; with default_precision too, inputs take this one).
         tolerance: the largest hardware-vs-semantic difference, in output LSBs, verification accepts.
 
     `inputs` and `outputs` may be given as `str` or `pathlib.Path`.
@@ -98,6 +101,7 @@ class CompileOptions:
     outputs: Path | None = None
     command: tuple[str, ...] | None = None
     default_precision: str | None = None
+    input_precision: str | None = None
     tolerance: float | None = None
 
     def __post_init__(self) -> None:
@@ -121,6 +125,7 @@ class CompileResult:
         hawq_export: with hawq_export_semantics="hawq", what was reread and how the file's float32
             arithmetic differs.
         float_parts: with a default precision, where it was applied (or that the model has none).
+        input_precision: with an input precision, which inputs it quantized (or that none needed it).
     """
 
     outdir: Path
@@ -131,6 +136,7 @@ class CompileResult:
     project: LoweredProject | None = None
     hawq_export: HawqExportReading | None = None
     float_parts: FloatPartsOutcome | None = None
+    input_precision: InputPrecisionOutcome | None = None
 
 
 def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOptions | None = None) -> CompileResult:
@@ -156,6 +162,7 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     output.check()
     check_files(options.inputs, options.outputs)
     default_precision = check_float_options(options.default_precision, options.tolerance)
+    input_precision = check_input_precision(options.input_precision)
     if options.inputs is not None and options.verify_samples:
         raise OptionError("{} verifies every sample of its file; leave out {}", ("inputs", "verify_samples"))
     check_project_name(options.project_name)
@@ -167,13 +174,16 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
     with output.writing() as staging:
         model = load_model(model_path, options.pytorch)
         check_name_free(options.project_name, model)
-        hawq_export, records = None, []
+        hawq_export, records, input_outcome = None, [], None
+        if input_precision is not None:  # first: the HAWQ reading and the pipeline see the input's range
+            input_outcome, records = run_input_precision_step(model, input_precision, options.configure_passes)
         if options.hawq_export_semantics == "hawq":
             step = run_hawq_export_step(
                 model, source=str(model_path), samples=options.verify_samples or 1000, seed=options.seed,
                 configure=options.configure_passes,
             )  # fmt: skip
-            hawq_export, records = step.reading, step.records
+            hawq_export = step.reading
+            records += step.records
         # The model as the user means it, for verifying a design with integer interfaces against its
         # exact meaning (integer-requant rewrites scales that are not powers of two).
         original = copy_model(model) if options.verify_samples or options.inputs is not None else None
@@ -216,7 +226,10 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         report.write(staging / "hawqc_report.json")
         output.commit()
     project = dataclasses.replace(project, outdir=output.final)
-    return CompileResult(outdir, model, records, report, result, project, hawq_export=hawq_export, float_parts=float_parts)
+    return CompileResult(
+        outdir, model, records, report, result, project,
+        hawq_export=hawq_export, float_parts=float_parts, input_precision=input_outcome,
+    )  # fmt: skip
 
 
 def _settings_argument(backend, options: CompileOptions) -> dict:

@@ -33,6 +33,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "remove-output-softmax": "hawqc.passes.remove_output_softmax:RemoveOutputSoftmax",
     "read-as-hawq": "hawqc.passes.read_as_hawq:ReadAsHawq",
     "default-precision": "hawqc.passes.default_precision:DefaultPrecision",
+    "input-precision": "hawqc.passes.input_precision:InputPrecision",
 }
 
 # A named pipeline is usable wherever a pass name is. DCE runs again after folding because folding

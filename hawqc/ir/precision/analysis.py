@@ -100,8 +100,13 @@ class Analysis:
         if value.is_graph_input():
             if self.float_parts is not None:
                 return float_input(self, value)
+            # The two options that give such an input a type, by their Python names (the command
+            # line spells them as its flags).
             raise UnsupportedModelError(
-                f"{describe(node)}: graph input {value.name!r} is used without a Quant (its range is unbounded)"
+                f"{describe(node)}: graph input {value.name!r} is used without a Quant (its range is unbounded); "
+                "give it a fixed-point type with {} (e.g. fixed<8,3>; the pass input-precision), "
+                "or compute the model's float parts in one type with {}",
+                option=("input_precision", "default_precision"),
             )
         raise UnsupportedModelError(f"{describe(node)}: input {value.name!r} has no precision (unsupported producer)")
 
