@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import float_scale_models as models
 import numpy as np
 import pytest
 
-import float_scale_models as models
 from hawqc.errors import UnsupportedModelError
 from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.ir.dyadic_requant import Dyadic
@@ -154,4 +154,4 @@ def test_a_quantizer_of_a_value_computed_in_float_is_refused():
         h = b.quant(h, b.scale(), 8)
         return b.build((4,), h)
 
-    _refused(build, r"is not a power of two, and its input .* is computed in float")
+    _refused(build, r"quantizes .* which is computed in float, in a model with scales that are not powers of two")

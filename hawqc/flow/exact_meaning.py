@@ -76,7 +76,7 @@ class ExactComparison:
                 f"{self.float32_max_abs_diff:.3g}): float32 rounds products and quotients of scales"
             )
         else:
-            line += f"; float32 semantics (qonnx) equals it on every sample"
+            line += "; float32 semantics (qonnx) equals it on every sample"
         return line
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.errors import OptionError, UserInputError
-from hawqc.ir.io import copy_model
 from hawqc.flow.option_steps import run_step
+from hawqc.ir.io import copy_model
 from hawqc.passes.base import PassRecord
 from hawqc.passes.manager import PassManager
 from hawqc.passes.read_as_hawq import HawqExportReading, ReadAsHawq, find_hawq_export, record_reading, recorded_reading

@@ -48,7 +48,7 @@ from hawqc.ir.interfaces import InputCodes, OutputAffine, write_input, write_out
 from hawqc.ir.names import FreshNames
 from hawqc.ir.ops.batchnorm import batch_norm
 from hawqc.ir.ops.keys import onnx_op, op_key
-from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS, code_bounds, quantizer
+from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, INTEGER_QUANTIZERS, TRUNC, code_bounds, quantizer
 from hawqc.ir.ops.window import Windows
 from hawqc.ir.qtypes import power_of_two_exponent
 from hawqc.passes.base import Pass, PassResult
@@ -97,20 +97,42 @@ def _float32_exact(values: np.ndarray) -> np.ndarray | None:
     return out.reshape(np.shape(values))
 
 
+_AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
+_MOVE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+
+
+@dataclass(frozen=True)
+class InputChain:
+    """A graph input (`source`, None if there is none) under moves and constant rescales `nodes`
+    (listed from the reader up): the rescales map x to x * scale + offset."""
+
+    source: ir.Value | None
+    scale: Fraction
+    offset: Fraction
+    nodes: list
+
+    @property
+    def trivial(self) -> bool:
+        return self.scale == 1 and self.offset == 0 and not any(n.op_type in _AFFINE_OPS for n in self.nodes)
+
+
 @dataclass(frozen=True)
 class Affine:
-    """A rescaled value: real = relu?(scale * v + offset); v integers (times dyadics) in [lo, hi].
-    Every array has the value's rank with a batch axis of size 1 and the per-sample dims."""
+    """A rescaled value: the graph computes `n * 2^exp` for integers n in [lo, hi], and the model's
+    value is `relu?(scale * n + offset)`. Every array has the value's rank with a batch axis of size 1
+    and the per-sample dims (or 1 where it does not vary)."""
 
     scale: np.ndarray
     offset: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     relu: bool = False
+    exp: int = 0
 
     def full(self, dims: tuple[int, ...]) -> Affine:
         shape = (1, *dims)
-        return Affine(*(np.broadcast_to(a, shape).copy() for a in (self.scale, self.offset, self.lo, self.hi)), self.relu)
+        arrays = (np.broadcast_to(a, shape).copy() for a in (self.scale, self.offset, self.lo, self.hi))
+        return Affine(*arrays, self.relu, self.exp)
 
 
 class _Rewriter:
@@ -171,25 +193,157 @@ class _Rewriter:
     # ---- the walk -------------------------------------------------------------------------------
 
     def run(self) -> None:
+        if not self.has_float_scales():
+            return
         for node in list(self.graph):
             if node.graph is None:
                 continue  # removed by an earlier rewrite
             if any(v in self.values for v in node.inputs if v is not None):
                 self.rewrite(node)
-            elif self.is_seed(node):
-                self.seed(node)
+            elif self.is_root(node):
+                self.root(node)
         for value in list(self.graph.outputs):
             if value in self.values:
                 self.finish_output(value)
+        self.graph.sort()  # a quantizer moved in front of its input's reshapes
 
-    def is_seed(self, node: ir.Node) -> bool:
-        """A quantizer of an activation whose scale is not a power of two."""
-        if op_key(node) not in INTEGER_QUANTIZERS or not node.inputs or node.inputs[0] is None:
+    def has_float_scales(self) -> bool:
+        """Whether any quantizer has a scale that is not a power of two (on data or on weights), or a
+        graph input reaches its quantizer through a rescale that is not one: then the whole model is
+        taken to integers (a model of powers of two only is left as it is)."""
+        for node in self.graph:
+            view = quantizer(node)
+            if view is None or view.scale is None or op_key(node) not in (*INTEGER_QUANTIZERS, BIPOLAR_QUANTIZER):
+                continue
+            if not _is_power_of_two(view.scale):
+                return True
+            if node.inputs[0] is not None and self.constant(node.inputs[0]) is None:
+                chain = self.input_chain(node.inputs[0])
+                if chain.source is not None and not chain.trivial:
+                    return True
+        return False
+
+    def is_root(self, node: ir.Node) -> bool:
+        """A quantizer of a runtime value that is not rescaled yet (a graph input's, or a float value's)."""
+        if op_key(node) not in (*INTEGER_QUANTIZERS, BIPOLAR_QUANTIZER) or not node.inputs or node.inputs[0] is None:
             return False
+        return self.constant(node.inputs[0]) is None
+
+    def root(self, node: ir.Node) -> None:
+        """Where integers start: a quantizer of a graph input (possibly moved, reshaped or rescaled by
+        constants on the way). With a power-of-two scale and no rescale it stays: the port takes real
+        values. Otherwise the port takes the quantizer's integer codes; the host computes them."""
         view = quantizer(node)
-        if view is None or view.is_bipolar or view.scale is None or self.constant(node.inputs[0]) is not None:
-            return False
-        return not _is_power_of_two(view.scale)
+        assert view is not None
+        chain = self.input_chain(node.inputs[0])
+        if chain.source is None:
+            raise UnsupportedModelError(
+                f"{describe(node)}: quantizes {node.inputs[0].name!r}, which is computed in float, in a model with "
+                "scales that are not powers of two (only a graph input, possibly reshaped or rescaled by constants, "
+                "can become a port of integer codes)"
+            )
+        if view.is_bipolar:
+            self.root_bipolar(node, chain)
+            return
+        scale, low, high, mode = self.quant_parameters(node)
+        if scale.size != 1:
+            raise UnsupportedModelError(f"{describe(node)}: a per-channel scale on a graph input is not supported")
+        s = Fraction(float(scale.reshape(-1)[0]))
+        dims = self.dims(node.outputs[0], node)
+        shape = (1,) * (len(dims) + 1)
+        zero = _objects(Fraction(0), shape)
+        if chain.trivial and _is_power_of_two(scale):
+            exp = power_of_two_exponent(float(s))
+            self.values[node.outputs[0]] = Affine(_objects(s, shape), zero, _objects(low, shape), _objects(high, shape), exp=exp)
+            return
+        write_input(self.model, InputCodes(
+            chain.source.name, s, int(view.bits), view.signed, view.narrow, mode, low, high, chain.scale, chain.offset,
+        ))  # fmt: skip
+        codes = self.reroot(node, chain)
+        codes.producer().replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
+        self.values[codes] = Affine(_objects(s, shape), zero, _objects(low, shape), _objects(high, shape))
+        self.statistics["input-code-ports"] += 1
+
+    def root_bipolar(self, node: ir.Node, chain: InputChain) -> None:
+        """BipolarQuant of a graph input: `+s` where the (rescaled) input is >= 0, else `-s`: the port
+        takes the input's value (only its sign matters); the affine pre-scaling must keep the sign."""
+        view = quantizer(node)
+        assert view is not None
+        scale = view.scale
+        if scale is None or scale.size != 1 or float(scale.reshape(-1)[0]) <= 0:
+            raise UnsupportedModelError(f"{describe(node)}: a binary quantizer of a graph input needs one positive scale")
+        if chain.offset != 0 or chain.scale <= 0:
+            raise UnsupportedModelError(f"{describe(node)}: a binary quantizer of a graph input rescaled with an offset")
+        s = Fraction(float(scale.reshape(-1)[0]))
+        dims = self.dims(node.outputs[0], node)
+        shape = (1,) * (len(dims) + 1)
+        codes = self.reroot(node, chain)
+        if not _is_power_of_two(scale):
+            codes.producer().replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
+            self.values[codes] = Affine(_objects(s, shape), _objects(Fraction(0), shape), _objects(-1, shape), _objects(1, shape))
+        elif not chain.trivial:
+            self.values[codes] = Affine(_objects(s, shape), _objects(Fraction(0), shape), _objects(-1, shape), _objects(1, shape),
+                                        exp=power_of_two_exponent(float(s)))  # fmt: skip
+
+    def reroot(self, node: ir.Node, chain: InputChain) -> ir.Value:
+        """Put the quantizer straight on the graph input: the moves of the chain then act on its codes
+        (a quantizer with one scale commutes with them), its constant rescales go (the host applies
+        them). Returns the value the quantizer's readers read now."""
+        if not chain.nodes:
+            return node.outputs[0]
+        if node.outputs[0].is_graph_output():
+            raise UnsupportedModelError(f"{describe(node)}: a rescaled input's quantizer is a graph output")
+        readers = list(node.outputs[0].uses())
+        node.replace_input_with(0, chain.source)
+        value = node.outputs[0]
+        for mover in reversed(chain.nodes):  # from the graph input towards the quantizer
+            if mover.op_type in _AFFINE_OPS:
+                continue
+            mover.replace_input_with(0, value)
+            value = mover.outputs[0]
+        for reader, index in readers:
+            reader.replace_input_with(index, value)
+        for rescale in chain.nodes:
+            if rescale.op_type in _AFFINE_OPS:
+                self.graph.remove(rescale, safe=True)
+        return value
+
+    def input_chain(self, value: ir.Value) -> InputChain:
+        """The graph input under `value` through moves and scalar Mul/Div/Add/Sub by constants (each
+        read only there), with the exact affine map of the rescales: x -> x * scale + offset."""
+        nodes: list[ir.Node] = []
+        while not value.is_graph_input():
+            producer = value.producer()
+            if producer is None or len(list(value.uses())) != 1 or value.is_graph_output():
+                return InputChain(None, Fraction(1), Fraction(0), nodes)
+            if producer.op_type in _MOVE_OPS and op_key(producer) in RULES:
+                nodes.append(producer)
+                value = producer.inputs[0]
+                continue
+            if op_key(producer) not in {onnx_op(o) for o in _AFFINE_OPS}:
+                return InputChain(None, Fraction(1), Fraction(0), nodes)
+            x, c = producer.inputs[0], producer.inputs[1]
+            if self.constant(c) is None and producer.op_type in ("Mul", "Add"):
+                x, c = c, x
+            k = self.constant(c)
+            if k is None or x is None or k.ints.size != 1 or c is producer.inputs[0]:
+                return InputChain(None, Fraction(1), Fraction(0), nodes)
+            if producer.op_type == "Div" and k.fractions().reshape(-1)[0] == 0:
+                return InputChain(None, Fraction(1), Fraction(0), nodes)
+            nodes.append(producer)
+            value = x
+        if len(list(value.uses())) != 1:
+            return InputChain(None, Fraction(1), Fraction(0), nodes)
+        scale, offset = Fraction(1), Fraction(0)
+        for producer in reversed(nodes):  # from the graph input up
+            if producer.op_type not in _AFFINE_OPS:
+                continue
+            k = self.constant(producer.inputs[1]) if self.constant(producer.inputs[1]) is not None else self.constant(producer.inputs[0])
+            f = k.fractions().reshape(-1)[0]
+            scale, offset = {
+                "Mul": (scale * f, offset * f), "Div": (scale / f, offset / f), "Add": (scale, offset + f), "Sub": (scale, offset - f),
+            }[producer.op_type]  # fmt: skip
+        return InputChain(value, scale, offset, nodes)
 
     def quant_parameters(self, node: ir.Node) -> tuple[np.ndarray, int, int, str]:
         view = quantizer(node)
@@ -203,72 +357,6 @@ class _Rewriter:
             raise UnsupportedModelError(f"{describe(node)}: scale {scale.reshape(-1).tolist()} is not positive")
         low, high = code_bounds(int(bits), view.signed, view.narrow)
         return scale, int(low), int(high), view.rounding_mode
-
-    def seed(self, node: ir.Node) -> None:
-        """A non-power-of-two quantizer of a float value: a graph input's becomes a port of codes."""
-        scale, low, high, mode = self.quant_parameters(node)
-        source, pre_scale, pre_offset, chain = self.input_chain(node.inputs[0])
-        if source is None or scale.size != 1:
-            raise UnsupportedModelError(
-                f"{describe(node)}: scale {float(scale.reshape(-1)[0])!r} is not a power of two, and its input "
-                f"{node.inputs[0].name!r} is computed in float (only a graph input, possibly rescaled by constants, "
-                "can become a port of integer codes)"
-            )
-        view = quantizer(node)
-        assert view is not None
-        write_input(self.model, InputCodes(
-            source.name, Fraction(float(scale.reshape(-1)[0])), int(view.bits), view.signed, view.narrow, mode,
-            low, high, pre_scale, pre_offset,
-        ))  # fmt: skip
-        node.replace_input_with(0, source)
-        node.replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
-        for removed in reversed(chain):
-            if not any(True for _ in removed.outputs[0].uses()) and not removed.outputs[0].is_graph_output():
-                self.graph.remove(removed, safe=True)
-        dims = self.dims(node.outputs[0], node)
-        s = _fractions(scale.astype(np.float64)).reshape((1,) * (len(dims) + 1))
-        self.values[node.outputs[0]] = Affine(s, _objects(Fraction(0), s.shape), _objects(low, s.shape), _objects(high, s.shape))
-        self.statistics["input-code-ports"] += 1
-
-    def input_chain(self, value: ir.Value) -> tuple[ir.Value | None, Fraction, Fraction, list[ir.Node]]:
-        """The graph input under a chain of scalar Mul/Div/Add/Sub by constants, with the chain's
-        exact affine map x -> x * a + b, or None."""
-        a, b, chain = Fraction(1), Fraction(0), []
-        while not value.is_graph_input():
-            producer = value.producer()
-            if producer is None or op_key(producer) not in {onnx_op(o) for o in ("Mul", "Div", "Add", "Sub")}:
-                return None, a, b, chain
-            if len(list(value.uses())) != 1:
-                return None, a, b, chain
-            x, c = producer.inputs[0], producer.inputs[1]
-            k = self.constant(c)
-            if k is None and producer.op_type in ("Mul", "Add"):
-                x, c = c, x
-                k = self.constant(c)
-            if k is None or x is None or k.ints.size != 1:
-                return None, a, b, chain
-            f = k.fractions().reshape(-1)[0]
-            if producer.op_type == "Mul":
-                a, b = a * f, b * f
-            elif producer.op_type == "Div":
-                if f == 0:
-                    return None, a, b, chain
-                a, b = a / f, b / f
-            elif producer.op_type == "Add":
-                b = b + f
-            else:
-                b = b - f
-            chain.append(producer)
-            value = x
-        # The chain was walked from the quantizer up: compose it the other way round.
-        a2, b2 = Fraction(1), Fraction(0)
-        for producer in reversed(chain):
-            k = self.constant(producer.inputs[1]) or self.constant(producer.inputs[0])
-            f = k.fractions().reshape(-1)[0]
-            a2, b2 = {"Mul": (a2 * f, b2 * f), "Div": (a2 / f, b2 / f), "Add": (a2, b2 + f), "Sub": (a2, b2 - f)}[producer.op_type]
-        if len(list(value.uses())) != 1:
-            return None, a, b, chain
-        return value, a2, b2, chain
 
     # ---- rules ----------------------------------------------------------------------------------
 
@@ -284,16 +372,26 @@ class _Rewriter:
         rule(self, node)
 
     def requantize(self, node: ir.Node) -> None:
-        x = node.inputs[0]
-        a = self.values[x]
+        """A Quant of a rescaled value: a proven dyadic multiply-add, then the Quant at scale 1 (or at
+        its own scale, a power of two); its codes are the next rescaled value."""
         scale, low, high, mode = self.quant_parameters(node)
+        value, sigma = self.dyadic(node, node.inputs[0], scale, low, high, mode)
+        p2 = _is_power_of_two(scale)
+        node.replace_input_with(0, value)
+        node.replace_input_with(1, self.initializer(sigma, f"{_label(node)}_unit_scale" if not p2 else f"{_label(node)}_scale"))
+        self.values[node.outputs[0]] = self.codes_of(node, self._last, scale, sigma)
+
+    def dyadic(self, node: ir.Node, x: ir.Value, scale: np.ndarray, low: int, high: int, mode: str) -> tuple[ir.Value, np.ndarray]:
+        """Insert before `node` the multiply-add whose Quant at scale sigma (returned: 1, or `scale` when
+        that is a power of two) gives the codes `R(clip(relu?(real(x) / scale)))` exactly. Sets
+        `self._last` to (the input's tracking, r, t, the codes' range)."""
         dims = self.dims(x, node)
-        a = a.full(dims)
+        a = self.values[x].full(dims)
         s = np.broadcast_to(_fractions(scale.astype(np.float64)).reshape((1,) * (len(dims) + 1 - scale.ndim) + scale.shape), a.scale.shape)
         r, t = a.scale / s, a.offset / s
         if a.relu and any(v < 0 for v in r.reshape(-1)):
             raise UnsupportedModelError(f"{describe(node)}: a Relu before it acts on a negatively scaled value")
-        solved: dict[tuple, tuple[int, int, int]] = {}
+        solved: dict[tuple, object] = {}
         m = np.empty(r.shape, dtype=object)
         c = np.empty(r.shape, dtype=object)
         for index in np.ndindex(r.shape):
@@ -301,42 +399,41 @@ class _Rewriter:
             if key not in solved:
                 q = Requantization(key[0], key[1], key[2], key[3], low, high, mode, a.relu)
                 try:
-                    d = solve(q)
+                    solved[key] = solve(q)
                 except NoDyadic as refusal:
                     raise UnsupportedModelError(f"{describe(node)}: no dyadic requantization is exact: {refusal.reason}") from None
-                solved[key] = d
-                self.widths.append(d.mantissa_bits)
-            d = solved[key]
-            m[index], c[index] = d.multiplier, d.offset
-        multiplier, offset = _float32_exact(m), _float32_exact(c)
+            m[index], c[index] = solved[key].multiplier, solved[key].offset
+        p2 = _is_power_of_two(scale)
+        sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
+        sigma_f = np.broadcast_to(_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m.shape)
+        # The graph holds n * 2^exp: multiply by m / 2^(e + exp), and scale the codes by sigma.
+        multiplier = _float32_exact(m * sigma_f / Fraction(2) ** a.exp)
+        offset = _float32_exact(c * sigma_f)
         if multiplier is None or offset is None:
             raise UnsupportedModelError(f"{describe(node)}: the exact requantization needs a multiplier wider than float32's 24 bits")
-        p2 = _is_power_of_two(scale)
-        sigma = scale if p2 else np.ones_like(scale)
-        sigma_full = np.broadcast_to(sigma.reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape).astype(np.float32), multiplier.shape)
-        multiplier = multiplier * sigma_full  # exact: sigma is a power of two
-        offset = offset * sigma_full
-        name = node.name or node.outputs[0].name
+        name = _label(node)
         value = self.insert(node, "Mul", [x, self.initializer(_compact(multiplier), f"{name}_dyadic_multiplier")], f"{name}_requant_mul")
-        bits = max(solved_d.mantissa_bits for solved_d in solved.values())
+        bits = max(d.mantissa_bits for d in solved.values())
         value.producer().metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
         if np.any(offset != 0):
             value = self.insert(node, "Add", [value, self.initializer(_compact(offset), f"{name}_dyadic_offset")], f"{name}_requant_add")
         if a.relu:
             value = self.insert(node, "Relu", [value], f"{name}_relu")
-        node.replace_input_with(0, value)
-        node.replace_input_with(1, self.initializer(sigma, f"{name}_unit_scale" if not p2 else f"{name}_scale"))
         self.statistics["requantizations-made-dyadic"] += 1
         self.statistics["widest-multiplier-bits"] = max(self.statistics["widest-multiplier-bits"], bits)
-        if not p2:
-            out_dims = self.dims(node.outputs[0], node)
-            shape = (1,) * (len(out_dims) + 1)
-            lo, hi = _requantized_range(a, r, t, low, high, mode)
-            self.values[node.outputs[0]] = Affine(
-                _fractions(scale.astype(np.float64)).reshape((1,) * (len(out_dims) + 1 - scale.ndim) + scale.shape)
-                if scale.size > 1 else _objects(Fraction(float(scale.reshape(-1)[0])), shape),
-                _objects(Fraction(0), shape), lo, hi,
-            )  # fmt: skip
+        self.widths.append(bits)
+        self._last = (a, r, t, low, high, mode)
+        return value, sigma
+
+    def codes_of(self, node: ir.Node, last, scale: np.ndarray, sigma: np.ndarray) -> Affine:
+        """The tracking of a requantized value: codes (times sigma in the graph), real = code * scale."""
+        a, r, t, low, high, mode = last
+        out_dims = self.dims(node.outputs[0], node)
+        rank = len(out_dims) + 1
+        lo, hi = _requantized_range(a, r, t, low, high, mode)
+        s = _fractions(scale.astype(np.float64)).reshape((1,) * (rank - scale.ndim) + scale.shape)
+        exp = power_of_two_exponent(float(sigma.reshape(-1)[0])) if sigma.size else 0
+        return Affine(s, _objects(Fraction(0), s.shape), lo, hi, exp=exp)
 
     def finish_output(self, value: ir.Value) -> None:
         a = self.values[value]
@@ -410,7 +507,7 @@ def _rescale(self: _Rewriter, node: ir.Node) -> None:
             new = replace(a, scale=-a.scale, offset=f - a.offset)
         else:
             new = replace(a, offset=a.offset + sign * f)
-    self.values[node.outputs[0]] = Affine(*(np.broadcast_to(v, (1, *dims)).copy() for v in (new.scale, new.offset, new.lo, new.hi)), new.relu)
+    self.values[node.outputs[0]] = Affine(*(np.broadcast_to(v, (1, *dims)).copy() for v in (new.scale, new.offset, new.lo, new.hi)), new.relu, new.exp)
     self.bypass(node, x)
 
 
@@ -422,15 +519,15 @@ def _add_rescaled(self: _Rewriter, node: ir.Node) -> None:
     a, b = (self.values[v].full(dims) for v in node.inputs)
     if a.relu or b.relu:
         raise UnsupportedModelError(f"{describe(node)}: adds a Relu of a value with a float offset")
-    if not np.all(a.scale == b.scale):
+    if not np.all(a.scale == b.scale) or a.exp != b.exp:
         raise UnsupportedModelError(
             f"{describe(node)}: adds values quantized with different scales ({float(a.scale.reshape(-1)[0]):.6g} and "
             f"{float(b.scale.reshape(-1)[0]):.6g}): requantize both to one scale first"
         )
     if node.op_type == "Add":
-        self.values[node.outputs[0]] = Affine(a.scale, a.offset + b.offset, a.lo + b.lo, a.hi + b.hi)
+        self.values[node.outputs[0]] = Affine(a.scale, a.offset + b.offset, a.lo + b.lo, a.hi + b.hi, exp=a.exp)
     else:
-        self.values[node.outputs[0]] = Affine(a.scale, a.offset - b.offset, a.lo - b.hi, a.hi - b.lo)
+        self.values[node.outputs[0]] = Affine(a.scale, a.offset - b.offset, a.lo - b.hi, a.hi - b.lo, exp=a.exp)
 
 
 def _batch_norm(self: _Rewriter, node: ir.Node) -> None:
@@ -446,7 +543,7 @@ def _batch_norm(self: _Rewriter, node: ir.Node) -> None:
     shape = (1, -1) + (1,) * (len(dims) - 1)
     ca = _fractions(np.asarray(coefficients[0], dtype=np.float64)).reshape(shape)
     cb = _fractions(np.asarray(coefficients[1], dtype=np.float64)).reshape(shape)
-    self.values[node.outputs[0]] = Affine(a.scale * ca, a.offset * ca + cb, a.lo, a.hi)
+    self.values[node.outputs[0]] = Affine(a.scale * ca, a.offset * ca + cb, a.lo, a.hi, exp=a.exp)
     self.bypass(node, x)
 
 
@@ -460,20 +557,21 @@ def _relu(self: _Rewriter, node: ir.Node) -> None:
         self.values[node.outputs[0]] = a
         self.bypass(node, x)
         return
-    shift = a.offset / np.where(a.scale == 0, Fraction(1), a.scale)
     if all(v == 0 for v in a.offset.reshape(-1)):
         self.values[node.outputs[0]] = replace(a, lo=np.maximum(a.lo, 0), hi=np.maximum(a.hi, 0))
         return
-    if all(_is_dyadic(v) for v in shift.reshape(-1)) and _float32_exact(shift) is not None:
-        # relu(s * v + o) = s * relu(v + o/s) for s > 0: the offset is exact in the integers.
-        value = self.insert(node, "Add", [x, self.initializer(_compact(_float32_exact(shift)), f"{_label(node)}_offset")], f"{_label(node)}_offset_add")
-        node.replace_input_with(0, value)
-        lo = np.frompyfunc(lambda v, o: v + o, 2, 1)(a.lo, shift)
-        hi = np.frompyfunc(lambda v, o: v + o, 2, 1)(a.hi, shift)
-        if not all(Fraction(v).denominator == 1 for v in np.concatenate([lo.reshape(-1), hi.reshape(-1)])):
-            raise UnsupportedModelError(f"{describe(node)}: the offset before the Relu is not an integer in the accumulator's units")
-        self.values[node.outputs[0]] = Affine(a.scale, _objects(Fraction(0), a.scale.shape), np.maximum(lo, 0), np.maximum(hi, 0))
-        return
+    if all(v != 0 for v in a.scale.reshape(-1)):
+        shift = a.offset / a.scale  # in the integers' units
+        if all(Fraction(v).denominator == 1 for v in shift.reshape(-1)):
+            constant = _float32_exact(shift * Fraction(2) ** a.exp)
+            if constant is not None:
+                # relu(s * n + o) = s * relu(n + o/s) for s > 0, o/s an integer: exact in the graph.
+                value = self.insert(node, "Add", [x, self.initializer(_compact(constant), f"{_label(node)}_offset")], f"{_label(node)}_offset_add")
+                node.replace_input_with(0, value)
+                lo = np.maximum(a.lo + shift, 0).astype(object)
+                hi = np.maximum(a.hi + shift, 0).astype(object)
+                self.values[node.outputs[0]] = Affine(a.scale, _objects(Fraction(0), a.scale.shape), lo, hi, exp=a.exp)
+                return
     # The offset is no dyadic multiple of the scale: the Relu waits for the next quantizer.
     self.values[node.outputs[0]] = replace(a, relu=True)
     self.bypass(node, x)
@@ -499,7 +597,7 @@ def _matmul(self: _Rewriter, node: ir.Node) -> None:
     lo_k, hi_k = a.lo.reshape(1, -1), a.hi.reshape(1, -1)
     lo, hi = _interval_matmul(lo_k, hi_k, ints)
     node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{_label(node)}_integer_weight"))
-    self.values[node.outputs[0]] = Affine(column_scale.reshape(1, -1), np.asarray(offset, dtype=object).reshape(1, -1), lo, hi)
+    self.values[node.outputs[0]] = Affine(column_scale.reshape(1, -1), np.asarray(offset, dtype=object).reshape(1, -1), lo, hi, exp=a.exp)
 
 
 def _gemm(self: _Rewriter, node: ir.Node) -> None:
@@ -628,7 +726,7 @@ def _conv(self: _Rewriter, node: ir.Node) -> None:
     node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{_label(node)}_integer_weight"))
     self.values[node.outputs[0]] = Affine(
         scales.reshape((1, out_channels) + spatial), offset,
-        low.reshape((1, out_channels) + spatial), high.reshape((1, out_channels) + spatial),
+        low.reshape((1, out_channels) + spatial), high.reshape((1, out_channels) + spatial), exp=a.exp,
     )  # fmt: skip
 
 
@@ -644,7 +742,7 @@ def _pool_max(self: _Rewriter, node: ir.Node) -> None:
         raise UnsupportedModelError(f"{describe(node)}: a maximum of a non-positively scaled value")
     out_dims = self.dims(node.outputs[0], node)
     per = lambda arr, f: np.asarray([f(row) for row in arr.reshape(channels, -1)], dtype=object).reshape((1, channels) + (1,) * (len(out_dims) - 1))  # noqa: E731
-    self.values[node.outputs[0]] = Affine(per(a.scale, lambda r: r[0]), per(a.offset, lambda r: r[0]), per(a.lo, min), per(a.hi, max), a.relu)
+    self.values[node.outputs[0]] = Affine(per(a.scale, lambda r: r[0]), per(a.offset, lambda r: r[0]), per(a.lo, min), per(a.hi, max), a.relu, a.exp)
 
 
 def _move(self: _Rewriter, node: ir.Node) -> None:
@@ -658,7 +756,7 @@ def _move(self: _Rewriter, node: ir.Node) -> None:
     index = np.arange(int(np.prod(dims)), dtype=np.float64).reshape((1, *dims))
     moved = np.asarray(kernel([index, *plain[1:]])[0]).astype(np.int64)
     pick = lambda arr: arr.reshape(-1)[moved]  # noqa: E731
-    self.values[node.outputs[0]] = Affine(pick(a.scale), pick(a.offset), pick(a.lo), pick(a.hi), a.relu)
+    self.values[node.outputs[0]] = Affine(pick(a.scale), pick(a.offset), pick(a.lo), pick(a.hi), a.relu, a.exp)
 
 
 def _concat(self: _Rewriter, node: ir.Node) -> None:
@@ -666,14 +764,14 @@ def _concat(self: _Rewriter, node: ir.Node) -> None:
         raise UnsupportedModelError(f"{describe(node)}: concatenates a rescaled value with a value computed in float")
     axis_attr = node.attributes.get("axis")
     parts = [self.values[v].full(self.dims(v, node)) for v in node.inputs]
-    if len({p.relu for p in parts}) != 1:
+    if len({p.relu for p in parts}) != 1 or len({p.exp for p in parts}) != 1:
         raise UnsupportedModelError(f"{describe(node)}: concatenates values with and without a pending Relu")
     rank = parts[0].scale.ndim
     axis = int(axis_attr.value) % rank if axis_attr is not None else 0
     if axis == 0:
         raise UnsupportedModelError(f"{describe(node)}: Concat along the batch axis")
     joined = [np.concatenate([getattr(p, f) for p in parts], axis=axis) for f in ("scale", "offset", "lo", "hi")]
-    self.values[node.outputs[0]] = Affine(*joined, parts[0].relu)
+    self.values[node.outputs[0]] = Affine(*joined, parts[0].relu, parts[0].exp)
 
 
 def _identity(self: _Rewriter, node: ir.Node) -> None:
@@ -684,9 +782,157 @@ def _quant(self: _Rewriter, node: ir.Node) -> None:
     if node.inputs[0] not in self.values or any(v in self.values for v in node.inputs[1:] if v is not None):
         raise UnsupportedModelError(f"{describe(node)}: its parameters must be constants")
     view = quantizer(node)
-    if view is None or view.is_bipolar:
-        raise UnsupportedModelError(f"{describe(node)}: a binary quantizer of a rescaled value is not supported yet")
-    self.requantize(node)
+    assert view is not None
+    if view.is_bipolar:
+        _bipolar(self, node)
+    else:
+        self.requantize(node)
+
+
+def _bipolar(self: _Rewriter, node: ir.Node) -> None:
+    """`+s` where relu?(scale * n + offset) >= 0, else `-s`: a threshold on the integers, per element
+    (n >= ceil(-offset/scale) for a positive scale, n <= floor(-offset/scale) for a negative one),
+    as `BipolarQuant(sign * n + shift)`, exact in the graph's integers."""
+    view = quantizer(node)
+    assert view is not None
+    scale = view.scale
+    if scale is None or scale.size != 1 or not float(scale.reshape(-1)[0]) > 0:
+        raise UnsupportedModelError(f"{describe(node)}: a binary quantizer needs one positive scale")
+    x = node.inputs[0]
+    dims = self.dims(x, node)
+    a = self.values[x].full(dims)
+    sign = np.empty(a.scale.shape, dtype=object)
+    shift = np.empty(a.scale.shape, dtype=object)
+    for index in np.ndindex(a.scale.shape):
+        k, o = a.scale[index], a.offset[index]
+        if a.relu:  # relu(...) >= 0 always
+            sign[index], shift[index] = 0, 1
+        elif k == 0:
+            sign[index], shift[index] = 0, (1 if o >= 0 else -1)
+        elif k > 0:
+            theta = -(o / k)
+            sign[index], shift[index] = 1, -math.ceil(theta)
+        else:
+            phi = -(o / k)
+            sign[index], shift[index] = -1, math.floor(phi)
+    name = _label(node)
+    multiplier = _float32_exact(sign * Fraction(2) ** -a.exp)
+    offset = _float32_exact(shift)
+    if multiplier is None or offset is None:
+        raise UnsupportedModelError(f"{describe(node)}: the threshold does not fit float32's 24 bits")
+    value = self.insert(node, "Mul", [x, self.initializer(_compact(multiplier), f"{name}_sign")], f"{name}_sign_mul")
+    value = self.insert(node, "Add", [value, self.initializer(_compact(offset), f"{name}_threshold")], f"{name}_threshold_add")
+    node.replace_input_with(0, value)
+    p2 = _is_power_of_two(scale)
+    if not p2:
+        node.replace_input_with(1, self.initializer(np.ones_like(scale), f"{name}_unit_scale"))
+    s = Fraction(float(scale.reshape(-1)[0]))
+    out_dims = self.dims(node.outputs[0], node)
+    shape = (1,) * (len(out_dims) + 1)
+    self.values[node.outputs[0]] = Affine(
+        _objects(s, shape), _objects(Fraction(0), shape), _objects(-1, shape), _objects(1, shape),
+        exp=power_of_two_exponent(float(s)) if p2 else 0,
+    )  # fmt: skip
+
+
+def _average_pool(self: _Rewriter, node: ir.Node) -> None:
+    """An average over 2^k elements is exact in the graph's integers: n sums, the grid gets finer."""
+    x = node.inputs[0]
+    dims = self.dims(x, node)
+    a = self.values[x].full(dims)
+    channels = dims[0]
+    if a.relu:
+        raise UnsupportedModelError(f"{describe(node)}: averages a Relu of a value with a float offset")
+    for arr in (a.scale, a.offset):
+        if any(len(set(row)) != 1 for row in arr.reshape(channels, -1)):
+            raise UnsupportedModelError(f"{describe(node)}: the scale varies within a channel")
+    if node.op_type == "GlobalAveragePool":
+        count, padded = int(np.prod(dims[1:])), False
+    else:
+        kernel = node.attributes.get("kernel_shape")
+        windows = Windows.read(node, tuple(kernel.value) if kernel is not None else ())
+        count = int(np.prod(windows.kernel))
+        padded = any(windows.pads_for(dims[1:]))
+        if padded and not windows.count_include_pad:
+            raise UnsupportedModelError(f"{describe(node)}: an average over padded windows of varying size")
+        if padded and any(v != 0 for v in a.offset.reshape(-1)):
+            raise UnsupportedModelError(f"{describe(node)}: pads a value with a float offset")
+    k = power_of_two_exponent(float(count))
+    if k is None:
+        raise UnsupportedModelError(
+            f"{describe(node)}: an average over {count} elements of a value with a scale that is not a power of two "
+            "(only averages over 2^k elements are exact in fixed point)"
+        )
+    out_dims = self.dims(node.outputs[0], node)
+    per = lambda arr, f: np.asarray([f(row) for row in arr.reshape(channels, -1)], dtype=object).reshape((1, channels) + (1,) * (len(out_dims) - 1))  # noqa: E731
+    lo, hi = per(a.lo, min) * count, per(a.hi, max) * count
+    if padded:
+        lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+    scale = per(a.scale, lambda r: r[0]) / count
+    self.values[node.outputs[0]] = Affine(scale, per(a.offset, lambda r: r[0]), lo, hi, exp=a.exp - k)
+
+
+def _trunc(self: _Rewriter, node: ir.Node) -> None:
+    """qonnx's Trunc: round(x / scale + z) onto the input grid (half to even, no clamp), divide by a power
+    of two t, clamp (v2) and round with the node's mode. The first rounding is a proven dyadic
+    requantization; the second is exact: Mul(1/t) -> Quant(scale 1)."""
+    view = quantizer(node)
+    assert view is not None
+    x = node.inputs[0]
+    scale, zero = view.scale, view.zero_point
+    if scale is None or zero is None or np.any(zero != 0) or scale.size != 1:
+        raise UnsupportedModelError(f"{describe(node)}: Trunc needs one constant scale and a zero point of 0")
+    in_bits = view.constant("in_bit_width")
+    out_bits = view.bits
+    if in_bits is None or out_bits is None:
+        raise UnsupportedModelError(f"{describe(node)}: Trunc's bit widths must be constants")
+    a = self.values[x].full(self.dims(x, node))
+    # The first rounding's codes: wide enough that no clamp binds.
+    ends = [Fraction(v) * k / Fraction(float(scale.reshape(-1)[0])) + o / Fraction(float(scale.reshape(-1)[0]))
+            for v in (*a.lo.reshape(-1), *a.hi.reshape(-1)) for k, o in ((a.scale.reshape(-1)[0], a.offset.reshape(-1)[0]),)]  # fmt: skip
+    reach = max(abs(math.floor(e)) + 2 for e in ends)
+    width = max(2, reach.bit_length() + 1)
+    low, high = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    first, sigma = self.dyadic(node, x, scale, low, high, "ROUND")
+    first_quant = ir.node(
+        "Quant", [first, self.initializer(np.float32(1), f"{_label(node)}_grid_scale"),
+                  self.initializer(np.float32(0), f"{_label(node)}_grid_zero"), self.initializer(np.float32(width), f"{_label(node)}_grid_bits")],
+        attributes={"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}, domain=node.domain, name=self.names(f"{_label(node)}_grid"),
+    )  # fmt: skip
+    first_quant.outputs[0].name = self.names(f"{first_quant.name}_out")
+    first_quant.outputs[0].shape, first_quant.outputs[0].type = x.shape, x.type
+    self.graph.insert_before(node, first_quant)
+    if view.layout == "Trunc v2":
+        out_scale = view.constant("out_scale")
+        shift = float(2.0 ** np.round(np.log2(np.asarray(out_scale, dtype=np.float64) / scale.astype(np.float64))).reshape(-1)[0])
+        signed, narrow = view.signed, view.narrow
+        low2, high2 = code_bounds(int(out_bits), signed, narrow)
+        final = Fraction(float(np.asarray(out_scale).reshape(-1)[0]))
+    else:
+        shift = float(2.0 ** (float(np.asarray(in_bits).reshape(-1)[0]) - float(out_bits)))
+        low2, high2 = -(1 << 62), 1 << 62
+        signed, narrow = True, False
+        final = Fraction(float(scale.reshape(-1)[0]))
+    divided = self.insert(node, "Mul", [first_quant.outputs[0], self.initializer(np.float32(1.0 / shift), f"{_label(node)}_shift")], f"{_label(node)}_shift_mul")
+    bits2 = out_bits if view.layout == "Trunc v2" else width
+    second = ir.node(
+        "Quant", [divided, self.initializer(np.float32(1), f"{_label(node)}_unit_scale"),
+                  self.initializer(np.float32(0), f"{_label(node)}_zero"), self.initializer(np.float32(bits2), f"{_label(node)}_bits")],
+        attributes={"signed": int(signed), "narrow": int(narrow), "rounding_mode": view.rounding_mode},
+        domain=node.domain if view.layout != "Trunc v2" else node.domain, name=self.names(f"{_label(node)}_truncated"),
+    )  # fmt: skip
+    second.domain = "qonnx.custom_op.general"
+    first_quant.domain = "qonnx.custom_op.general"
+    second.outputs[0].name = self.names(f"{second.name}_out")
+    second.outputs[0].shape, second.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
+    self.graph.insert_before(node, second)
+    a0, r, t, _, _, _ = self._last
+    lo1, hi1 = _requantized_range(a0, r, t, low, high, "ROUND")
+    lo2 = np.frompyfunc(lambda v: max(low2, min(high2, math.floor(Fraction(v) / Fraction(shift)) - 1)), 1, 1)(lo1)
+    hi2 = np.frompyfunc(lambda v: max(low2, min(high2, math.ceil(Fraction(v) / Fraction(shift)) + 1)), 1, 1)(hi1)
+    shape = (1,) * len(lo1.shape)
+    self.values[node.outputs[0]] = Affine(_objects(final, shape), _objects(Fraction(0), shape), lo2, hi2)
+    self.bypass(node, second.outputs[0])
 
 
 RULES = {
@@ -701,6 +947,10 @@ RULES = {
     onnx_op("Gemm"): _gemm,
     onnx_op("Conv"): _conv,
     onnx_op("MaxPool"): _pool_max,
+    onnx_op("AveragePool"): _average_pool,
+    onnx_op("GlobalAveragePool"): _average_pool,
+    TRUNC: _trunc,
+    BIPOLAR_QUANTIZER: _quant,
     onnx_op("GlobalMaxPool"): _pool_max,
     onnx_op("Reshape"): _move,
     onnx_op("Flatten"): _move,

@@ -229,27 +229,40 @@ def _sign_nonnegative(x: Exact) -> np.ndarray:
 
 
 def _trunc(node: ir.Node, args: list) -> Exact:
+    """qonnx's Trunc: round x / scale + z half to even (onto the input grid), divide by a power of two
+    (v1: 2^(in - out bits); v2: the one nearest out_scale / scale, then clamp to the output bits),
+    round with the node's mode, subtract the zero point over that power of two, rescale."""
     view = quantizer(node)
     assert view is not None
     x = _constant_exact(args[0])
     scale = np.asarray(args[1], dtype=np.float64)
     zero = np.asarray(args[2], dtype=np.float64)
-    in_bits = int(np.asarray(args[3]).reshape(-1)[0])
-    out_bits = int(np.asarray(view.constant("bit_width")).reshape(-1)[0])
-    out_scale = view.constant("out_scale")
     rank = x.ints.ndim
     s = _fraction(scale).reshape((1,) * (rank - scale.ndim) + scale.shape)
     z = _fraction(zero).reshape((1,) * (rank - zero.ndim) + zero.shape)
-    # qonnx: y = x / s + z; y = round(y / 2^(in - out)); y = y - z; y = y * s (v1) or * out_scale (v2).
-    shift = 1 << max(0, in_bits - out_bits)
     ratio = x.scale / s
     rn, rd = _numerator(ratio), _denominator(ratio)
     zn, zd = _numerator(z), _denominator(z)
-    num = _wide(x.ints) * rn * zd + zn * rd
-    den = rd * zd * shift
-    codes = round_quotient(num, den, view.rounding_mode)
-    final = s if out_scale is None else _fraction(np.asarray(out_scale, dtype=np.float64)).reshape(s.shape if np.asarray(out_scale).ndim == 0 else (1,) * (rank - np.asarray(out_scale).ndim) + np.asarray(out_scale).shape)
-    return _positive(codes * zd - zn, final / zd)
+    first = round_quotient(_wide(x.ints) * rn * zd + zn * rd, rd * zd, "ROUND")  # onto the input grid
+    if view.layout == "Trunc v2":
+        out_scale = np.asarray(args[4], dtype=np.float64)
+        shift = 2.0 ** np.round(np.log2(out_scale / scale))  # qonnx's power of two, computed as it does
+        bits = int(np.asarray(args[5]).reshape(-1)[0])
+        low, high = code_bounds(bits, view.signed, view.narrow)
+        final = _fraction(out_scale).reshape((1,) * (rank - out_scale.ndim) + out_scale.shape)
+    else:
+        shift = 2.0 ** (np.asarray(args[3], dtype=np.float64) - np.asarray(args[4], dtype=np.float64))
+        low = high = None
+        final = s
+    t = _fraction(shift).reshape((1,) * (rank - np.ndim(shift)) + np.shape(shift))
+    tn, td = _numerator(t), _denominator(t)
+    num, den = first * td, tn  # first / t
+    if low is not None:
+        num = np.maximum(np.minimum(num, den * high), den * low)
+    second = round_quotient(num, den, view.rounding_mode)
+    # (second - z / t) * final, over one denominator
+    value_num = second * zd * tn - zn * td
+    return _positive(value_num, final / (zd * tn))
 
 
 def _add(node: ir.Node, args: list, subtract: bool = False) -> Exact:
@@ -458,13 +471,16 @@ def _batch_norm(node: ir.Node, args: list) -> Exact:
     return _add(node, [y, np.asarray(b, dtype=np.float64).reshape(shape)])
 
 
-def _moving(node: ir.Node, args: list, selects: bool = False) -> Exact:
-    """Ops that move or select elements: the semantic kernel on the integers, and on indices."""
+def _moving(node: ir.Node, args: list, selects: bool = False, kernel=None) -> Exact:
+    """Ops that move or select elements: the semantic kernel on the integers, and on indices.
+    `kernel`: the semantic kernel as the executor planned it (with the graph's declared batch, for
+    a Reshape that spells the batch out)."""
     x = args[0]
     if _bound(x.ints) >= FLOAT64_EXACT:
         raise UnsupportedModelError(f"{describe(node)}: exact mode moves integers below 2^53 only")
-    constants = tuple(None if isinstance(a, Exact) else a for a in args)
-    kernel = ops.builder_for(node)(ops.NodeSpec(node, constants, None))
+    if kernel is None:
+        constants = tuple(None if isinstance(a, Exact) else a for a in args)
+        kernel = ops.builder_for(node)(ops.NodeSpec(node, constants, None))
     values = kernel([x.ints.astype(np.float64) if i == 0 else (None if isinstance(a, Exact) else a) for i, a in enumerate(args)])[0]
     ints = np.asarray(values).astype(np.int64)
     if selects or all(s == x.scale.reshape(-1)[0] for s in x.scale.reshape(-1)):
@@ -543,6 +559,9 @@ class ExactExecutor:
         self.input_values = [v for v in graph.inputs if v not in self._constants]
         self._order = _topological_order(graph)
         self._runtime: list[ir.Node] = []
+        dims = self.input_values[0].shape if self.input_values else None
+        batch = dims[0] if dims is not None and len(dims) and isinstance(dims[0], int) else None
+        self._movers: dict[ir.Node, object] = {}
         for node in self._order:
             if all(v is None or v in self._constants for v in node.inputs):
                 self._fold(node)
@@ -550,6 +569,13 @@ class ExactExecutor:
                 raise UnsupportedModelError(f"{describe(node)}: exact mode has no rule for {node.op_type}")
             else:
                 self._runtime.append(node)
+                if KERNELS[op_key(node)] is _moving:
+                    known = tuple(None if v is None else self._plain(self._constants.get(v)) for v in node.inputs)
+                    self._movers[node] = ops.builder_for(node)(ops.NodeSpec(node, known, batch))
+
+    @staticmethod
+    def _plain(value):
+        return value.to_float64() if isinstance(value, Exact) else value
 
     @staticmethod
     def constants_of(model: ir.Model) -> dict[ir.Value, object]:
@@ -591,5 +617,8 @@ class ExactExecutor:
         for node in self._runtime:
             args = [None if v is None else env[v] for v in node.inputs]
             args = [_constant_exact(a) if i == 0 and a is not None and not isinstance(a, Exact) else a for i, a in enumerate(args)]
-            env[node.outputs[0]] = KERNELS[op_key(node)](node, args)
+            if node in self._movers:
+                env[node.outputs[0]] = _moving(node, args, kernel=self._movers[node])
+            else:
+                env[node.outputs[0]] = KERNELS[op_key(node)](node, args)
         return {v.name: _constant_exact(env[v]) for v in self.model.graph.outputs}
