@@ -319,6 +319,8 @@ class Planner:
         the exact type of `out` must fit in it."""
         fixed = self.plan.by_name[prev].types["result"]
         exact = self.typed(out, node)
+        if (exact.width, exact.integer, exact.signed) == (fixed.width, fixed.integer, fixed.signed):
+            return fixed  # the same bits: only the modes differ, which apply to computed values, not moved ones
         if exact.lsb_exponent < fixed.lsb_exponent or not fixed.holds(exact.min_value, exact.max_value):
             raise UnsupportedModelError(f"{describe(node)}: {out.name!r} of type {exact} does not fit its input's type {fixed}")
         return fixed

@@ -54,10 +54,15 @@ class InputCodes:
     max_code: int
     pre_scale: Fraction = Fraction(1)
     pre_offset: Fraction = Fraction(0)
+    # A binary quantizer (BipolarQuant): the code is +1 where x * pre_scale + pre_offset >= 0, else -1.
+    bipolar: bool = False
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """The codes of real host values (float32), exactly: float32 codes, as the port takes them."""
         x = np.asarray(x, dtype=np.float32)
+        if self.bipolar:
+            exact = np.frompyfunc(lambda v: Fraction(float(v)) * self.pre_scale + self.pre_offset >= 0, 1, 1)(x.astype(np.float64))
+            return np.where(np.asarray(exact, dtype=bool), np.float32(1), np.float32(-1))
         total = self.pre_scale / self.scale
         offset = self.pre_offset / self.scale
         # x = k * 2^-149 exactly for every float32; v = x * total + offset over one denominator.
@@ -70,21 +75,24 @@ class InputCodes:
         return np.asarray(codes, dtype=np.float64).astype(np.float32)
 
     def describe(self) -> str:
+        if self.bipolar:
+            rescaled = "x" if self.pre_scale == 1 and self.pre_offset == 0 else f"x * {float(self.pre_scale):.6g} + {float(self.pre_offset):.6g}"
+            return f"input '{self.name}': +1 / -1 codes of BipolarQuant(scale {float(self.scale):.6g}); code = +1 where {rescaled} >= 0, else -1"
         kind = "signed" if self.signed else "unsigned"
-        pre = ""
+        v = "x"
         if self.pre_scale != 1 or self.pre_offset != 0:
-            pre = f"x * {float(self.pre_scale):.6g} + {float(self.pre_offset):.6g}, then "
+            v = f"(x * {float(self.pre_scale):.6g} {'-' if self.pre_offset < 0 else '+'} {abs(float(self.pre_offset)):.6g})"
+        rounding = _ROUNDING_NAMES.get(self.rounding_mode, self.rounding_mode.lower())
         return (
             f"input '{self.name}': {self.bits}-bit {kind} codes of Quant(scale {float(self.scale):.6g}); "
-            f"code = {pre}clip({_ROUNDING_NAMES.get(self.rounding_mode, self.rounding_mode.lower())}(x / scale), "
-            f"{self.min_code}, {self.max_code})"
+            f"code = clip({rounding}({v} / scale), {self.min_code}, {self.max_code})"
         )
 
     def as_dict(self) -> dict:
         return {
             "scale": str(self.scale), "bits": self.bits, "signed": self.signed, "narrow": self.narrow,
             "rounding_mode": self.rounding_mode, "min_code": self.min_code, "max_code": self.max_code,
-            "pre_scale": str(self.pre_scale), "pre_offset": str(self.pre_offset),
+            "pre_scale": str(self.pre_scale), "pre_offset": str(self.pre_offset), "bipolar": self.bipolar,
         }  # fmt: skip
 
     @staticmethod
@@ -92,7 +100,7 @@ class InputCodes:
         return InputCodes(
             name, Fraction(data["scale"]), int(data["bits"]), bool(data["signed"]), bool(data["narrow"]),
             str(data["rounding_mode"]), int(data["min_code"]), int(data["max_code"]),
-            Fraction(data.get("pre_scale", "1")), Fraction(data.get("pre_offset", "0")),
+            Fraction(data.get("pre_scale", "1")), Fraction(data.get("pre_offset", "0")), bool(data.get("bipolar", False)),
         )  # fmt: skip
 
 

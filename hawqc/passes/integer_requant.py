@@ -260,30 +260,34 @@ class _Rewriter:
             chain.source.name, s, int(view.bits), view.signed, view.narrow, mode, low, high, chain.scale, chain.offset,
         ))  # fmt: skip
         codes = self.reroot(node, chain)
-        codes.producer().replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
+        node.replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
         self.values[codes] = Affine(_objects(s, shape), zero, _objects(low, shape), _objects(high, shape))
         self.statistics["input-code-ports"] += 1
 
     def root_bipolar(self, node: ir.Node, chain: InputChain) -> None:
-        """BipolarQuant of a graph input: `+s` where the (rescaled) input is >= 0, else `-s`: the port
-        takes the input's value (only its sign matters); the affine pre-scaling must keep the sign."""
+        """BipolarQuant of a graph input: `+s` where the (rescaled) input is >= 0, else `-s`. Unless
+        the input reaches it unchanged with a power-of-two scale, the port takes the +1 / -1 codes
+        (the host compares its value, rescaled exactly, with 0)."""
         view = quantizer(node)
         assert view is not None
         scale = view.scale
         if scale is None or scale.size != 1 or float(scale.reshape(-1)[0]) <= 0:
             raise UnsupportedModelError(f"{describe(node)}: a binary quantizer of a graph input needs one positive scale")
-        if chain.offset != 0 or chain.scale <= 0:
-            raise UnsupportedModelError(f"{describe(node)}: a binary quantizer of a graph input rescaled with an offset")
         s = Fraction(float(scale.reshape(-1)[0]))
         dims = self.dims(node.outputs[0], node)
         shape = (1,) * (len(dims) + 1)
+        if chain.trivial and _is_power_of_two(scale):
+            self.values[node.outputs[0]] = Affine(
+                _objects(s, shape), _objects(Fraction(0), shape), _objects(-1, shape), _objects(1, shape), exp=power_of_two_exponent(float(s))
+            )  # fmt: skip
+            return
+        write_input(self.model, InputCodes(
+            chain.source.name, s, 1, True, False, "ROUND", -1, 1, chain.scale, chain.offset, bipolar=True,
+        ))  # fmt: skip
         codes = self.reroot(node, chain)
-        if not _is_power_of_two(scale):
-            codes.producer().replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
-            self.values[codes] = Affine(_objects(s, shape), _objects(Fraction(0), shape), _objects(-1, shape), _objects(1, shape))
-        elif not chain.trivial:
-            self.values[codes] = Affine(_objects(s, shape), _objects(Fraction(0), shape), _objects(-1, shape), _objects(1, shape),
-                                        exp=power_of_two_exponent(float(s)))  # fmt: skip
+        node.replace_input_with(1, self.initializer(np.ones_like(scale), f"{_label(node)}_unit_scale"))
+        self.values[codes] = Affine(_objects(s, shape), _objects(Fraction(0), shape), _objects(-1, shape), _objects(1, shape))
+        self.statistics["input-code-ports"] += 1
 
     def reroot(self, node: ir.Node, chain: InputChain) -> ir.Value:
         """Put the quantizer straight on the graph input: the moves of the chain then act on its codes
