@@ -133,7 +133,7 @@ def test_compiles_bit_exact(files, tmp_path, name, backend):
     assert output_mul in result.verify.modes.declared_inexact
 
 
-def test_hawq_calibrated_scales_are_refused_with_the_reason(files):
+def test_hawq_calibrated_scales_compile_to_the_exact_meaning(files):
     # The hidden scales as HAWQ computed them: the next layer reads some codes 1 ulp off after Div.
     scale = next(
         onnx.numpy_helper.to_array(n.attribute[0].t)
@@ -145,8 +145,10 @@ def test_hawq_calibrated_scales_are_refused_with_the_reason(files):
     hawqc.PassManager.parse("hls4ml-prepare", validate=100).run(model)  # refusals leave the graph exact
     with pytest.raises(UnsupportedModelError, match=r"node '/act\d/Quant_\d+' .*requantization not provably exact"):
         hawqc.PassManager.parse("cleanup,exact-requant{strict=true}").run(hawqc.load(files["paths"]["mlp-hawq-scales"]))
-    with pytest.raises((UnsupportedModelError, UserInputError), match="not a power of two"):
-        compile_model(files["paths"]["mlp-hawq-scales"], files["paths"]["mlp"].parent / "refused", CompileOptions())
+    # exact-requant cannot keep the file's float32 meaning; integer-requant keeps its exact meaning.
+    result = compile_model(files["paths"]["mlp-hawq-scales"], files["paths"]["mlp"].parent / "exact", CompileOptions(verify_samples=100))
+    assert result.verify.passed and result.verify.exact.equal, result.verify.summary()
+    assert result.report.requantizations
 
 
 def test_older_branch_without_activation_quants_is_refused(files, tmp_path):
