@@ -118,10 +118,24 @@ def solve(q: Requantization) -> Dyadic:
         mirrored = Requantization(-q.r, q.t, -q.hi, -q.lo, q.min_code, q.max_code, mode, q.relu)
         d = solve(mirrored)
         return Dyadic(-d.m, d.c, d.e)
-    n = _checked_accumulators(q)
+    try:
+        n = _checked_accumulators(q)
+    except NoDyadic:
+        exact = _exact_dyadic(q)
+        if exact is None:
+            raise
+        return exact  # too many steps to look for fewer bits, but r and t themselves are dyadic
     codes = exact_codes(q, n)
     low_code = _lowest_code(q)
     return _search(q, n, codes, low_code)
+
+
+def _exact_dyadic(q: Requantization) -> Dyadic | None:
+    """r and t themselves when both are dyadic: then code~ is code for every n, trivially."""
+    if q.r.denominator & (q.r.denominator - 1) or q.t.denominator & (q.t.denominator - 1):
+        return None
+    e = max(q.r.denominator.bit_length(), q.t.denominator.bit_length()) - 1
+    return Dyadic(int(q.r * (1 << e)), int(q.t * (1 << e)), e)
 
 
 def _lowest_code(q: Requantization) -> int:

@@ -88,10 +88,10 @@ def _is_dyadic(f: Fraction) -> bool:
     return f.denominator & (f.denominator - 1) == 0
 
 
-def _float32_exact(values: np.ndarray) -> np.ndarray | None:
-    """The Fractions as float32, or None where one is not a float32 exactly."""
+def _float32_exact(values: np.ndarray, double: bool = False) -> np.ndarray | None:
+    """The Fractions as float32 (float64 with `double`), or None where one is not exactly that."""
     flat = [Fraction(v) for v in np.asarray(values, dtype=object).reshape(-1)]
-    out = np.array([float(v) for v in flat], dtype=np.float32)
+    out = np.array([float(v) for v in flat], dtype=np.float64 if double else np.float32)
     if any(Fraction(float(o)) != v for o, v in zip(out, flat)):
         return None
     return out.reshape(np.shape(values))
@@ -161,12 +161,16 @@ class _Rewriter:
             raise UnsupportedModelError(f"{describe(node)}: the shape of {value.name!r} is unknown")
         return tuple(int(d) for d in list(shape.dims)[1:])
 
-    def initializer(self, array: np.ndarray, name: str) -> ir.Value:
-        value = make_initializer(np.asarray(array, dtype=np.float32), self.names(name))
+    def initializer(self, array: np.ndarray, name: str, like: ir.Value | None = None) -> ir.Value:
+        """A float32 constant, or one of `like`'s float type (HAWQ's lifted graphs requantize in double)."""
+        dtype = np.float64 if like is not None and like.dtype == ir.DataType.DOUBLE else np.float32
+        value = make_initializer(np.asarray(array, dtype=dtype), self.names(name))
         self.graph.register_initializer(value)
         return value
 
     def insert(self, before: ir.Node, op_type: str, inputs: list[ir.Value], name: str) -> ir.Value:
+        if inputs[0].dtype == ir.DataType.DOUBLE:  # constants in the data's type
+            inputs = [inputs[0], *(self.initializer(v.const_value.numpy(), f"{v.name}_double", like=inputs[0]) if v.const_value is not None else v for v in inputs[1:])]
         node = ir.node(op_type, inputs, name=self.names(name))
         node.outputs[0].name = self.names(f"{node.name}_out")
         node.outputs[0].shape, node.outputs[0].type = inputs[0].shape, inputs[0].type
@@ -382,7 +386,7 @@ class _Rewriter:
         value, sigma = self.dyadic(node, node.inputs[0], scale, low, high, mode)
         p2 = _is_power_of_two(scale)
         node.replace_input_with(0, value)
-        node.replace_input_with(1, self.initializer(sigma, f"{_label(node)}_unit_scale" if not p2 else f"{_label(node)}_scale"))
+        node.replace_input_with(1, self.initializer(sigma, f"{_label(node)}_unit_scale" if not p2 else f"{_label(node)}_scale", like=node.inputs[1]))
         self.values[node.outputs[0]] = self.codes_of(node, self._last, scale, sigma)
 
     def dyadic(self, node: ir.Node, x: ir.Value, scale: np.ndarray, low: int, high: int, mode: str) -> tuple[ir.Value, np.ndarray]:
@@ -411,10 +415,12 @@ class _Rewriter:
         sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
         sigma_f = np.broadcast_to(_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m.shape)
         # The graph holds n * 2^exp: multiply by m / 2^(e + exp), and scale the codes by sigma.
-        multiplier = _float32_exact(m * sigma_f / Fraction(2) ** a.exp)
-        offset = _float32_exact(c * sigma_f)
+        double = x.dtype == ir.DataType.DOUBLE
+        multiplier = _float32_exact(m * sigma_f / Fraction(2) ** a.exp, double)
+        offset = _float32_exact(c * sigma_f, double)
         if multiplier is None or offset is None:
-            raise UnsupportedModelError(f"{describe(node)}: the exact requantization needs a multiplier wider than float32's 24 bits")
+            width = "float64's 53" if double else "float32's 24"
+            raise UnsupportedModelError(f"{describe(node)}: the exact requantization needs a multiplier wider than {width} bits")
         name = _label(node)
         value = self.insert(node, "Mul", [x, self.initializer(_compact(multiplier), f"{name}_dyadic_multiplier")], f"{name}_requant_mul")
         bits = max(d.mantissa_bits for d in solved.values())
@@ -453,10 +459,11 @@ class _Rewriter:
 def _compact(array: np.ndarray) -> np.ndarray:
     """One number when all are equal, else the array reduced to size 1 along every axis it is
     constant along (a per-channel constant stays per channel)."""
-    array = np.asarray(array, dtype=np.float32)
+    array = np.asarray(array)
+    array = array if array.dtype == np.float64 else array.astype(np.float32)
     flat = array.reshape(-1)
     if flat.size and np.all(flat == flat[0]):
-        return np.asarray(flat[0], dtype=np.float32)
+        return np.asarray(flat[0], dtype=array.dtype)
     for axis in range(array.ndim):
         first = np.take(array, [0], axis=axis)
         if np.all(array == first):
@@ -524,14 +531,38 @@ def _add_rescaled(self: _Rewriter, node: ir.Node) -> None:
     if a.relu or b.relu:
         raise UnsupportedModelError(f"{describe(node)}: adds a Relu of a value with a float offset")
     if not np.all(a.scale == b.scale) or a.exp != b.exp:
-        raise UnsupportedModelError(
-            f"{describe(node)}: adds values quantized with different scales ({float(a.scale.reshape(-1)[0]):.6g} and "
-            f"{float(b.scale.reshape(-1)[0]):.6g}): requantize both to one scale first"
-        )
+        a, b = _aligned(self, node, a, b)
     if node.op_type == "Add":
         self.values[node.outputs[0]] = Affine(a.scale, a.offset + b.offset, a.lo + b.lo, a.hi + b.hi, exp=a.exp)
     else:
         self.values[node.outputs[0]] = Affine(a.scale, a.offset - b.offset, a.lo - b.hi, a.hi - b.lo, exp=a.exp)
+
+
+def _aligned(self: _Rewriter, node: ir.Node, a: Affine, b: Affine) -> tuple[Affine, Affine]:
+    """Two rescaled values on one scale, exactly: with g the rational gcd of their scales (per element),
+    each integer n becomes n * (scale / g), an integer product the graph computes exactly (a residual's
+    two branches requantized by different dyadics, as HAWQ writes them). Refused where the product
+    would outgrow the float type's integers."""
+    g = np.frompyfunc(lambda x, y: Fraction(math.gcd(abs(x.numerator) * y.denominator, abs(y.numerator) * x.denominator), x.denominator * y.denominator) or Fraction(1), 2, 1)(a.scale, b.scale)
+    limit = 1 << (53 if any(v.dtype == ir.DataType.DOUBLE for v in node.inputs) else 24)
+    aligned = []
+    for index, (value, tracked) in enumerate(zip(node.inputs, (a, b))):
+        k = tracked.scale / g  # integers
+        ends = [tracked.lo * k, tracked.hi * k]
+        lo, hi = np.minimum(*ends), np.maximum(*ends)
+        if max(abs(int(v)) for v in (*lo.reshape(-1), *hi.reshape(-1))) >= limit:
+            raise UnsupportedModelError(
+                f"{describe(node)}: adds values quantized with different scales ({float(a.scale.reshape(-1)[0]):.6g} and "
+                f"{float(b.scale.reshape(-1)[0]):.6g}) whose common integer form outgrows the float type; requantize both to one scale first"
+            )
+        multiplier = _float32_exact(k * Fraction(2) ** -tracked.exp) if limit == 1 << 24 else np.frompyfunc(lambda v: float(v), 1, 1)(k * Fraction(2) ** -tracked.exp).astype(np.float64)
+        if multiplier is None:
+            raise UnsupportedModelError(f"{describe(node)}: the alignment of its inputs' scales does not fit float32")
+        if not (np.all(multiplier == 1)):
+            scaled = self.insert(node, "Mul", [value, self.initializer(_compact(multiplier), f"{_label(node)}_align{index}", like=value)], f"{_label(node)}_align{index}")
+            node.replace_input_with(index, scaled)
+        aligned.append(Affine(g, tracked.offset, lo.astype(object), hi.astype(object), exp=0))
+    return aligned[0], aligned[1]
 
 
 def _batch_norm(self: _Rewriter, node: ir.Node) -> None:
@@ -782,6 +813,16 @@ def _identity(self: _Rewriter, node: ir.Node) -> None:
     self.values[node.outputs[0]] = self.values[node.inputs[0]]
 
 
+def _cast(self: _Rewriter, node: ir.Node) -> None:
+    """A Cast between float types keeps the integers (HAWQ's lifted graphs requantize in double); the
+    planner lowers it to nothing. float32 holds them: every rescaled value is an integer below 2^24
+    times a power of two (checked where weights and requantizations are made)."""
+    to = node.attributes.get("to")
+    if to is None or int(to.value) not in (int(ir.DataType.FLOAT), int(ir.DataType.DOUBLE)):
+        raise UnsupportedModelError(f"{describe(node)}: a Cast of a rescaled value to a type that is not float")
+    _identity(self, node)
+
+
 def _quant(self: _Rewriter, node: ir.Node) -> None:
     if node.inputs[0] not in self.values or any(v in self.values for v in node.inputs[1:] if v is not None):
         raise UnsupportedModelError(f"{describe(node)}: its parameters must be constants")
@@ -963,6 +1004,7 @@ RULES = {
     onnx_op("Unsqueeze"): _move,
     onnx_op("Concat"): _concat,
     onnx_op("Identity"): _identity,
+    onnx_op("Cast"): _cast,
     onnx_op("Dropout"): _identity,
 }
 
