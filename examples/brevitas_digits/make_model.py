@@ -17,7 +17,8 @@ the Brevitas network, which then trains quantization-aware (Brevitas's activatio
 their scales from the statistics of their first training steps, then learn them). The Brevitas
 network in eval mode is exported by `brevitas.export.export_qonnx` (the QONNX `Quant` op on the
 input, the weights and the activations; BatchNormalization left unfused) and cleaned up by qonnx's
-`cleanup_model`, as tests/data/brevitas/make_models.py exports.
+`cleanup_model`, as tests/data/brevitas/make_models.py exports (the exporter's per-node debugging
+notes, stack traces with this machine's paths, are dropped).
 
     python examples/brevitas_digits/make_model.py [-o examples/brevitas_digits/digits_cnn_brevitas.onnx] [--seed 0] [--float-epochs 10] [--epochs 10]
 """
@@ -208,6 +209,10 @@ def export(net: BrevitasDigitsCNN, path: Path) -> onnx.ModelProto:
     # The torch.export exporter writes the initializers to `<name>.onnx.data` beside the file: one
     # self-contained file instead (onnx.load reads the external data in and marks it internal).
     model = onnx.load(path)
+    # The exporter's debugging notes on every node (stack traces with the writing machine's paths,
+    # module names that depend on how this script was started): not part of the model.
+    for node in model.graph.node:
+        del node.metadata_props[:]
     onnx.save(model, path)
     Path(f"{path}.data").unlink(missing_ok=True)
     return model
