@@ -20,7 +20,7 @@ input, the weights and the activations; BatchNormalization left unfused) and cle
 `cleanup_model`, as tests/data/brevitas/make_models.py exports (the exporter's per-node debugging
 notes, stack traces with this machine's paths, are dropped).
 
-    python examples/brevitas_digits/make_model.py [-o examples/brevitas_digits/digits_cnn_brevitas.onnx] [--seed 0] [--float-epochs 10] [--epochs 10]
+    python examples/brevitas_digits/make_model.py [-o examples/brevitas_digits/digits_cnn_brevitas.onnx] [--seed 0] [--float-epochs 10] [--epochs 10] [--qonnx]
 """
 
 from __future__ import annotations
@@ -230,6 +230,17 @@ def file_logits(path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([executor.run({name_in: x[i : i + 1]})[name_out] for i in range(len(x))])
 
 
+def qonnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    """The exported file's logits by qonnx's `execute_onnx` (onnxruntime underneath), one image at a time."""
+    import hawqc
+    from hawqc.sim.qonnx_oracle import QonnxOracle
+
+    model = hawqc.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return QonnxOracle(model).run(x, per_sample=True)[model.graph.outputs[0].name]
+
+
 def platform() -> str:
     """What the trained numbers depend on besides the seed (see the README)."""
     return f"torch {torch.__version__}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}"
@@ -241,6 +252,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--float-epochs", type=int, default=FLOAT_EPOCHS, help="float warm-up epochs")
     parser.add_argument("--epochs", type=int, default=QAT_EPOCHS, help="quantization-aware epochs")
+    parser.add_argument("--qonnx", action="store_true", help="also run the file by qonnx's execute_onnx (slower)")
     args = parser.parse_args()
     trained = train(args.seed, args.float_epochs, args.epochs)
     export(trained.net, args.output)
@@ -252,6 +264,11 @@ def main() -> None:
           f"Brevitas accuracy {trained.brevitas_accuracy:.4f} (PyTorch, eval mode), "
           f"exported accuracy {accuracy(exported, data.y_test):.4f} (the file in hawqc's semantic executor; "
           f"same class as Brevitas on {agree}/{len(data.y_test)})")  # fmt: skip
+    if args.qonnx:
+        by_qonnx = qonnx_logits(args.output, data.x_test)
+        same = int((by_qonnx.argmax(axis=1) == exported.argmax(axis=1)).sum())
+        print(f"qonnx's execute_onnx: accuracy {accuracy(by_qonnx, data.y_test):.4f}, same class as hawqc's executor on "
+              f"{same}/{len(data.y_test)}, largest logit difference {float(np.abs(by_qonnx - exported).max()):.3g}")  # fmt: skip
 
 
 if __name__ == "__main__":
