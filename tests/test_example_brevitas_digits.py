@@ -117,6 +117,16 @@ def test_committed_file_compiles_and_verifies_against_its_exact_meaning(committe
     assert len(widths) == 2 and all(0 < width < 31 for width in widths), widths
 
 
+def test_committed_file_verifies_on_the_test_digits(tmp_path) -> None:
+    """`--inputs` with the real test images (standardized, NCHW): the host's codes through the C
+    simulation, hardware mode and the exact meaning, equal on every image."""
+    inputs = tmp_path / "x_test.npy"
+    np.save(inputs, make_model.digits_split().x_test)
+    verify = compile_model(COMMITTED, tmp_path / "proj", CompileOptions(backend="vitis", inputs=inputs)).verify
+    assert verify.passed and verify.bit_exact and verify.samples == 449, verify.summary()
+    assert verify.exact is not None and verify.exact.equal and verify.exact.samples == 449, verify.summary()
+
+
 def test_committed_file_compiled_classifies_the_test_split() -> None:
     """The design (hardware mode on the host's codes, outputs mapped to real units) equals the exact
     meaning on every test image and classifies as documented."""

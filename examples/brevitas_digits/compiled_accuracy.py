@@ -1,6 +1,6 @@
 """The accuracy of the compiled design on the digits' test split, in hawqc's hardware mode.
 
-    python examples/brevitas_digits/compiled_accuracy.py [MODEL.onnx]
+    python examples/brevitas_digits/compiled_accuracy.py [MODEL.onnx] [--save-inputs x_test.npy]
 
 Runs what the host and the design do: hawqc's default pipeline lowers the file (the pass
 `integer-requant` makes its float scales integer codes and dyadic requantizations), the host turns
@@ -69,8 +69,12 @@ def main() -> None:
     make_model = _make_model()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, nargs="?", default=make_model.DEFAULT_OUTPUT)
+    parser.add_argument("--save-inputs", type=Path, metavar="X.npy",
+                        help="also write the standardized test images (NCHW, float32) for `hawqc --inputs`")  # fmt: skip
     args = parser.parse_args()
     data = make_model.digits_split()
+    if args.save_inputs:
+        np.save(args.save_inputs, data.x_test)
     result = compiled_accuracy(args.model, data.x_test, data.y_test)
     print(f"test split, {result.images} images: compiled design (hardware mode) {result.hardware:.4f}, "
           f"exact meaning {result.exact:.4f}, float32 semantics {result.float32:.4f}; "
