@@ -113,15 +113,18 @@ def readings(exports) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_hawq_scales_do_not_round_trip_and_are_refused_by_default(exports, name):
-    """The premise: with HAWQ's scales the file's float32 semantics is not an integer network, so
-    the default (`file`) refuses; `hawq` is what makes these files compile."""
+def test_hawq_scales_do_not_round_trip_and_compile_to_the_files_exact_meaning_by_default(exports, name):
+    """The premise: with HAWQ's scales the file's float32 semantics is not an integer network. The
+    default (`file`) compiles the file's exact meaning (integer-requant); `hawq` reads it as HAWQ's
+    integer requantization instead."""
     net = exports[name]["net"]
     act = net.act1
     low, high = (0, 2**act.activation_bit - 1) if act.quant_mode == "asymmetric" else (-128, 127)
     assert not round_trips(float(act.act_scaling_factor), low, high)
-    with pytest.raises(UserInputError, match="not a power of two"):
-        compile_model(exports[name]["path"], exports[name]["path"].parent / f"refused-{name}", CompileOptions())
+    result = compile_model(
+        exports[name]["path"], exports[name]["path"].parent / f"exact-{name}", CompileOptions(verify_samples=50)
+    )
+    assert result.verify.passed and result.verify.exact.equal, result.verify.summary()
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])

@@ -3,17 +3,21 @@ mode of the lowered model equals the original model's exact meaning on every sam
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import float_scale_models as models
 import numpy as np
 import pytest
+from conftest import one_error_line, run_cli
 
+from hawqc.cli import main
 from hawqc.errors import UnsupportedModelError
 from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.ir.dyadic_requant import Dyadic
 from hawqc.ir.interfaces import input_codes, output_affines
-from hawqc.ir.io import copy_model
+from hawqc.ir.io import copy_model, to_text, write_model
+from hawqc.passes.integer_requant import REFUSAL_KEY
 from hawqc.passes.manager import PassManager
 from hawqc.passes.validation import TranslationValidationError
 from hawqc.sim import Executor
@@ -112,7 +116,27 @@ def test_a_wrong_requantization_is_caught_by_translation_validation(monkeypatch)
 def _refused(builder_steps, match: str) -> None:
     model = builder_steps()
     with pytest.raises(UnsupportedModelError, match=match):
-        PassManager.parse("cleanup,integer-requant").run(model)
+        PassManager.parse("cleanup,integer-requant{strict=true}").run(model)
+    # Not strict: the model is left as it was, the reason recorded for the compile driver.
+    model = builder_steps()
+    PassManager.parse("cleanup").run(model)
+    before = to_text(model)
+    records = PassManager.parse("integer-requant").run(model)
+    assert to_text(model).replace(f"{REFUSAL_KEY}", "") != "" and records[0].statistics["models-refused"] == 1
+    assert re.search(match, model.metadata_props[REFUSAL_KEY])
+    del model.metadata_props[REFUSAL_KEY]
+    assert to_text(model) == before
+
+
+def test_a_compile_reports_why_float_scales_were_left(tmp_path, capsys):
+    b = models.FloatScaleBuilder(0)
+    h = b.quant("x", b.scale(), 8)
+    h = b.node("Sigmoid", [h])
+    write_model(b.build((4,), h), tmp_path / "m.onnx")
+    code, out, err = run_cli(capsys, main, tmp_path / "m.onnx", "-o", tmp_path / "proj")
+    assert code == 2 and not (tmp_path / "proj").exists()
+    line = one_error_line(err)
+    assert "pass 'integer-requant'" in line and "(Sigmoid): its input" in line and "no exact integer form" in line
 
 
 def test_a_nonzero_zero_point_is_refused_naming_the_node():

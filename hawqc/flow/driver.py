@@ -23,7 +23,7 @@ from hawqc.backends.base import get_backend
 from hawqc.backends.hls_settings import HlsSettings
 from hawqc.backends.project import LoweredProject
 from hawqc.backends.project_name import check_name_free, check_project_name
-from hawqc.errors import OptionError, UserInputError
+from hawqc.errors import OptionError, UnsupportedModelError, UserInputError
 from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.flow.float_parts_option import FloatPartsOutcome, check_float_options, run_default_precision_step
 from hawqc.flow.hawq_export import check_semantics, run_hawq_export_step
@@ -40,6 +40,7 @@ from hawqc.ir.interfaces import has_interfaces
 from hawqc.ir.io import copy_model
 from hawqc.ir.layout import describe_layouts
 from hawqc.passes.base import PassRecord
+from hawqc.passes.integer_requant import REFUSAL_KEY
 from hawqc.passes.manager import PassManager
 from hawqc.passes.read_as_hawq import HawqExportReading
 from hawqc.report.bops import bops_summary
@@ -188,6 +189,10 @@ def compile_model(model_path: str | Path, outdir: str | Path, options: CompileOp
         # exact meaning (integer-requant rewrites scales that are not powers of two).
         original = copy_model(model) if options.verify_samples or options.inputs is not None else None
         records += manager.run(model)
+        refusal = model.metadata_props.get(REFUSAL_KEY)
+        if refusal is not None:
+            # Scales that are not powers of two were left in the graph: say why, not "not a power of two".
+            raise UnsupportedModelError(f"pass 'integer-requant': {refusal}")
         float_parts = None
         if default_precision is not None:
             float_parts, step_records = run_default_precision_step(model, default_precision, options.configure_passes)

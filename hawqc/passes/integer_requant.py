@@ -45,18 +45,22 @@ from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.dyadic_requant import NoDyadic, Requantization, solve
 from hawqc.ir.interfaces import InputCodes, OutputAffine, write_input, write_output
+from hawqc.ir.io import copy_model
 from hawqc.ir.names import FreshNames
 from hawqc.ir.ops.batchnorm import batch_norm
 from hawqc.ir.ops.keys import onnx_op, op_key
 from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, INTEGER_QUANTIZERS, TRUNC, code_bounds, quantizer
 from hawqc.ir.ops.window import Windows
 from hawqc.ir.qtypes import power_of_two_exponent
-from hawqc.passes.base import Pass, PassResult
+from hawqc.ir.quant_annotation import QuantAnnotation, annotate
+from hawqc.passes.base import Pass, PassResult, option
 from hawqc.sim import ops as sim_ops
 from hawqc.sim.exact import Exact, ExactExecutor, conv_ints, matmul_ints
 
 FLOAT32_EXACT_INT = 1 << 24
 MULTIPLIER_BITS_KEY = "hawqc.requant.multiplier_bits"
+# Why the pass left a model with float scales as it was (read by the compile driver).
+REFUSAL_KEY = "hawqc.integer_requant.refused"
 
 COUNTERS = ("requantizations-made-dyadic", "input-code-ports", "output-affine-maps", "widest-multiplier-bits")
 
@@ -166,6 +170,34 @@ class _Rewriter:
         dtype = np.float64 if like is not None and like.dtype == ir.DataType.DOUBLE else np.float32
         value = make_initializer(np.asarray(array, dtype=dtype), self.names(name))
         self.graph.register_initializer(value)
+        return value
+
+    def integer_weight(self, ints: np.ndarray, node: ir.Node) -> ir.Value:
+        """Integer weight codes as a constant annotated as a scale-1 quantizer's output (its bit width
+        the narrowest holding them), so that BOPs and the report count their real width."""
+        value = self.initializer(ints.astype(np.float32), f"{_label(node)}_integer_weight")
+        largest = int(np.max(np.abs(ints))) if ints.size else 0
+        signed = bool(np.any(ints < 0))
+        bits = max(1, largest.bit_length() + (1 if signed else 0)) if largest else 1
+        annotate(value, QuantAnnotation(bits, signed, False, 1.0, 0.0))
+        return value
+
+    def offsets(self, before: ir.Node, value: ir.Value, constant: np.ndarray, name: str, double: bool) -> ir.Value:
+        """Add the exact dyadic offsets (Fractions): one Add per float32-exact part, so that an offset
+        wider than 24 bits (a BatchNorm's bias in fine units) stays exact in the hardware's sums."""
+        rest = np.asarray(constant, dtype=object)
+        for part_index in range(4):
+            if all(v == 0 for v in rest.reshape(-1)):
+                return value
+            part = np.frompyfunc(lambda v: Fraction(float(np.float64(float(v)).astype(np.float64 if double else np.float32))), 1, 1)(rest)
+            part = np.asarray(part, dtype=object).reshape(rest.shape)
+            exact = _float32_exact(part, double)
+            assert exact is not None
+            suffix = "" if part_index == 0 else f"_{part_index}"
+            value = self.insert(before, "Add", [value, self.initializer(_compact(exact), f"{name}_dyadic_offset{suffix}", like=value)], f"{name}_requant_add{suffix}")
+            rest = rest - part
+        if not all(v == 0 for v in rest.reshape(-1)):
+            raise UnsupportedModelError(f"{describe(before)}: the exact requantization's offset needs more than four float parts")
         return value
 
     def insert(self, before: ir.Node, op_type: str, inputs: list[ir.Value], name: str) -> ir.Value:
@@ -417,16 +449,14 @@ class _Rewriter:
         # The graph holds n * 2^exp: multiply by m / 2^(e + exp), and scale the codes by sigma.
         double = x.dtype == ir.DataType.DOUBLE
         multiplier = _float32_exact(m * sigma_f / Fraction(2) ** a.exp, double)
-        offset = _float32_exact(c * sigma_f, double)
-        if multiplier is None or offset is None:
+        if multiplier is None:
             width = "float64's 53" if double else "float32's 24"
             raise UnsupportedModelError(f"{describe(node)}: the exact requantization needs a multiplier wider than {width} bits")
         name = _label(node)
-        value = self.insert(node, "Mul", [x, self.initializer(_compact(multiplier), f"{name}_dyadic_multiplier")], f"{name}_requant_mul")
+        value = self.insert(node, "Mul", [x, self.initializer(_compact(multiplier), f"{name}_dyadic_multiplier", like=x)], f"{name}_requant_mul")
         bits = max(d.mantissa_bits for d in solved.values())
         value.producer().metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
-        if np.any(offset != 0):
-            value = self.insert(node, "Add", [value, self.initializer(_compact(offset), f"{name}_dyadic_offset")], f"{name}_requant_add")
+        value = self.offsets(node, value, c * sigma_f, name, double)
         if a.relu:
             value = self.insert(node, "Relu", [value], f"{name}_relu")
         self.statistics["requantizations-made-dyadic"] += 1
@@ -631,7 +661,7 @@ def _matmul(self: _Rewriter, node: ir.Node) -> None:
     offset = (a.offset.reshape(-1)[None, :] @ w.fractions()) if any(v != 0 for v in a.offset.reshape(-1)) else _objects(Fraction(0), (1, ints.shape[1]))
     lo_k, hi_k = a.lo.reshape(1, -1), a.hi.reshape(1, -1)
     lo, hi = _interval_matmul(lo_k, hi_k, ints)
-    node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{_label(node)}_integer_weight"))
+    node.replace_input_with(1, self.integer_weight(ints, node))
     self.values[node.outputs[0]] = Affine(column_scale.reshape(1, -1), np.asarray(offset, dtype=object).reshape(1, -1), lo, hi, exp=a.exp)
 
 
@@ -758,7 +788,7 @@ def _conv(self: _Rewriter, node: ir.Node) -> None:
             raise UnsupportedModelError(f"{describe(node)}: the bias must be a constant")
         offset = bias.fractions().reshape((1, out_channels) + spatial)
         node.resize_inputs(2) if hasattr(node, "resize_inputs") else node.replace_input_with(2, None)
-    node.replace_input_with(1, self.initializer(ints.astype(np.float32), f"{_label(node)}_integer_weight"))
+    node.replace_input_with(1, self.integer_weight(ints, node))
     self.values[node.outputs[0]] = Affine(
         scales.reshape((1, out_channels) + spatial), offset,
         low.reshape((1, out_channels) + spatial), high.reshape((1, out_channels) + spatial), exp=a.exp,
@@ -1017,10 +1047,27 @@ class IntegerRequant(Pass):
         "fewest-bit dyadic requantizations (the exact meaning, not float32's, is kept)."
     )
     preserves: ClassVar[str] = "exact"
+    strict: bool = option(False, "refuse (an error naming the node) a model it cannot take to integers, instead of leaving it")
 
     def run(self, model: ir.Model) -> PassResult:
-        rewriter = _Rewriter(model)
-        rewriter.run()
+        """All or nothing: the model is rewritten on a copy, which replaces it only when every part
+        could be taken to integers. A refusal leaves the model as it was and is recorded in its
+        metadata (`REFUSAL_KEY`): the compile driver reports it, since precision inference would
+        refuse the float scales left behind with a less useful reason."""
+        model.metadata_props.pop(REFUSAL_KEY, None)
+        trial = copy_model(model)
+        rewriter = _Rewriter(trial)
+        try:
+            rewriter.run()
+        except UnsupportedModelError as refusal:
+            if self.strict:
+                raise
+            model.metadata_props[REFUSAL_KEY] = str(refusal)
+            return PassResult(False, {**{key: 0 for key in COUNTERS}, "models-refused": 1})
         statistics = {key: rewriter.statistics[key] for key in COUNTERS}
         changed = any(rewriter.statistics[key] for key in COUNTERS[:3])
-        return PassResult(changed, statistics)
+        if changed:
+            model.graph = trial.graph
+            model.metadata_props.clear()
+            model.metadata_props.update(trial.metadata_props)
+        return PassResult(changed, {**statistics, "models-refused": 0})

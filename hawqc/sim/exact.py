@@ -106,6 +106,21 @@ class Exact:
     ints: np.ndarray
     scale: np.ndarray
 
+    def __post_init__(self) -> None:
+        # The scale always has the integers' rank (size-1 axes where it does not vary).
+        scale = self.scale if isinstance(self.scale, np.ndarray) else np.asarray(self.scale, dtype=object).reshape(())
+        ints = np.asarray(self.ints)
+        if scale.ndim < ints.ndim:
+            scale = scale.reshape((1,) * (ints.ndim - scale.ndim) + scale.shape)
+        elif scale.ndim > ints.ndim:
+            squeezable = scale.shape[: scale.ndim - ints.ndim]
+            if any(d != 1 for d in squeezable):
+                ints = np.broadcast_to(ints, np.broadcast_shapes(ints.shape, scale.shape)).copy()
+            else:
+                scale = scale.reshape(scale.shape[scale.ndim - ints.ndim :])
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "ints", ints)
+
     @staticmethod
     def of_float(array: np.ndarray) -> Exact:
         """A float tensor, exactly (each float32/float64 is an integer times a power of two)."""
