@@ -102,3 +102,24 @@ def cnn(seed: int = 0, channels: int = 4, act_bits: int = 4, weight_bits: int = 
     h = b.node("Flatten", [h])
     h = b.dense(h, channels * 16, 5, weight_bits, per_channel=True)
     return b.build((1, 8, 8), h)
+
+
+def hardware_against_exact(model: ir.Model, samples: int = 200):
+    """Lower `model` with the default pipeline and run hardware mode on `samples` drawn host inputs (as
+    codes where the port takes codes) against the original's exact meaning: the ExactMeaning, whose
+    `comparison` says how they compare (and float32's difference)."""
+    from hawqc.flow.exact_meaning import ExactMeaning
+    from hawqc.ir.io import copy_model
+    from hawqc.passes.manager import PassManager
+    from hawqc.sim import Executor
+    from hawqc.sim.inputs import draw_input_slices
+
+    original = copy_model(model)
+    PassManager.parse("cleanup").run(original)
+    PassManager.parse("default").run(model)
+    meaning = ExactMeaning(original, model)
+    hardware = Executor(model, mode="hardware")
+    for drawn in draw_input_slices(model, samples, 0, samples):
+        host = meaning.host_values(drawn)
+        meaning.add(host, hardware.run(meaning.design_inputs(host))[hardware.output_names[0]])
+    return meaning

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import brevitas_models
 import finn_models
+import float_scale_models
 import numpy as np
 import onnx
 import pytest
@@ -15,7 +16,6 @@ from hawqc.flow.driver import CompileOptions, compile_model
 from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.frontends.load import load_model
 from hawqc.ir.io import copy_model
-from hawqc.passes.manager import PassManager
 from hawqc.sim import Executor
 from hawqc.sim.inputs import draw_input_slices
 
@@ -24,21 +24,9 @@ BREVITAS = {model.name: model.path for model in brevitas_models.BREVITAS_MODELS}
 BREVITAS_MLPS = ("mlp_int8_defaults", "mlp_ternary", "mlp_w2a2_hardtanh", "mlp_w4a4_per_channel_int32bias", "mlp_binary_bn")
 
 
-def _hardware_against_exact(model, samples: int = 200) -> ExactMeaning:
-    original = copy_model(model)
-    PassManager.parse("cleanup").run(original)
-    PassManager.parse("default").run(model)
-    meaning = ExactMeaning(original, model)
-    hardware = Executor(model, mode="hardware")
-    for drawn in draw_input_slices(model, samples, 0, samples):
-        host = meaning.host_values(drawn)
-        meaning.add(host, hardware.run(meaning.design_inputs(host))[hardware.output_names[0]])
-    return meaning
-
-
 @pytest.mark.parametrize("name", sorted(BREVITAS))
 def test_brevitas_export_hardware_mode_equals_the_exact_meaning(name):
-    meaning = _hardware_against_exact(load_model(BREVITAS[name], None))
+    meaning = float_scale_models.hardware_against_exact(load_model(BREVITAS[name], None))
     assert meaning.comparison.samples == 200 and meaning.comparison.equal, meaning.comparison.summary()
 
 

@@ -13,15 +13,12 @@ from conftest import one_error_line, run_cli
 
 from hawqc.cli import main
 from hawqc.errors import UnsupportedModelError
-from hawqc.flow.exact_meaning import ExactMeaning
 from hawqc.ir.dyadic_requant import Dyadic
 from hawqc.ir.interfaces import input_codes, output_affines
-from hawqc.ir.io import copy_model, to_text, write_model
+from hawqc.ir.io import to_text, write_model
 from hawqc.passes.integer_requant import REFUSAL_KEY
 from hawqc.passes.manager import PassManager
 from hawqc.passes.validation import TranslationValidationError
-from hawqc.sim import Executor
-from hawqc.sim.inputs import draw_input_slices
 
 VARIANTS = {
     "mlp per-channel weights, float bias, relu": lambda: models.mlp(0),
@@ -41,28 +38,16 @@ def test_translation_validation_keeps_the_exact_meaning(name):
     assert statistics["requantizations-made-dyadic"] >= 1 and statistics["input-code-ports"] == 1
 
 
-def _hardware_against_exact(model, samples: int = 300) -> ExactMeaning:
-    original = copy_model(model)
-    PassManager.parse("cleanup").run(original)
-    PassManager.parse("default").run(model)
-    meaning = ExactMeaning(original, model)
-    hardware = Executor(model, mode="hardware")
-    for drawn in draw_input_slices(model, samples, 0, samples):
-        host = meaning.host_values(drawn)
-        meaning.add(host, hardware.run(meaning.design_inputs(host))[hardware.output_names[0]])
-    return meaning
-
-
 @pytest.mark.parametrize("name", VARIANTS)
 def test_hardware_mode_of_the_lowered_model_equals_the_exact_meaning(name):
-    meaning = _hardware_against_exact(VARIANTS[name]())
+    meaning = models.hardware_against_exact(VARIANTS[name](), 300)
     assert meaning.comparison.samples == 300
     assert meaning.comparison.equal, meaning.comparison.summary()
 
 
 def test_float32_semantics_differs_from_the_exact_meaning_and_is_only_reported():
     # The drawn inputs include host values on ties between codes: float32's x / s lands on either side.
-    meaning = _hardware_against_exact(models.mlp(1, per_channel=False, output_quant=True))
+    meaning = models.hardware_against_exact(models.mlp(1, per_channel=False, output_quant=True), 300)
     assert meaning.comparison.equal
     assert 0 < meaning.comparison.float32_mismatches < meaning.comparison.samples
 
