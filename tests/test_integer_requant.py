@@ -85,7 +85,7 @@ def test_multiplier_widths_are_recorded_on_the_requantization():
 
 
 def test_a_wrong_requantization_is_caught_by_translation_validation(monkeypatch):
-    import hawqc.passes.integer_requant as integer_requant
+    import hawqc.passes.integer_requant.rewriter as integer_requant
 
     real_solve = integer_requant.solve
 

@@ -604,8 +604,8 @@ class ExactExecutor:
             ):
                 try:
                     executor._fold(node)
-                except UnsupportedModelError:
-                    continue
+                except (UnsupportedModelError, ValueError, IndexError, TypeError, AttributeError):
+                    continue  # not a constant exact mode can compute: readers see no value
         return executor._constants
 
     def _fold(self, node: ir.Node) -> None:
@@ -632,8 +632,12 @@ class ExactExecutor:
         for node in self._runtime:
             args = [None if v is None else env[v] for v in node.inputs]
             args = [_constant_exact(a) if i == 0 and a is not None and not isinstance(a, Exact) else a for i, a in enumerate(args)]
-            if node in self._movers:
-                env[node.outputs[0]] = _moving(node, args, kernel=self._movers[node])
-            else:
-                env[node.outputs[0]] = KERNELS[op_key(node)](node, args)
+            try:
+                if node in self._movers:
+                    env[node.outputs[0]] = _moving(node, args, kernel=self._movers[node])
+                else:
+                    env[node.outputs[0]] = KERNELS[op_key(node)](node, args)
+            except (ValueError, IndexError, TypeError, AttributeError) as err:
+                # A layout the exact kernel was not written for: exact mode cannot run this model.
+                raise UnsupportedModelError(f"{describe(node)}: exact mode cannot compute it ({type(err).__name__}: {err})") from err
         return {v.name: _constant_exact(env[v]) for v in self.model.graph.outputs}
