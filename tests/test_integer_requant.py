@@ -164,3 +164,20 @@ def test_a_quantizer_of_a_value_computed_in_float_is_refused():
         return b.build((4,), h)
 
     _refused(build, r"quantizes .* which is computed in float, in a model with scales that are not powers of two")
+
+
+def test_running_it_again_changes_nothing():
+    model = models.cnn(0)
+    PassManager.parse("cleanup,integer-requant").run(model)
+    records = PassManager.parse("integer-requant").run(model)
+    assert not records[0].changed and records[0].statistics["models-refused"] == 0
+
+
+def test_an_output_on_a_finer_grid_is_mapped_back_exactly():
+    # A power-of-two binary quantizer ends the graph: the port carries +-1/4, the map must not scale it twice.
+    b = models.FloatScaleBuilder(4)
+    h = b.quant("x", b.scale(), 8)
+    h = b.dense(h, 6, 3, 4, per_channel=True)
+    h = b.node("BipolarQuant", [h, b.const(np.float32(0.25), "s")], "qonnx.custom_op.general")
+    meaning = models.hardware_against_exact(b.build((6,), h), 200)
+    assert meaning.comparison.equal, meaning.comparison.summary()

@@ -60,6 +60,7 @@ _denominator = _elementwise(lambda f: f.denominator)
 
 def _compact(ints: np.ndarray) -> np.ndarray:
     """int64 when every value fits comfortably, Python ints otherwise."""
+    ints = np.asarray(ints) if not isinstance(ints, np.ndarray) else ints
     if ints.dtype == object:
         if ints.size == 0:
             return ints.astype(np.int64)
@@ -579,7 +580,10 @@ class ExactExecutor:
         self._movers: dict[ir.Node, object] = {}
         for node in self._order:
             if all(v is None or v in self._constants for v in node.inputs):
-                self._fold(node)
+                try:
+                    self._fold(node)
+                except (ValueError, IndexError, TypeError, AttributeError) as err:
+                    raise UnsupportedModelError(f"{describe(node)}: exact mode cannot compute it ({type(err).__name__}: {err})") from err
             elif op_key(node) not in KERNELS:
                 raise UnsupportedModelError(f"{describe(node)}: exact mode has no rule for {node.op_type}")
             else:

@@ -145,6 +145,8 @@ class Rewriter:
         graph input reaches its quantizer through a rescale that is not one: then the whole model is
         taken to integers (a model of powers of two only is left as it is)."""
         for node in self.graph:
+            if not node.outputs or (not any(True for _ in node.outputs[0].uses()) and not node.outputs[0].is_graph_output()):
+                continue  # dead (a weight quantizer this pass already read): a second run changes nothing
             view = quantizer(node)
             if view is None or view.scale is None or op_key(node) not in (*INTEGER_QUANTIZERS, BIPOLAR_QUANTIZER):
                 continue
@@ -385,5 +387,6 @@ class Rewriter:
                 f"graph output {value.name!r}: a Relu of a rescaled value with a float offset ends the graph; "
                 "add a quantizer before the output"
             )
-        write_output(self.model, OutputAffine(value.name, a.scale, a.offset))
+        # The port carries the graph's value n * 2^exp; the model's value is scale * n + offset.
+        write_output(self.model, OutputAffine(value.name, a.scale / Fraction(2) ** a.exp, a.offset))
         self.statistics["output-affine-maps"] += 1
