@@ -181,3 +181,23 @@ def test_an_output_on_a_finer_grid_is_mapped_back_exactly():
     h = b.node("BipolarQuant", [h, b.const(np.float32(0.25), "s")], "qonnx.custom_op.general")
     meaning = models.hardware_against_exact(b.build((6,), h), 200)
     assert meaning.comparison.equal, meaning.comparison.summary()
+
+
+def test_a_per_channel_requantization_then_a_flatten_keeps_the_exact_meaning():
+    # Found by the property run (seed 4): exact mode kept the per-channel (all 1) scale's shape
+    # through the Flatten of the unit-scale Quant, and translation validation crashed.
+    text = """<ir_version: 7, opset_import: ["" : 11, "qonnx.custom_op.general" : 1]>
+g (float[1,2,2] x) => (float[1,4] y)
+   <float s1 = {2.6386063}, float z = {0}, float b1 = {1}, int64[3] shape = {1,2,2}, float[2] s2 = {0.6308501,0.20182535}>
+{
+   q1 = qonnx.custom_op.general.Quant <narrow: int = 0, rounding_mode: string = "ROUND", signed: int = 1> (x, s1, z, b1)
+   f = Flatten (q1)
+   r = Reshape (f, shape)
+   q2 = qonnx.custom_op.general.Quant <narrow: int = 0, rounding_mode: string = "ROUND", signed: int = 0> (r, s2, z, b1)
+   y = Flatten (q2)
+}"""
+    from hawqc.frontends.onnx import load_onnx_text
+
+    model = load_onnx_text(text)
+    records = PassManager.parse("default", validate=64).run(model)
+    assert next(r for r in records if r.name == "integer-requant").changed

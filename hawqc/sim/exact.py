@@ -499,10 +499,10 @@ def _moving(node: ir.Node, args: list, selects: bool = False, kernel=None) -> Ex
         kernel = ops.builder_for(node)(ops.NodeSpec(node, constants, None))
     values = kernel([x.ints.astype(np.float64) if i == 0 else (None if isinstance(a, Exact) else a) for i, a in enumerate(args)])[0]
     ints = np.asarray(values).astype(np.int64)
-    if selects or all(s == x.scale.reshape(-1)[0] for s in x.scale.reshape(-1)):
-        if x.scale.size == 1:
-            return Exact(ints, _scale_array(x.scale.reshape(-1)[0], ints.ndim))
-        # a selection along spatial axes keeps the per-channel scale
+    if all(s == x.scale.reshape(-1)[0] for s in x.scale.reshape(-1)):
+        return Exact(ints, _scale_array(x.scale.reshape(-1)[0], ints.ndim))  # one scale: any move keeps it
+    if selects:
+        # a selection along spatial axes (MaxPool) keeps the per-channel scale
         return Exact(ints, x.scale)
     # Carry each element's scale: run the kernel on the element indices of one sample.
     one = np.arange(int(np.prod(x.ints.shape[1:])), dtype=np.float64).reshape((1,) + x.ints.shape[1:])
