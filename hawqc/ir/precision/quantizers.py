@@ -24,6 +24,7 @@ from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.ops.keys import qonnx_op
 from hawqc.ir.ops.quantizer import code_bounds, quantizer
+from hawqc.ir.ops.rounding import round_quotient
 from hawqc.ir.precision.attributes import attr, constant
 from hawqc.ir.precision.bounds import Bounds, exact_codes, finest_exponent, int_array, scalar
 from hawqc.ir.qtypes import FixedType, power_of_two_exponent
@@ -117,25 +118,8 @@ def bipolar_scale(node: ir.Node) -> np.ndarray:
 
 
 def _round_fraction(x: Fraction, mode: str) -> int:
-    floor = x.numerator // x.denominator
-    frac = x - floor
-    if mode in ("ROUND", "HALF_EVEN"):
-        if frac != Fraction(1, 2):
-            return floor + (1 if frac > Fraction(1, 2) else 0)
-        return floor if floor % 2 == 0 else floor + 1
-    if mode == "FLOOR":
-        return floor
-    if mode == "DOWN":
-        return floor if x >= 0 or frac == 0 else floor + 1
-    if mode in ("HALF_UP", "HALF_DOWN"):
-        magnitude = abs(x)
-        m_floor = magnitude.numerator // magnitude.denominator
-        m_frac = magnitude - m_floor
-        tie_up = mode == "HALF_UP"
-        up = m_frac > Fraction(1, 2) or (m_frac == Fraction(1, 2) and tie_up)
-        r = m_floor + (1 if up else 0)
-        return r if x >= 0 else -r
-    raise UnsupportedModelError(f"rounding mode {mode} is not supported")
+    """QONNX's rounding of one exact value (`hawqc.ir.ops.rounding`, shared with exact mode)."""
+    return int(round_quotient(np.array([x.numerator], dtype=object), x.denominator, mode)[0])
 
 
 def _quantize_code(x: Fraction, params: QuantParams, scale_exp: int) -> int:

@@ -23,15 +23,32 @@ def pool_max(self: Rewriter, node: ir.Node) -> None:
     x = node.inputs[0]
     dims = self.dims(x, node)
     a = self.values[x].full(dims)
-    channels = dims[0]
+    _check_one_scale_per_channel(node, a, dims[0])
+    if any(v <= 0 for v in a.scale.reshape(-1)):
+        raise UnsupportedModelError(f"{describe(node)}: a maximum of a non-positively scaled value")
+    per = _per_channel(dims[0], len(self.dims(node.outputs[0], node)))
+    self.values[node.outputs[0]] = Affine(per(a.scale, _first), per(a.offset, _first), per(a.lo, min), per(a.hi, max), a.relu, a.exp)
+
+
+def _first(row):
+    return row[0]
+
+
+def _check_one_scale_per_channel(node: ir.Node, a: Affine, channels: int) -> None:
+    """Pools combine elements of one channel: they must share its scale and offset."""
     for arr in (a.scale, a.offset):
         if any(len(set(row)) != 1 for row in arr.reshape(channels, -1)):
             raise UnsupportedModelError(f"{describe(node)}: the scale varies within a channel")
-    if any(v <= 0 for v in a.scale.reshape(-1)):
-        raise UnsupportedModelError(f"{describe(node)}: a maximum of a non-positively scaled value")
-    out_dims = self.dims(node.outputs[0], node)
-    per = lambda arr, f: np.asarray([f(row) for row in arr.reshape(channels, -1)], dtype=object).reshape((1, channels) + (1,) * (len(out_dims) - 1))  # noqa: E731
-    self.values[node.outputs[0]] = Affine(per(a.scale, lambda r: r[0]), per(a.offset, lambda r: r[0]), per(a.lo, min), per(a.hi, max), a.relu, a.exp)
+
+
+def _per_channel(channels: int, out_rank: int):
+    """`per(arr, f)`: f over each channel's elements of a tracked array, shaped (1, C, 1, ...)."""
+
+    def per(arr: np.ndarray, f) -> np.ndarray:
+        values = np.asarray([f(row) for row in arr.reshape(channels, -1)], dtype=object)
+        return values.reshape((1, channels) + (1,) * (out_rank - 1))
+
+    return per
 
 
 def move(self: Rewriter, node: ir.Node) -> None:
@@ -84,12 +101,9 @@ def average_pool(self: Rewriter, node: ir.Node) -> None:
     x = node.inputs[0]
     dims = self.dims(x, node)
     a = self.values[x].full(dims)
-    channels = dims[0]
     if a.relu:
         raise UnsupportedModelError(f"{describe(node)}: averages a Relu of a value with a float offset")
-    for arr in (a.scale, a.offset):
-        if any(len(set(row)) != 1 for row in arr.reshape(channels, -1)):
-            raise UnsupportedModelError(f"{describe(node)}: the scale varies within a channel")
+    _check_one_scale_per_channel(node, a, dims[0])
     if node.op_type == "GlobalAveragePool":
         count, padded = int(np.prod(dims[1:])), False
     else:
@@ -107,10 +121,9 @@ def average_pool(self: Rewriter, node: ir.Node) -> None:
             f"{describe(node)}: an average over {count} elements of a value with a scale that is not a power of two "
             "(only averages over 2^k elements are exact in fixed point)"
         )
-    out_dims = self.dims(node.outputs[0], node)
-    per = lambda arr, f: np.asarray([f(row) for row in arr.reshape(channels, -1)], dtype=object).reshape((1, channels) + (1,) * (len(out_dims) - 1))  # noqa: E731
+    per = _per_channel(dims[0], len(self.dims(node.outputs[0], node)))
     lo, hi = per(a.lo, min) * count, per(a.hi, max) * count
     if padded:
         lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
-    scale = per(a.scale, lambda r: r[0]) / count
-    self.values[node.outputs[0]] = Affine(scale, per(a.offset, lambda r: r[0]), lo, hi, exp=a.exp - k)
+    scale = per(a.scale, _first) / count
+    self.values[node.outputs[0]] = Affine(scale, per(a.offset, _first), lo, hi, exp=a.exp - k)

@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
+from hawqc.ir.domains import QONNX_DOMAIN
 from hawqc.ir.ops.quantizer import code_bounds, quantizer
 from hawqc.ir.qtypes import power_of_two_exponent
 from hawqc.passes.integer_requant.tracking import Affine, compact, float_exact, is_power_of_two, label, objects, requantized_range
@@ -103,7 +104,7 @@ def trunc(self: Rewriter, node: ir.Node) -> None:
     first_quant = ir.node(
         "Quant", [first, self.initializer(np.float32(1), f"{label(node)}_grid_scale"),
                   self.initializer(np.float32(0), f"{label(node)}_grid_zero"), self.initializer(np.float32(width), f"{label(node)}_grid_bits")],
-        attributes={"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}, domain=node.domain, name=self.names(f"{label(node)}_grid"),
+        attributes={"signed": 1, "narrow": 0, "rounding_mode": "ROUND"}, domain=QONNX_DOMAIN, name=self.names(f"{label(node)}_grid"),
     )  # fmt: skip
     first_quant.outputs[0].name = self.names(f"{first_quant.name}_out")
     first_quant.outputs[0].shape, first_quant.outputs[0].type = x.shape, x.type
@@ -125,10 +126,8 @@ def trunc(self: Rewriter, node: ir.Node) -> None:
         "Quant", [divided, self.initializer(np.float32(1), f"{label(node)}_unit_scale"),
                   self.initializer(np.float32(0), f"{label(node)}_zero"), self.initializer(np.float32(bits2), f"{label(node)}_bits")],
         attributes={"signed": int(signed), "narrow": int(narrow), "rounding_mode": view.rounding_mode},
-        domain=node.domain if view.layout != "Trunc v2" else node.domain, name=self.names(f"{label(node)}_truncated"),
+        domain=QONNX_DOMAIN, name=self.names(f"{label(node)}_truncated"),
     )  # fmt: skip
-    second.domain = "qonnx.custom_op.general"
-    first_quant.domain = "qonnx.custom_op.general"
     second.outputs[0].name = self.names(f"{second.name}_out")
     second.outputs[0].shape, second.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
     self.graph.insert_before(node, second)
