@@ -37,15 +37,26 @@ Assumed (not visible in the source, or varying between exporter versions):
 The scales are HAWQ's own (`symmetric_linear_quantization_params` of the calibrated ranges), so not
 powers of two, except the input's: it is set to 2^-5 so that the graph input is a fixed-point
 number (a non-power-of-two input scale cannot be the input of a fixed-point project).
+
+Without an input QuantAct (`input_quant=False`, as HAWQ's jet-tagging scripts build the model: the
+first layer is given its `prev_act_scaling_factor` by hand, `input_scale` here) the exporter writes
+nothing for the input: `input -> Div(input, s_in) -> MatMul -> ...`. Such a graph input has no
+fixed-point type of its own; `--input-precision` gives it one. When `x / s_in` is not an integer
+(`s_in` not a multiple of the input's LSB), upstream HAWQ's `QuantLinear` rounds the float
+accumulator (`ste_round(F.linear(x / s_prev, W_int, b_int))`) and the next QuantAct recovers that
+integer; hawqc's own modules round `x / s_in` element by element instead (they assume codes in).
+`hawq_first_layer` computes upstream's rounding exactly and the models use it for their first layer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -61,13 +72,77 @@ def _linear(n_in: int, n_out: int, weight_bit: int) -> QuantLinear:
     return layer
 
 
+def _input(model: nn.Module, input_quant: bool, input_scale: float) -> None:
+    """The input: a QuantAct (scale set to INPUT_SCALE by `calibrated`), or none and the first
+    layer's `prev_act_scaling_factor` given by hand (`input_scale`, a float32 buffer)."""
+    model.quant_input = QuantAct(8) if input_quant else None
+    if not input_quant:
+        model.register_buffer("input_scale", torch.tensor([input_scale], dtype=torch.float32))
+
+
+def _quantized_input(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x, model.input_scale) if model.quant_input is None else model.quant_input(x)
+
+
+def _input_step(model: nn.Module) -> tuple:
+    return ("act", model.quant_input) if model.quant_input is not None else ("input", model.input_scale)
+
+
+def _first_layer(model: nn.Module, layer: nn.Module, x: torch.Tensor, s: torch.Tensor):
+    """The first weighted layer: as the module computes it after an input QuantAct (or while
+    calibrating), upstream HAWQ's rounding of the accumulator without one."""
+    if model.quant_input is not None or model.training:
+        return layer(x, s)
+    return hawq_first_layer(layer, x, s)
+
+
+def hawq_first_layer(layer: nn.Module, x: torch.Tensor, s_in: torch.Tensor):
+    """Upstream HAWQ's first QuantLinear / QuantConv2d on an input with no QuantAct before it:
+    `round(linear(x / s_in, W_int, b_int))` (upstream's `ste_round` of the float accumulator, which
+    the next QuantAct's `round(z / (s_in * s_w))` gives back), times the float32 `s_w * s_in`, as
+    the layer returns it. The rounding is of the exact accumulator (half to even), computed in
+    integers: x's values are exact binary fractions, s_in an exact float32.
+
+    hawqc's modules round `x / s_in` element by element instead; where every `x / s_in` is an
+    integer (s_in divides the input's grid) the two agree."""
+    out = layer(x, s_in)  # the module's own forward: W_int, b_int and the weight scale, as buffers
+    conv = isinstance(out, tuple)
+    weight_scale = out[1] if conv else layer.fc_scaling_factor
+    x64 = x.detach().to(torch.float64)
+    fraction_bits = max(Fraction(v).denominator for v in x64.reshape(-1).tolist()).bit_length() - 1
+    n = x64 * 2.0**fraction_bits  # integers, exactly
+    weight = layer.weight_integer.to(torch.float64)
+    if conv:
+        sums = F.conv2d(n, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    else:
+        sums = F.linear(n, weight)
+    bound = float(n.abs().max()) * float(weight.abs().reshape(weight.shape[0], -1).sum(dim=1).max())
+    assert bound < 2.0**53, "the integer sums are not exact in float64"
+    scale = Fraction(float(s_in.reshape(-1)[0])) * 2**fraction_bits  # the accumulator's step: S / (s_in * 2^G)
+    bias = np.zeros(sums.shape[1], dtype=object) if layer.bias_integer is None else np.array([int(b) for b in layer.bias_integer.tolist()], dtype=object)
+    bias = bias.reshape(1, -1, *([1] * (sums.dim() - 2)))
+    numerators = np.array(sums.to(torch.int64).numpy(), dtype=object) * scale.denominator + bias * scale.numerator
+    accumulator = torch.tensor(_round_half_even(numerators, scale.numerator).astype(np.float64))
+    k = (weight_scale.reshape(1, -1) * s_in.reshape(1, -1)).reshape(-1).to(torch.float64)  # float32 product, as HAWQ's
+    result = (accumulator * k.reshape(1, -1, *([1] * (sums.dim() - 2)))).to(x.dtype)
+    return (result, out[1]) if conv else result
+
+
+def _round_half_even(numerators: np.ndarray, denominator: int) -> np.ndarray:
+    """round(n / d) half to even, of Python integers (object arrays), d > 0."""
+    quotients = numerators // denominator
+    twice_remainders = 2 * (numerators - quotients * denominator)
+    up = (twice_remainders > denominator) | ((twice_remainders == denominator) & (quotients % 2 == 1))
+    return quotients + up.astype(object)
+
+
 class ExportMLP(nn.Module):
     """16-8-6-5: QuantAct, (QuantLinear, ReLU, QuantAct) x 2, QuantLinear: one asymmetric and one
     symmetric hidden QuantAct, as HAWQ's jet tagger (which keeps them symmetric) and scripts do."""
 
-    def __init__(self):
+    def __init__(self, input_quant: bool = True, input_scale: float = INPUT_SCALE):
         super().__init__()
-        self.quant_input = QuantAct(8)
+        _input(self, input_quant, input_scale)
         self.fc1 = _linear(16, 8, 6)
         self.act1 = QuantAct(8, quant_mode="asymmetric")
         self.fc2 = _linear(8, 6, 5)
@@ -76,8 +151,8 @@ class ExportMLP(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x):
-        x, s = self.quant_input(x)
-        x = self.relu(self.fc1(x, s))
+        x, s = _quantized_input(self, x)
+        x = self.relu(_first_layer(self, self.fc1, x, s))
         x, s = self.act1(x, s, self.fc1.fc_scaling_factor)
         x = self.relu(self.fc2(x, s))
         x, s = self.act2(x, s, self.fc2.fc_scaling_factor)
@@ -85,7 +160,7 @@ class ExportMLP(nn.Module):
 
     def export_steps(self):
         return [
-            ("act", self.quant_input), ("linear", self.fc1), ("relu", None), ("act", self.act1),
+            _input_step(self), ("linear", self.fc1), ("relu", None), ("act", self.act1),
             ("linear", self.fc2), ("relu", None), ("act", self.act2), ("linear", self.fc3),
         ]  # fmt: skip
 
@@ -93,9 +168,9 @@ class ExportMLP(nn.Module):
 class ExportCNN(nn.Module):
     """1x6x6 -> QuantConv2d(1->3, 3x3, pad 1) -> ReLU -> QuantAct -> MaxPool 2 -> flatten -> QuantLinear(27->4)."""
 
-    def __init__(self):
+    def __init__(self, input_quant: bool = True, input_scale: float = INPUT_SCALE):
         super().__init__()
-        self.quant_input = QuantAct(8)
+        _input(self, input_quant, input_scale)
         self.conv = QuantConv2d(weight_bit=6, bias_bit=32, per_channel=False)
         self.conv.set_param(nn.Conv2d(1, 3, 3, padding=1))
         self.act1 = QuantAct(8, quant_mode="asymmetric")
@@ -104,15 +179,15 @@ class ExportCNN(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x):
-        x, s = self.quant_input(x)
-        x, ws = self.conv(x, s)
+        x, s = _quantized_input(self, x)
+        x, ws = _first_layer(self, self.conv, x, s)
         x, s = self.act1(self.relu(x), s, ws)
         x = torch.flatten(self.pool(x), 1)
         return self.fc(x, s)
 
     def export_steps(self):
         return [
-            ("act", self.quant_input), ("conv", self.conv), ("relu", None), ("act", self.act1),
+            _input_step(self), ("conv", self.conv), ("relu", None), ("act", self.act1),
             ("maxpool", 2), ("flatten", None), ("linear", self.fc),
         ]  # fmt: skip
 
@@ -142,15 +217,16 @@ def calibrated(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0, ro
     model.train()
     with torch.no_grad():
         model(torch.randn(256, *input_shape[1:]))
-    top = (2 ** (model.quant_input.activation_bit - 1) - 1) * INPUT_SCALE
-    model.quant_input.x_min.fill_(-top)
-    model.quant_input.x_max.fill_(top)
+    if model.quant_input is not None:
+        top = (2 ** (model.quant_input.activation_bit - 1) - 1) * INPUT_SCALE
+        model.quant_input.x_min.fill_(-top)
+        model.quant_input.x_max.fill_(top)
     freeze_model(model)
     model.eval()
-    probe = torch.randn(4, *input_shape[1:])
+    probe = torch.round(torch.randn(4, *input_shape[1:]) * 2**10) / 2**10  # on a grid (hawq_first_layer's exact sums)
     with torch.no_grad():
         model(probe)
-        hidden = [module for kind, module in model.export_steps() if kind == "act"][1:]
+        hidden = [module for kind, module in model.export_steps() if kind == "act" and module is not model.quant_input]
         for act in hidden if round_trip_scales else []:
             x_min, x_max = act.x_min.clone(), act.x_max.clone()
             for step in range(1, 20000):
@@ -164,14 +240,20 @@ def calibrated(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0, ro
     return model
 
 
-def export_mlp(seed: int = 0, round_trip_scales: bool = True) -> tuple[nn.Module, tuple[int, ...]]:
+def export_mlp(
+    seed: int = 0, round_trip_scales: bool = True, input_quant: bool = True, input_scale: float = INPUT_SCALE
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """`input_quant=False`: no input QuantAct, `fc1` given `input_scale` by hand (HAWQ's jet-tagging
+    scripts), which the exporter writes as `input -> Div(input, input_scale)`."""
     torch.manual_seed(seed)  # the layers' initial weights
-    return calibrated(ExportMLP(), (1, 16), seed, round_trip_scales), (1, 16)
+    return calibrated(ExportMLP(input_quant, input_scale), (1, 16), seed, round_trip_scales), (1, 16)
 
 
-def export_cnn(seed: int = 0, round_trip_scales: bool = True) -> tuple[nn.Module, tuple[int, ...]]:
+def export_cnn(
+    seed: int = 0, round_trip_scales: bool = True, input_quant: bool = True, input_scale: float = INPUT_SCALE
+) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(seed)
-    return calibrated(ExportCNN(), (1, 1, 6, 6), seed, round_trip_scales), (1, 1, 6, 6)
+    return calibrated(ExportCNN(input_quant, input_scale), (1, 1, 6, 6), seed, round_trip_scales), (1, 1, 6, 6)
 
 
 @dataclass
@@ -221,13 +303,16 @@ def to_hawq_export(
     constants: str = "nodes",
     conv_domain: str = "",
 ) -> onnx.ModelProto:
-    """The file HAWQ's exporter would write for `model` (see the module docstring for the layout)."""
+    """The file HAWQ's exporter would write for `model` (see the module docstring for the layout);
+    a model without an input QuantAct gives `input -> Div(input, s_in) -> ...`."""
     assert constants in ("nodes", "initializers")
     w = _Writer(constants == "nodes", [], [])
     x, scale, shape = "input", None, list(input_shape)
     for kind, module in model.export_steps():
-        name = kind if module is None or isinstance(module, int) else _module_name(model, module)
-        if kind == "act":
+        name = _module_name(model, module) if isinstance(module, nn.Module) else kind
+        if kind == "input":  # no input QuantAct: the first layer's scale, given by hand; no node
+            scale = module
+        elif kind == "act":
             if activation_quants:
                 x = w.quant(name, x, module.act_scaling_factor.detach().numpy().reshape(1), module.activation_bit, _signed(module))
             scale = module.act_scaling_factor

@@ -7,13 +7,16 @@ HAWQ's exporter writes a requantized layer and the next layer's input as float r
         -> (MaxPool / Flatten / Reshape / Transpose / ...)* -> Div(s_a) -> next layer
 
 `match_layer(quant_node, limit)` recognizes one such layer from its Quant and returns its pieces
-(`Layer`); it says nothing about whether the layer can be made exact (exact-requant proves that)
+(`Layer`); `codes_of` says what may enter it (by default `incoming_codes`: the integer codes of an
+earlier activation; `read-as-hawq` also accepts the graph input divided by a scale given by hand, the
+first layer of a model without an input QuantAct). It says nothing about whether the layer can be made exact (exact-requant proves that)
 or what it means (the normalization reads it as HAWQ's integer requantization).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,7 +171,9 @@ def incoming_codes(value: ir.Value, limit: int) -> tuple[int, int, float] | None
     return (lo, hi, delta) if delta < 0.25 else None
 
 
-def match_layer(node: ir.Node, limit: int) -> Layer | None:
+def match_layer(
+    node: ir.Node, limit: int, codes_of: Callable[[ir.Value, int], tuple[int, int, float] | None] = incoming_codes
+) -> Layer | None:
     params = quant_params(node)
     if params is None:
         return None
@@ -211,7 +216,7 @@ def match_layer(node: ir.Node, limit: int) -> Layer | None:
         if conv_bias is None:
             return None
         biases.append(conv_bias)
-    codes = incoming_codes(core.inputs[0], limit)
+    codes = codes_of(core.inputs[0], limit)
     readers = reading_divs(node.outputs[0])
     if codes is None or not readers:
         return None

@@ -18,8 +18,14 @@ it right after loading, before the pipeline (`hawqc.flow.hawq_export`, which als
 the file's arithmetic differs from HAWQ's); `hawqc-opt -p read-as-hawq` replays it. It writes the
 canonical form of the HAWQ lifter (`hawqc.frontends.hawq.lift`), whose graph carries integer codes:
 
-- the input `Quant(x, s_in) -> Div(s_in)`: `Quant(x, s_in) -> Mul(1 / s_in)` for a power-of-two
-  `s_in`, else `Div(x, s_in) -> Quant(x, 1)`: HAWQ's `clamp(round(x / s_in))`, as the lifter writes it;
+- the input `Quant(x, s_in) -> Div(s_in)` (an input QuantAct): `Quant(x, s_in) -> Mul(1 / s_in)` for
+  a power-of-two `s_in`, else `Div(x, s_in) -> Quant(x, 1)`: HAWQ's `clamp(round(x / s_in))`, as the
+  lifter writes it;
+- the input of a model without an input QuantAct (its first layer given `s_in` by hand): `x ->
+  Div(x, s_in)` in the file, `Quant(x, 2^-F) -> Div(s_in)` once `--input-precision` has given the
+  input a type (without it: refused, naming the option): HAWQ rounds the first layer's float
+  accumulator, `Quant(scale 1)` of it where `x / s_in` can be other than an integer, else `Mul(1 /
+  s_in)` (`hawqc.passes.hawq_export_input` says why and what it proves);
 - each requantization: `acc -> Relu? -> Cast(DOUBLE) -> Mul(m * 2^-e, float64) -> Quant(scale 1, same
   bits, signedness and rounding)`, its reading Divs removed (the codes flow on through the selection
   ops). Relu comes first as in HAWQ (`QuantAct(relu(acc))`) and in the lifted graph;
@@ -49,13 +55,17 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError, UserInputError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
+from hawqc.ir.domains import QONNX_DOMAIN
 from hawqc.ir.dyadic import dyadic
 from hawqc.ir.names import FreshNames
+from hawqc.ir.ops.quantizer import quantizer
 from hawqc.ir.shape_inference import infer_shapes
 from hawqc.passes.base import Pass, PassResult
+from hawqc.passes.hawq_export_input import HawqInput, divided_graph_input, first_layer_cores, round_accumulator, rounds_first_layers
 from hawqc.passes.hawq_export_layers import (
     Layer,
     constant,
+    incoming_codes,
     is_power_of_two,
     match_layer,
     quant_params,
@@ -88,6 +98,8 @@ class HawqExportReading:
     requantizations: tuple[Requantization, ...]
     input_scale: float
     output_scale: float  # k of the last layer: HAWQ's float output is fl32(output code * output_scale)
+    input_act: bool = True  # False: no input QuantAct in the file, the first layer given input_scale by hand
+    first_layers_rounded: int = 0  # of those, the layers whose float accumulator HAWQ rounds (x / s_in not integral)
     samples: int = 0  # inputs the file's float32 arithmetic was compared on (0: not measured)
     samples_with_other_codes: int = 0  # some requantized code differs from HAWQ's
     samples_with_other_outputs: int = 0  # the file's float output differs from fl32(HAWQ's accumulator * k)
@@ -98,6 +110,12 @@ class HawqExportReading:
             f"hawq export: {count} requantization{'s' if count != 1 else ''} read as HAWQ's integer "
             f"requantization (m / 2^e)"
         )
+        if not self.input_act:
+            line += f"; no input QuantAct (input scale {self.input_scale!r} given by hand)"
+            if self.first_layers_rounded:
+                line += f": the first layer's accumulator rounded, as HAWQ does, in {self.first_layers_rounded} layer" + (
+                    "s" if self.first_layers_rounded != 1 else ""
+                )
         if not self.samples:
             return line
         return (
@@ -159,8 +177,7 @@ class HawqExport:
     """The pieces of a HAWQ export that `rewrite_hawq_export` rewrites."""
 
     layers: list[Layer]
-    input_quant: ir.Node
-    input_divs: list[ir.Node]
+    input: HawqInput
     output: _OutputLayer
 
 
@@ -173,10 +190,11 @@ class _Refusals:
     source: str
     asker: str | None
 
-    def error(self, kind: type[UserInputError], where: str, text: str) -> UserInputError:
+    def error(self, kind: type[UserInputError], where: str, text: str, *, options: tuple[str, str] = ()) -> UserInputError:
+        """`options`: (Python name, as a pass names it) of each option `{}` in `text` names."""
         if self.asker is None:
-            return kind(f"{where}: {text}")
-        return kind(f"{where}: {{}}: {text}", option=self.asker)
+            return kind(f"{where}: {text.format(*(spelling for _, spelling in options))}")
+        return kind(f"{where}: {{}}: {text}", option=(self.asker, *(name for name, _ in options)))
 
 
 def find_hawq_export(model: ir.Model, *, source: str = "the model", asker: str | None = None) -> HawqExport | None:
@@ -187,9 +205,9 @@ def find_hawq_export(model: ir.Model, *, source: str = "the model", asker: str |
     layers = [layer for node in graph if (layer := _layer(node, refusals)) is not None]
     if not layers:
         return None
-    input_quant, input_divs = _input_quantizer(graph, refusals)
+    hawq_input = _input_quantizer(graph, refusals)
     output = _output_layer(graph, refusals)
-    code_divs = {div for layer in layers for div in layer.readers} | set(input_divs)
+    code_divs = {div for layer in layers for div in layer.readers} | set(hawq_input.divs)
     for core in [layer.core for layer in layers] + [output.core]:
         div = selection_source(core.inputs[0]).producer()
         if div not in code_divs:
@@ -200,14 +218,14 @@ def find_hawq_export(model: ir.Model, *, source: str = "the model", asker: str |
     leftover = [node for node in graph if node.op_type == "Div" and node.domain == "" and node not in code_divs]
     if leftover:
         raise refusals.error(UnsupportedModelError, describe(leftover[0]), "a Div that is not part of a HAWQ-export layer")
-    return HawqExport(layers, input_quant, input_divs, output)
+    return HawqExport(layers, hawq_input, output)
 
 
 def _layer(node: ir.Node, refusals: _Refusals) -> Layer | None:
     """A requantized layer whose reading Divs divide by the Quant's own scale (HAWQ passes s_a on)."""
     if quant_params(node) is None:
         return None
-    layer = match_layer(node, CODE_LIMIT)
+    layer = match_layer(node, CODE_LIMIT, _codes_entering)
     if layer is None:
         return None
     if layer.divisor.reshape(-1).view(np.uint32)[0] != layer.quant.scale.reshape(-1).view(np.uint32)[0]:
@@ -219,25 +237,52 @@ def _layer(node: ir.Node, refusals: _Refusals) -> Layer | None:
     return layer
 
 
-def _input_quantizer(graph: ir.Graph, refusals: _Refusals) -> tuple[ir.Node, list[ir.Node]]:
-    """The graph input's `Quant(x, s_in)` and the Divs by `s_in` that turn it into codes."""
+def _codes_entering(value: ir.Value, limit: int) -> tuple[int, int, float] | None:
+    """What may enter a layer: an earlier activation's codes, or (the first layer of a model
+    without an input QuantAct) the graph input divided by the scale given by hand, which
+    `_input_quantizer` reads (its range is not a code range: (0, 0, 0.0) stands for it)."""
+    codes = incoming_codes(value, limit)
+    return codes if codes is not None or not divided_graph_input(value) else (0, 0, 0.0)
+
+
+def _input_quantizer(graph: ir.Graph, refusals: _Refusals) -> HawqInput:
+    """The graph input's `Quant(x, s)` and the Divs by `s_in` that read it: `s_in == s` (an input
+    QuantAct's codes), or another scale (no input QuantAct, `s` the input's type)."""
     data_inputs = [value for value in graph.inputs if value.name not in graph.initializers]
     if len(data_inputs) != 1:
         raise refusals.error(
             UnsupportedModelError, refusals.source, f"a HAWQ export has one input, this graph has {len(data_inputs)}"
         )
-    uses = data_inputs[0].uses()
-    node = uses[0][0] if len(uses) == 1 else None
-    params = quant_params(node) if node is not None and uses[0][1] == 0 else None
-    divs = reading_divs(node.outputs[0]) if params is not None else None
-    if not divs:
+    x = data_inputs[0]
+    if reading_divs(x):
         raise refusals.error(
             UnsupportedModelError, refusals.source,
-            f"the graph input '{data_inputs[0].name}' is not read by a HAWQ-export input quantizer Quant(x, s_in) -> Div(s_in)",
+            f"the graph input '{x.name}' is divided by the first layer's input scale with no quantizer before it "
+            "(a HAWQ model without an input QuantAct): give the input its fixed-point type with {}",
+            options=(("input_precision", "the pass input-precision{type=...} before read-as-hawq"),),
         )  # fmt: skip
-    if any(constant(div.inputs[1]).reshape(-1).view(np.uint32)[0] != params.scale.reshape(-1).view(np.uint32)[0] for div in divs):
-        raise refusals.error(UnsupportedModelError, describe(divs[0]), f"does not divide by the input scale of {describe(node)}")
-    return node, divs
+    uses = x.uses()
+    node = uses[0][0] if len(uses) == 1 else None
+    view = quantizer(node) if node is not None and uses[0][1] == 0 else None
+    parameters = view.integer_parameters(constant) if view is not None else None
+    divs = reading_divs(node.outputs[0]) if parameters is not None else None
+    if not divs or view.code_bounds is None or parameters[0].size != 1 or float(parameters[1].reshape(-1)[0]) != 0:
+        raise refusals.error(
+            UnsupportedModelError, refusals.source,
+            f"the graph input '{x.name}' is not read by a HAWQ-export input quantizer Quant(x, s_in) -> Div(s_in)",
+        )  # fmt: skip
+    scale = constant(divs[0].inputs[1])
+    if scale.reshape(-1).view(np.uint32)[0] == parameters[0].reshape(-1).view(np.uint32)[0]:
+        if quant_params(node) is None:  # HAWQ's input QuantAct: round half to even, as torch.round
+            raise refusals.error(UnsupportedModelError, describe(node), "not a HAWQ-export input quantizer (per tensor, zero point 0, ROUND)")
+        return HawqInput(node, divs, scale, by_hand=False)
+    if not float(scale.reshape(-1)[0]) > 0 or not is_power_of_two(float(parameters[0].reshape(-1)[0])):
+        raise refusals.error(
+            UnsupportedModelError, describe(divs[0]),
+            f"divides the input by {float(scale.reshape(-1)[0])!r}, neither the scale of {describe(node)} nor, "
+            "for a model without an input QuantAct, a positive scale after a fixed-point input type",
+        )  # fmt: skip
+    return HawqInput(node, divs, scale, by_hand=True)
 
 
 def _output_layer(graph: ir.Graph, refusals: _Refusals) -> _OutputLayer:
@@ -265,13 +310,16 @@ def rewrite_hawq_export(model: ir.Model, export: HawqExport) -> HawqExportReadin
     """Rewrite `model` in place into HAWQ's integer inference (see the module doc); record and
     return what was read."""
     graph = model.graph
+    rounded = _round_first_layers(model, export) if rounds_first_layers(export.input) else 0
     requantizations = tuple(_rewrite_layer(graph, layer) for layer in export.layers)
-    input_scale = _rewrite_input(graph, export.input_quant, export.input_divs)
+    input_scale = _rewrite_input(graph, export.input, rounded)
     _rewrite_output(graph, export.output)
     _drop_unused_initializers(graph)
     model.metadata_props["hawqc.hawq.output_scale"] = json.dumps([export.output.k])  # the lifter's record
     infer_shapes(model)
-    reading = HawqExportReading(requantizations, input_scale, export.output.k)
+    reading = HawqExportReading(
+        requantizations, input_scale, export.output.k, input_act=not export.input.by_hand, first_layers_rounded=rounded
+    )
     record_reading(model, reading)
     return reading
 
@@ -310,14 +358,27 @@ def _rewrite_layer(graph: ir.Graph, layer: Layer) -> Requantization:
     return Requantization(name, quant.outputs[0].name, float(k), float(s_a), m, e)
 
 
-def _rewrite_input(graph: ir.Graph, quant: ir.Node, divs: list[ir.Node]) -> float:
-    """The lifter's input quantizer (`plain_quant`): codes `clamp(round(x / s_in))`."""
-    params = quant_params(quant)
-    scale = params.scale.reshape(-1)[0]
+def _round_first_layers(model: ir.Model, export: HawqExport) -> int:
+    """HAWQ's rounding of the float accumulator of each layer reading the input (no input QuantAct,
+    `x / s_in` not always an integer: `hawqc.passes.hawq_export_input`); how many layers."""
+    muls = {layer.core: layer.mul for layer in export.layers} | {export.output.core: export.output.mul}
+    cores = first_layer_cores(export.input)
+    for core in cores:
+        round_accumulator(model.graph, core, muls[core], export.input)
+    model.opset_imports.setdefault(QONNX_DOMAIN, 1)
+    return len(cores)
+
+
+def _rewrite_input(graph: ir.Graph, hawq_input: HawqInput, rounded: int) -> float:
+    """The lifter's input quantizer (`plain_quant`): codes `clamp(round(x / s_in))`; without an input
+    QuantAct, `x / s_in` (rounded in the accumulators when `rounded`, else integers)."""
+    quant, divs, scale = hawq_input.quant, hawq_input.divs, hawq_input.scale.reshape(-1)[0]
     name = quant.name or quant.outputs[0].name
+    if hawq_input.by_hand and rounded:
+        return float(scale)  # the Divs stay: the accumulators' Quants round their sums
     if is_power_of_two(float(scale)):
         # Dividing by a power of two is multiplying by its inverse, exactly: the lifter's Mul.
-        inverse = _initializer(graph, np.float32(1) / params.scale, f"{name}_inverse_scale")
+        inverse = _initializer(graph, np.float32(1) / hawq_input.scale, f"{name}_inverse_scale")
         for div in divs:
             mul = ir.node("Mul", [div.inputs[0], inverse], name=_fresh(graph, f"{div.name}_to_codes"))
             mul.outputs[0].name = _fresh(graph, f"{mul.name}_out")
@@ -331,7 +392,7 @@ def _rewrite_input(graph: ir.Graph, quant: ir.Node, divs: list[ir.Node]) -> floa
     scaled.outputs[0].name = _fresh(graph, f"{scaled.name}_out")
     graph.insert_before(quant, scaled)
     quant.replace_input_with(0, scaled.outputs[0])
-    quant.replace_input_with(1, _initializer(graph, np.ones_like(params.scale), f"{name}_unit_scale"))
+    quant.replace_input_with(1, _initializer(graph, np.ones_like(hawq_input.scale), f"{name}_unit_scale"))
     for div in divs:
         ir.convenience.replace_all_uses_with(div.outputs[0], div.inputs[0])
         graph.remove(div, safe=True)
@@ -340,14 +401,16 @@ def _rewrite_input(graph: ir.Graph, quant: ir.Node, divs: list[ir.Node]) -> floa
 
 def _rewrite_output(graph: ir.Graph, output: _OutputLayer) -> None:
     """The accumulator becomes the graph output, under the output's name (HAWQ's codes; the scale
-    goes to the metadata)."""
+    goes to the metadata). The accumulator is read from the Mul now: HAWQ's rounding of a first
+    layer's accumulator may stand between them since matching."""
+    accumulator = next(value for value in output.mul.inputs if constant(value) is None)
     old = output.mul.outputs[0]
     name = old.name
     index = list(graph.outputs).index(old)
-    graph.outputs[index] = output.accumulator
+    graph.outputs[index] = accumulator
     graph.remove(output.mul, safe=True)
     old.name = None
-    output.accumulator.name = name
+    accumulator.name = name
 
 
 def _initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
