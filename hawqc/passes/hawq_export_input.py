@@ -7,7 +7,8 @@ HAWQ's exporter writes the input in one of two layouts:
   `prev_act_scaling_factor` by hand): `x -> Div(x, s_in)`, nothing on the input. Such a graph input
   has no fixed-point type; `--input-precision fixed<W,I>` gives it one (its pass runs first and puts
   `Quant(x, 2^-F)` on the input), so this reads `Quant(x, 2^-F) -> Div(s_in)` with a divisor that is
-  not the Quant's scale as that layout. Without the option it is refused, naming the option.
+  not the Quant's scale as that layout. Without the option it is refused, naming the option. (With
+  `s_in = 2^-F` the graph is the one an input QuantAct gives, and is read as one: the same codes.)
 
 Without an input QuantAct, HAWQ's first layer computes (upstream `QuantLinear.forward`)
 `ste_round(F.linear(x / s_in, W_int, b_int)) * s_w * s_in`, and the next QuantAct's
