@@ -129,7 +129,7 @@ def test_the_summary_says_the_input_had_no_quantact(exports):
     ("name", "backend"),
     [
         ("mlp-lsb", "vitis"), ("mlp-lsb", "vivado"), ("mlp-calibrated", "vitis"), ("mlp-calibrated", "vivado"),
-        ("cnn-lsb", "vitis"), ("cnn-calibrated", "vitis"),
+        ("mlp-coarser", "vitis"), ("cnn-lsb", "vitis"), ("cnn-calibrated", "vitis"),
     ],
 )  # fmt: skip
 def test_c_simulation_is_hawq(exports, tmp_path, name, backend):
@@ -151,6 +151,9 @@ def test_c_simulation_is_hawq(exports, tmp_path, name, backend):
     affine = output_affines(result.model).get(output)
     np.testing.assert_array_equal(hardware if affine is None else affine.decode_float(hardware), accumulator)
     assert (affine is not None) == ("calibrated" in name)
+    # Nothing is left for exact-requant: every requantization is HAWQ's dyadic one already.
+    exact_requant = [r.statistics for r in result.records if r.name == "exact-requant"]
+    assert exact_requant and not any(any(statistics.values()) for statistics in exact_requant)
 
 
 def test_without_input_precision_one_line_names_the_option(exports, tmp_path, capsys):

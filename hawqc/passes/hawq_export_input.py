@@ -125,8 +125,7 @@ def round_accumulator(graph: ir.Graph, core: ir.Node, mul: ir.Node, hawq_input: 
         graph.register_initializer(value)
         return value
 
-    def node(op_type: str, inputs: list[ir.Value], domain: str = "", attributes=()) -> ir.Node:
-        attributes = [ir.AttrInt64(k, v) if isinstance(v, int) else v for k, v in attributes] if attributes and isinstance(attributes[0], tuple) else attributes
+    def node(op_type: str, inputs: list[ir.Value], domain: str = "", attributes: list[ir.Attr] = ()) -> ir.Node:
         made = ir.Node(domain, op_type, inputs, list(attributes), name=names(f"{name}_{op_type.lower()}"), num_outputs=1)
         made.outputs[0].name = names(f"{made.name}_out")
         return made
@@ -134,7 +133,9 @@ def round_accumulator(graph: ir.Graph, core: ir.Node, mul: ir.Node, hawq_input: 
     new: list[ir.Node] = []
     value = accumulator
     if not p2:
-        new.append(node("Cast", [value], attributes=[("to", int(ir.DataType.DOUBLE))]))
+        # In double: integer-requant's multiplier then has float64's 53 bits (a calibrated s_in needs
+        # more than float32's 24 to round every accumulator as the exact sum does).
+        new.append(node("Cast", [value], attributes=[ir.AttrInt64("to", int(ir.DataType.DOUBLE))]))
         new.append(node("Mul", [new[-1].outputs[0], initializer("scale_in", s_in, np.float64)]))
         value = new[-1].outputs[0]
     attributes = [ir.AttrInt64("signed", 1), ir.AttrInt64("narrow", 0), ir.AttrString("rounding_mode", "ROUND")]

@@ -364,6 +364,8 @@ def _round_first_layers(model: ir.Model, export: HawqExport) -> int:
     muls = {layer.core: layer.mul for layer in export.layers} | {export.output.core: export.output.mul}
     cores = first_layer_cores(export.input)
     for core in cores:
+        if core not in muls:
+            raise UnsupportedModelError(f"{describe(core)}: reads the graph input but is not a HAWQ-export layer (no Mul(s_w * s_in) after it)")
         round_accumulator(model.graph, core, muls[core], export.input)
     model.opset_imports.setdefault(QONNX_DOMAIN, 1)
     return len(cores)
