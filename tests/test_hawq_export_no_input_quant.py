@@ -84,6 +84,16 @@ def _read(exports, name: str, samples: int = 0):
     return model, read_as_hawq(model, source=name, samples=samples)
 
 
+@pytest.mark.parametrize("name", ["mlp-calibrated", "cnn-lsb"])
+def test_the_export_divides_the_input_by_the_scale_given_by_hand(exports, name):
+    """The layout: nothing on the input, the first layer's Div(input, s_in) reads it."""
+    graph = onnx.load(exports[name]["path"]).graph
+    readers = [node for node in graph.node if "input" in node.input]
+    assert [node.op_type for node in readers] == ["Div"]
+    divisor = next(node for node in graph.node if node.output[0] == readers[0].input[1])
+    assert onnx.numpy_helper.to_array(divisor.attribute[0].t) == np.float32(CASES[name][1])
+
+
 def test_the_reference_first_layer_is_the_modules_where_every_quotient_is_an_integer(exports):
     """The test's HAWQ first layer (upstream's rounding of the accumulator) agrees with hawqc's own
     modules (which round each x / s_in) where the input is on s_in's grid, and not elsewhere."""
@@ -138,6 +148,10 @@ def test_c_simulation_is_hawq(exports, tmp_path, name, backend):
     )
     result = compile_model(exports[name]["path"], tmp_path / "proj", options)
     assert result.verify.bit_exact and result.verify.samples == 200, result.verify.summary()
+    if "calibrated" in name:  # integer-requant: hardware mode is checked against the exact meaning
+        assert result.verify.exact.equal and result.verify.modes is None, result.verify.summary()
+    else:  # integer-only: hardware mode equals semantic mode, nothing declared inexact
+        assert result.verify.modes.equal and not result.verify.modes.declared_inexact, result.verify.summary()
     x = _grid_inputs(exports[name]["shape"], exports[name]["fixed"], seed=4)
     accumulator = _hawq_accumulator(exports[name]["net"], x)
     permutations = layout_permutations(result.model)  # the CNN's input is channels-last in the project
@@ -162,7 +176,7 @@ def test_without_input_precision_one_line_names_the_option(exports, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--hawq-export-semantics hawq: the graph input 'input' is divided by the first layer's input scale" in err
-    assert "with no quantizer before it" in err and err.strip().endswith("give the input its fixed-point type with --input-precision")
+    assert "with no quantizer before it" in err and "give the input its fixed-point type with --input-precision (hawqc-opt: the pass" in err
     assert not out.exists()
 
 

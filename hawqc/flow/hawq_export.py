@@ -6,7 +6,8 @@ and why), run right after loading and before the pipeline, only when asked
 (`hawqc --hawq-export-semantics hawq`, `CompileOptions(hawq_export_semantics="hawq")`, or
 `read_as_hawq(model)` from Python). Asked for by the option, a file without the pattern is refused
 naming the option and the file, before anything is rewritten (the pass alone leaves such a graph
-unchanged).
+unchanged). An export of a model without an input QuantAct needs `--input-precision` too (its
+input has no type); without it, it is refused naming both options.
 
 The measurement runs the file as loaded and the rewritten graph in semantic mode on sample inputs
 and counts the samples where any requantized code differs, and where the output differs (the

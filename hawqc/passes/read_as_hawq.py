@@ -258,7 +258,8 @@ def _input_quantizer(graph: ir.Graph, refusals: _Refusals) -> HawqInput:
         raise refusals.error(
             UnsupportedModelError, refusals.source,
             f"the graph input '{x.name}' is divided by the first layer's input scale with no quantizer before it "
-            "(a HAWQ model without an input QuantAct): give the input its fixed-point type with {}",
+            "(a HAWQ model without an input QuantAct): give the input its fixed-point type with {}"
+            + ("" if refusals.asker is None else " (hawqc-opt: the pass input-precision before read-as-hawq)"),
             options=(("input_precision", "the pass input-precision{type=...} before read-as-hawq"),),
         )  # fmt: skip
     uses = x.uses()
