@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.parser
+import onnx_ir as ir
 import pytest
 import torch
 from hawq_export_files import INPUT_SCALE, export_cnn, export_mlp, hawq_first_layer, to_hawq_export
@@ -132,7 +134,7 @@ def test_the_summary_says_the_input_had_no_quantact(exports):
     _, reading = _read(exports, "mlp-calibrated", samples=50)
     line = reading.summary()
     assert f"no input QuantAct (input scale {CALIBRATED_SCALE!r} given by hand)" in line
-    assert "the first layer's accumulator rounded, as HAWQ does, in 1 layer;" in line and "of 50 samples" in line
+    assert "given by hand): the float accumulator of 1 first layer rounded, as HAWQ does;" in line and "of 50 samples" in line
 
 
 @pytest.mark.parametrize(
@@ -183,3 +185,31 @@ def test_without_input_precision_one_line_names_the_option(exports, tmp_path, ca
 def test_the_pass_alone_names_the_input_precision_pass(exports):
     with pytest.raises(UnsupportedModelError, match=r"type with the pass input-precision\{type=\.\.\.\} before read-as-hawq$"):
         find_hawq_export(hawqc.load(exports["cnn-lsb"]["path"]))
+
+
+def test_a_reader_of_the_input_that_is_not_a_layer_is_refused_naming_it():
+    """HAWQ's rounding goes on each first layer's accumulator, before its Mul(s_w * s_in): a
+    MatMul reading the divided input without one (here a dead one) has no such place."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17, "qonnx.custom_op.general" : 1]>
+    g (float[1,2] x) => (float[1,2] y)
+       <float lsb = {0.125}, float s_in = {0.3}, float z = {0}, float b4 = {4}, float b8 = {8},
+        float[2,2] w1 = {3,-2,7,5}, float[2] b1 = {10,-7}, float k1 = {0.0371}, float s_a = {0.29},
+        float[2,2] w2 = {1,2,3,4}, float k2 = {0.0107}>
+    {
+       xq = qonnx.custom_op.general.Quant <signed: int = 1, narrow: int = 0, rounding_mode: string = "ROUND"> (x, lsb, z, b4)
+       d = Div (xq, s_in)
+       m = MatMul (d, w1)
+       [stray] stray = MatMul (d, w2)
+       a = Add (m, b1)
+       r = Mul (a, k1)
+       h = Relu (r)
+       q = qonnx.custom_op.general.Quant <signed: int = 0, narrow: int = 0, rounding_mode: string = "ROUND"> (h, s_a, z, b8)
+       c = Div (q, s_a)
+       m2 = MatMul (c, w2)
+       y = Mul (m2, k2)
+    }
+    """
+    model = ir.from_proto(onnx.parser.parse_model(text))
+    with pytest.raises(UnsupportedModelError, match=r"^node 'stray' \(MatMul\): reads the graph input but is not a HAWQ-export layer"):
+        find_hawq_export(model)

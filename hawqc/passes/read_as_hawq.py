@@ -113,9 +113,8 @@ class HawqExportReading:
         if not self.input_act:
             line += f"; no input QuantAct (input scale {self.input_scale!r} given by hand)"
             if self.first_layers_rounded:
-                line += f": the first layer's accumulator rounded, as HAWQ does, in {self.first_layers_rounded} layer" + (
-                    "s" if self.first_layers_rounded != 1 else ""
-                )
+                count = self.first_layers_rounded
+                line += f": the float accumulator of {count} first layer{'s' if count != 1 else ''} rounded, as HAWQ does"
         if not self.samples:
             return line
         return (
@@ -215,6 +214,12 @@ def find_hawq_export(model: ir.Model, *, source: str = "the model", asker: str |
                 UnsupportedModelError, describe(core),
                 "its input is not the codes of a HAWQ-export activation (Quant(s_a) -> Div(s_a))",
             )  # fmt: skip
+    layer_cores = {layer.core for layer in layers} | {output.core}
+    for core in first_layer_cores(hawq_input) if hawq_input.by_hand else []:
+        if core not in layer_cores:
+            raise refusals.error(
+                UnsupportedModelError, describe(core), "reads the graph input but is not a HAWQ-export layer (no Mul(s_w * s_in) after it)"
+            )
     leftover = [node for node in graph if node.op_type == "Div" and node.domain == "" and node not in code_divs]
     if leftover:
         raise refusals.error(UnsupportedModelError, describe(leftover[0]), "a Div that is not part of a HAWQ-export layer")
@@ -364,9 +369,7 @@ def _round_first_layers(model: ir.Model, export: HawqExport) -> int:
     `x / s_in` not always an integer: `hawqc.passes.hawq_export_input`); how many layers."""
     muls = {layer.core: layer.mul for layer in export.layers} | {export.output.core: export.output.mul}
     cores = first_layer_cores(export.input)
-    for core in cores:
-        if core not in muls:
-            raise UnsupportedModelError(f"{describe(core)}: reads the graph input but is not a HAWQ-export layer (no Mul(s_w * s_in) after it)")
+    for core in cores:  # each one a layer: find_hawq_export checked it
         round_accumulator(model.graph, core, muls[core], export.input)
     model.opset_imports.setdefault(QONNX_DOMAIN, 1)
     return len(cores)
