@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from hawqc.ir.constants import make_initializer
 from hawqc.ir.domains import QONNX_DOMAIN
 from hawqc.ir.names import FreshNames
 from hawqc.ir.ops.quantizer import quantizer
@@ -121,7 +122,7 @@ def round_accumulator(graph: ir.Graph, core: ir.Node, mul: ir.Node, hawq_input: 
     p2 = is_power_of_two(float(s_in))
 
     def initializer(role: str, number, dtype=np.float32) -> ir.Value:
-        value = ir.Value(name=names(f"{name}_{role}"), const_value=ir.tensor(np.array(number, dtype=dtype)))
+        value = make_initializer(np.array(number, dtype=dtype), names(f"{name}_{role}"))
         graph.register_initializer(value)
         return value
 
