@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from hawqc.ir import dyadic_requant
 from hawqc.ir.dyadic_requant import NoDyadic, Requantization, solve
 from hawqc.ir.ops.rounding import MODES, code_cell, round_quotient
 from hawqc.sim.quant import rounding_function
@@ -96,7 +97,65 @@ def test_a_wide_accumulator_range_is_checked_only_between_the_plateaus():
         assert q.exact_code(n) == q.dyadic_code(d, n)
 
 
-def test_too_many_steps_are_refused_naming_the_count():
+def _check_everywhere(q: Requantization, d, chunk: int = 1 << 22) -> None:
+    """code~ == code on every accumulator between the plateaus (beyond them both are monotone), in chunks."""
+    first, last = dyadic_requant._plateau_ends(q, dyadic_requant._lowest_code(q))
+    for start in range(first, last + 1, chunk):
+        n = np.arange(start, min(start + chunk, last + 1), dtype=np.int64)
+        num = d.m * n + d.c
+        if q.relu:
+            num = np.maximum(num, 0)
+        num = np.clip(num, q.min_code << d.e, q.max_code << d.e)
+        assert np.array_equal(round_quotient(num, 1 << d.e, q.mode), dyadic_requant.exact_codes(q, n)), (q, d, start)
+
+
+def test_reasoning_beyond_enumeration_finds_the_same_fewest_bits(monkeypatch):
+    """The proof on the accumulators near a rounding boundary (forced on small ranges here) gives the
+    exponent the step-by-step enumeration gives, and a dyadic exact on every accumulator."""
+    rng = random.Random(5)
+    cases = [_random_requantization(rng, 3000) for _ in range(150)]
+    enumerated = []
+    for q in cases:
+        try:
+            enumerated.append(solve(q))
+        except NoDyadic:
+            enumerated.append(None)
+    monkeypatch.setattr(dyadic_requant, "MAX_CHECKED", 16)
+    monkeypatch.setattr(dyadic_requant, "NEAR_START", 2)  # start with a narrow margin: the widening runs
+    reasoned = 0
+    for q, expected in zip(cases, enumerated):
+        if expected is None:
+            with pytest.raises(NoDyadic):
+                solve(q)
+            continue
+        d = solve(q)
+        assert d.e == expected.e, (q, d, expected)
+        assert all(q.exact_code(n) == q.dyadic_code(d, n) for n in range(q.lo, q.hi + 1)), (q, d)
+        reasoned += q.r != 0 and abs(q.r) * (q.hi - q.lo) > 20
+    assert reasoned > 50
+
+
+@pytest.mark.parametrize("mode", ["HALF_EVEN", "FLOOR", "HALF_UP"])
+def test_tens_of_millions_of_steps_are_proven_without_enumeration(mode):
+    # A 32-bit accumulator with a ratio of 2^-18: 2^26 steps between the first and last 8-bit code
+    # (16 times what is enumerated). Checked everywhere here, in chunks.
+    r = Fraction(float(np.float32(1.37))) / Fraction(float(np.float32(1.1))) * Fraction(1, 1 << 18)
+    q = Requantization(r, Fraction(float(np.float32(-3.7))), -(1 << 31), (1 << 31) - 1, -128, 127, mode, mode == "FLOOR")
+    first, last = dyadic_requant._plateau_ends(q, dyadic_requant._lowest_code(q))
+    assert last - first + 1 > 4 * dyadic_requant.MAX_CHECKED
+    d = solve(q)
+    _check_everywhere(q, d)
+
+
+def test_ties_no_dyadic_reproduces_are_named_beyond_enumeration_too():
+    # r = 1 / (3 * 2^20) is not dyadic, and half-even ties fall both ways: no dyadic keeps them all.
     q = Requantization(Fraction(1, 3 << 20), Fraction(0), -(1 << 40), 1 << 40, -(1 << 15), (1 << 15) - 1, "ROUND")
-    with pytest.raises(NoDyadic, match="accumulator takes .* values"):
+    with pytest.raises(NoDyadic, match=r"accumulator -?\d+ gives exactly .* \(a tie of ROUND"):
+        solve(q)
+
+
+def test_too_many_values_near_a_boundary_are_refused_naming_the_count(monkeypatch):
+    monkeypatch.setattr(dyadic_requant, "MAX_NEAR", 64)
+    q = Requantization(Fraction(1, 3 << 20), Fraction(0), -(1 << 40), 1 << 40, -(1 << 15), (1 << 15) - 1, "ROUND")
+    with pytest.raises(NoDyadic, match=r"accumulator takes \d+ values .* more than 64 of them lie too near"):
         solve(q)

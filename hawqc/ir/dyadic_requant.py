@@ -28,23 +28,38 @@ Why the check is a proof, not a sample:
   bisection, then walked down while a smaller e still works.
 Ties of the exact meaning (r*n + t on a cell's end) are cell ends like any other, closed or open as
 R decides; where no dyadic satisfies them all, the refusal names the accumulator value and the tie.
+
+Up to `MAX_CHECKED` steps every n between the plateaus is checked. Beyond (a 32-bit accumulator with a
+tiny ratio has billions), the proof is by exact reasoning on the rationals (`_solve_wide`): only the n
+whose exact value lies near a cell end can be reproduced wrongly by a dyadic that stays close to the
+exact line; those n are found directly (`hawqc.ir.residues`) and checked as above, and one more
+constraint keeps the dyadic within the margin of the exact line on all the others.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import numpy as np
 
 from hawqc.ir.ops.rounding import HALF_MODES, check_mode, code_cell, round_quotient
+from hawqc.ir.residues import all_in_window
 
 # The largest exponent tried: m*n must stay exact in the hardware's product (hls4ml types are wide,
 # but nobody wants a multiplier beyond this), and float64 scales stop at 2^53 mantissas anyway.
 MAX_EXPONENT = 62
 # The most accumulator values checked one by one (the steps between the plateaus).
 MAX_CHECKED = 1 << 22
+# Beyond that, the most accumulator values near a rounding boundary reasoned about (`_solve_wide`).
+MAX_NEAR = 1 << 22
+# How many of them to start with (about): the margin grows from there while it costs bits.
+NEAR_START = 1 << 12
+
+# A further constraint on the offset c for a multiplier m at exponent e: an integer interval.
+OffsetBound = Callable[[int, int], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,9 @@ class Dyadic:
     m: int
     c: int
     e: int
+    # False only beyond enumeration when the margin proof could not rule out a smaller exponent with
+    # the accumulator values it could afford (`_solve_wide`): exact everywhere, perhaps not fewest.
+    fewest: bool = field(default=True, compare=False)
 
     @property
     def multiplier(self) -> Fraction:
@@ -108,8 +126,8 @@ def _trailing_zeros(x: int) -> int:
 
 def solve(q: Requantization) -> Dyadic:
     """The dyadic with the smallest exponent reproducing `q` on its whole range (see the module
-    docstring); raises NoDyadic naming the accumulator value where none can, or where the range has
-    too many steps to check."""
+    docstring); raises NoDyadic naming the accumulator value where none can, or where too many
+    accumulator values lie near a rounding boundary to reason about."""
     mode = check_mode(q.mode)
     q = Requantization(q.r, q.t, q.lo, q.hi, q.min_code, q.max_code, mode, q.relu)
     if q.lo > q.hi:
@@ -117,43 +135,33 @@ def solve(q: Requantization) -> Dyadic:
     if q.r < 0:
         mirrored = Requantization(-q.r, q.t, -q.hi, -q.lo, q.min_code, q.max_code, mode, q.relu)
         d = solve(mirrored)
-        return Dyadic(-d.m, d.c, d.e)
-    try:
-        n = _checked_accumulators(q)
-    except NoDyadic:
-        exact = _exact_dyadic(q)
-        if exact is None:
-            raise
-        return exact  # too many steps to look for fewer bits, but r and t themselves are dyadic
-    codes = exact_codes(q, n)
+        return replace(d, m=-d.m)
     low_code = _lowest_code(q)
-    return _search(q, n, codes, low_code)
-
-
-def _exact_dyadic(q: Requantization) -> Dyadic | None:
-    """r and t themselves when both are dyadic: then code~ is code for every n, trivially."""
-    if q.r.denominator & (q.r.denominator - 1) or q.t.denominator & (q.t.denominator - 1):
-        return None
-    e = max(q.r.denominator.bit_length(), q.t.denominator.bit_length()) - 1
-    return Dyadic(int(q.r * (1 << e)), int(q.t * (1 << e)), e)
+    if q.r == 0:
+        n = np.array([q.lo], dtype=np.int64)
+        return _search(q, n, exact_codes(q, n), low_code)
+    first, last = _plateau_ends(q, low_code)
+    if last - first + 1 <= MAX_CHECKED:
+        n = np.arange(first, last + 1, dtype=np.int64)
+        return _search(q, n, exact_codes(q, n), low_code)
+    return _solve_wide(q, first, last, low_code)
 
 
 def _lowest_code(q: Requantization) -> int:
     return q.exact_code(q.lo) if q.r == 0 else max(q.min_code, 0 if q.relu and q.min_code <= 0 <= q.max_code else q.min_code)
 
 
-def _checked_accumulators(q: Requantization) -> np.ndarray:
-    """The n between the plateaus, with the last n of the bottom one and the first of the top one."""
-    if q.r == 0:
-        return np.array([q.lo], dtype=np.int64)
-    low_code = _lowest_code(q)
+def _plateau_ends(q: Requantization, low_code: int) -> tuple[int, int]:
+    """The last n of the bottom plateau and the first n of the top one (r > 0): the codes between
+    them are the steps to check."""
     # The bottom plateau ends below the lowest code's cell end; the top one starts at the highest
     # code's cell start. Estimate with fractions, then step to the exact ends.
     low_cell = code_cell(np.array([low_code]), q.mode)
     top_cell = code_cell(np.array([q.max_code]), q.mode)
     first = math.floor((Fraction(int(low_cell.hi2[0]), 2) - q.t) / q.r) - 1
     last = math.ceil((Fraction(int(top_cell.lo2[0]), 2) - q.t) / q.r) + 1
-    first, last = max(first, q.lo), min(last, q.hi)
+    # Both estimates can fall outside the range (a range on one plateau): clamp both into it.
+    first, last = min(max(first, q.lo), q.hi), min(max(last, q.lo), q.hi)
     while first > q.lo and q.exact_code(first) != low_code:
         first -= 1
     while first < q.hi and q.exact_code(first + 1) == low_code:
@@ -162,14 +170,78 @@ def _checked_accumulators(q: Requantization) -> np.ndarray:
         last += 1
     while last > q.lo and q.exact_code(last - 1) == q.max_code:
         last -= 1
-    if last < first:
-        first, last = min(first, last), max(first, last)
-    if last - first + 1 > MAX_CHECKED:
+    return min(first, last), max(first, last)
+
+
+def _solve_wide(q: Requantization, first: int, last: int, low_code: int) -> Dyadic:
+    """`solve` on more steps than can be checked one by one: by exact reasoning on the rationals.
+
+    In units of the rounding step, shifted so that the cell ends are the integers (by 1/2 for the
+    half modes), the exact meaning is u(n) = (a*n + b) / d with integers a, b, d. An n whose residue
+    (a*n + b) mod d lies in (h, d - h) is farther than w = (h + 1) / d from every cell end, so any
+    dyadic within w of the exact line at that n gives its code; the error of a dyadic is linear in n,
+    so within w at `first` and `last` means within w everywhere between. So the dyadic is solved on
+    the few n near a cell end (found directly, `hawqc.ir.residues`), plus the two ends of the range,
+    with that margin as one more constraint: code~ == code on every n of the range, proven.
+    Fewest bits: a dyadic for the whole range is one for those n, so if no smaller exponent works
+    on them alone, none works at all. Otherwise the margin is widened (h grows, more n) and solved
+    again, until the proof admits the fewest bits or the n near a cell end are too many to check.
+    """
+    shift = Fraction(1, 2) if q.mode in HALF_MODES else Fraction(0)
+    offset = q.t - shift
+    d = math.lcm(q.r.denominator, offset.denominator)
+    a, b = int(q.r * d), int(offset * d)
+    count = last - first + 1
+    base = a * first + b
+    near_ends = NEAR_START
+    best: Dyadic | None = None
+    while True:
+        h = min(d * near_ends // (2 * count), d // 2)  # at d // 2 the two windows hold every residue
+        near = _near_cell_ends(a, base, d, h, count)
+        if near is None:
+            break  # too many to check: keep the best proven so far
+        n = np.array(sorted(set(near) | {0, count - 1}), dtype=np.int64) + first
+        codes = exact_codes(q, n)
+        margin = Fraction(h + 1, d)
+        ends = [(first, q.r * first + q.t), (last, q.r * last + q.t)]
+
+        def within_margin(e: int, m: int) -> tuple[int, int]:
+            """The c keeping (m*n + c) / 2^e within the margin of the exact line at both ends."""
+            scale = 1 << e
+            c_lo = max(math.floor((y - margin) * scale) - m * v for v, y in ends) + 1
+            c_hi = min(math.ceil((y + margin) * scale) - m * v for v, y in ends) - 1
+            return c_lo, c_hi
+
+        cells, bottom, top = code_cell(codes, q.mode), codes == low_code, codes == q.max_code
+        every_n = 2 * h + 1 >= d  # every residue is near a cell end: no n is left to the margin
+        try:
+            found = _search(q, n, codes, low_code, None if every_n else within_margin)
+        except NoDyadic:
+            if _feasible_at(q, MAX_EXPONENT, n, cells, bottom, top) is None:
+                raise NoDyadic(_why_none(q, n, codes)) from None  # none even for these n alone
+            found = None
+        if found is not None:
+            best = found if best is None or found.e < best.e else best
+            if found.e == 0 or _feasible_at(q, found.e - 1, n, cells, bottom, top) is None:
+                return found  # no smaller exponent works even on these n alone
+        if every_n:
+            break
+        near_ends *= 4
+    if best is None:
         raise NoDyadic(
-            f"the accumulator takes {last - first + 1} values between the quantizer's first and last code "
-            f"(more than {MAX_CHECKED} to check)"
+            f"the accumulator takes {count} values between the quantizer's first and last code, and more "
+            f"than {MAX_NEAR} of them lie too near a rounding boundary to reason about"
         )
-    return np.arange(first, last + 1, dtype=np.int64)
+    return replace(best, fewest=False)
+
+
+def _near_cell_ends(a: int, base: int, d: int, h: int, count: int) -> list[int] | None:
+    """The x in [0, count) with (a*x + base) mod d in [0, h] or [d - h, d): within h/d of a cell end."""
+    below = all_in_window(a, base, d, 0, h, count, MAX_NEAR)
+    if below is None or h == 0:
+        return below
+    above = all_in_window(a, base, d, d - h, d - 1, count, MAX_NEAR - len(below))
+    return None if above is None else below + above
 
 
 def exact_codes(q: Requantization, n: np.ndarray) -> np.ndarray:
@@ -210,7 +282,9 @@ def _round_float(y: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-def _search(q: Requantization, n: np.ndarray, codes: np.ndarray, low_code: int) -> Dyadic:
+def _search(q: Requantization, n: np.ndarray, codes: np.ndarray, low_code: int, extra: OffsetBound | None = None) -> Dyadic:
+    """The dyadic with the smallest exponent giving `codes` at every n (and whose offset c lies in
+    `extra(e, m)`, a further constraint)."""
     cells = code_cell(codes, q.mode)
     # Plateaus are open-ended: below the lowest code and above the highest, anything is that code.
     bottom, top = codes == low_code, codes == q.max_code
@@ -218,7 +292,7 @@ def _search(q: Requantization, n: np.ndarray, codes: np.ndarray, low_code: int) 
 
     def at(e: int) -> Dyadic | None:
         if e not in cache:
-            cache[e] = _feasible_at(q, e, n, cells, bottom, top)
+            cache[e] = _feasible_at(q, e, n, cells, bottom, top, extra)
         return cache[e]
 
     lo_e, hi_e = 0, None
@@ -240,7 +314,7 @@ def _search(q: Requantization, n: np.ndarray, codes: np.ndarray, low_code: int) 
     return result
 
 
-def _feasible_at(q, e: int, n: np.ndarray, cells, bottom: np.ndarray, top: np.ndarray) -> Dyadic | None:
+def _feasible_at(q, e: int, n: np.ndarray, cells, bottom: np.ndarray, top: np.ndarray, extra: OffsetBound | None = None) -> Dyadic | None:
     """A dyadic with exponent e reproducing every checked code, trying the multipliers nearest r*2^e."""
     target = q.r * (1 << e)
     base = math.floor(target)
@@ -250,6 +324,11 @@ def _feasible_at(q, e: int, n: np.ndarray, cells, bottom: np.ndarray, top: np.nd
         if window is None:
             continue
         c_min, c_max = window
+        if extra is not None:
+            lo, hi = extra(e, m)
+            c_min, c_max = max(c_min, lo), min(c_max, hi)
+            if c_min > c_max:
+                continue
         return Dyadic(m, _simplest_in(c_min, c_max, q.t * (1 << e)), e)
     return None
 
