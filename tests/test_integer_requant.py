@@ -4,6 +4,7 @@ mode of the lowered model equals the original model's exact meaning on every sam
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from fractions import Fraction
 
 import float_scale_models as models
@@ -82,6 +83,24 @@ def test_multiplier_widths_are_recorded_on_the_requantization():
     statistics = next(r.statistics for r in records if r.name == "integer-requant")
     bits = [int(n.metadata_props["hawqc.requant.multiplier_bits"]) for n in model.graph if "hawqc.requant.multiplier_bits" in n.metadata_props]
     assert bits and max(bits) == statistics["widest-multiplier-bits"] and max(bits) < 24
+
+
+def test_a_multiplier_not_proven_fewest_is_said_so(tmp_path, capsys, monkeypatch):
+    """`Dyadic.fewest` is False only on ranges too wide to rule out a smaller exponent (forced here):
+    the compile says which requantizations, and the report marks them."""
+    import json
+
+    import hawqc.passes.integer_requant.rewriter as integer_requant
+
+    real_solve = integer_requant.solve
+    monkeypatch.setattr(integer_requant, "solve", lambda q: replace(real_solve(q), fewest=False))
+    write_model(models.mlp(0), tmp_path / "m.onnx")
+    code, out, _ = run_cli(capsys, main, tmp_path / "m.onnx", "-o", tmp_path / "proj")
+    assert code == 0
+    report = json.loads((tmp_path / "proj" / "hawqc_report.json").read_text())
+    assert report["requantizations"] and not any(r["fewest_bits_proven"] for r in report["requantizations"])
+    line = next(line for line in out.splitlines() if "not proven the fewest bits" in line)
+    assert all(r["node"] in line for r in report["requantizations"])
 
 
 def test_a_wrong_requantization_is_caught_by_translation_validation(monkeypatch):

@@ -175,6 +175,9 @@ def _compile(args: argparse.Namespace, command: tuple[str, ...] = ("hawqc",)) ->
             f"hawqc: {len(result.report.requantizations)} requantization(s) with float scales made exact dyadic "
             f"multiplies of {', '.join(map(str, widths))} significant bits"
         )
+        unproven = [r["node"] for r in result.report.requantizations if not r.get("fewest_bits_proven", True)]
+        if unproven:
+            print(f"hawqc: exact, but not proven the fewest bits (accumulator range too wide to rule out fewer): {', '.join(unproven)}")
     if result.verify is None:
         return 0
     for line in result.verify.summary().splitlines():

@@ -8,7 +8,7 @@ from typing import Any
 import onnx_ir as ir
 
 from hawqc.ir.interfaces import input_codes, output_affines
-from hawqc.passes.integer_requant import MULTIPLIER_BITS_KEY
+from hawqc.passes.integer_requant import FEWEST_PROVEN_KEY, MULTIPLIER_BITS_KEY
 
 
 def interfaces_summary(model: ir.Model) -> dict[str, Any] | None:
@@ -30,9 +30,14 @@ def interface_lines(model: ir.Model) -> list[str]:
 
 
 def requantizations(model: ir.Model) -> list[dict[str, Any]]:
-    """Every proven dyadic requantization: its Mul node and the widest multiplier's significant bits."""
+    """Every proven dyadic requantization: its Mul node, the widest multiplier's significant bits, and
+    whether no fewer bits can do (proven, except on ranges too wide to rule a smaller exponent out)."""
     return [
-        {"node": node.name, "multiplier_bits": int(node.metadata_props[MULTIPLIER_BITS_KEY])}
+        {
+            "node": node.name,
+            "multiplier_bits": int(node.metadata_props[MULTIPLIER_BITS_KEY]),
+            "fewest_bits_proven": node.metadata_props.get(FEWEST_PROVEN_KEY) != "false",
+        }
         for node in model.graph
         if MULTIPLIER_BITS_KEY in node.metadata_props
     ]

@@ -38,9 +38,9 @@ from hawqc.errors import UnsupportedModelError
 from hawqc.ir.io import copy_model
 from hawqc.passes.base import Pass, PassResult, option
 from hawqc.passes.integer_requant.rewriter import Rewriter
-from hawqc.passes.integer_requant.tracking import COUNTERS, MULTIPLIER_BITS_KEY, REFUSAL_KEY
+from hawqc.passes.integer_requant.tracking import COUNTERS, FEWEST_PROVEN_KEY, MULTIPLIER_BITS_KEY, REFUSAL_KEY
 
-__all__ = ["COUNTERS", "MULTIPLIER_BITS_KEY", "REFUSAL_KEY", "IntegerRequant"]
+__all__ = ["COUNTERS", "FEWEST_PROVEN_KEY", "MULTIPLIER_BITS_KEY", "REFUSAL_KEY", "IntegerRequant"]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from hawqc.passes.integer_requant.rules import RULES
 from hawqc.passes.integer_requant.tracking import (
     AFFINE_OPS,
     MOVE_OPS,
+    FEWEST_PROVEN_KEY,
     MULTIPLIER_BITS_KEY,
     Affine,
     InputChain,
@@ -362,6 +363,8 @@ class Rewriter:
         value = self.insert(node, "Mul", [x, self.initializer(compact(multiplier), f"{name}_dyadic_multiplier", like=x)], f"{name}_requant_mul")
         bits = max(d.mantissa_bits for d in solved.values())
         value.producer().metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
+        if not all(d.fewest for d in solved.values()):
+            value.producer().metadata_props[FEWEST_PROVEN_KEY] = "false"
         value = self.offsets(node, value, c * sigma_f, name, double)
         if a.relu:
             value = self.insert(node, "Relu", [value], f"{name}_relu")

@@ -13,6 +13,9 @@ from hawqc.ir.qtypes import power_of_two_exponent
 
 FLOAT32_EXACT_INT = 1 << 24
 MULTIPLIER_BITS_KEY = "hawqc.requant.multiplier_bits"
+# Set (to "false") on a requantization whose multiplier is exact but not proven the fewest bits
+# (`Dyadic.fewest`: a range too wide for the solver to rule out a smaller exponent).
+FEWEST_PROVEN_KEY = "hawqc.requant.fewest_bits_proven"
 # Why the pass left a model with float scales as it was (read by the compile driver).
 REFUSAL_KEY = "hawqc.integer_requant.refused"
 
