@@ -45,7 +45,15 @@ class Rewriter:
         self.names = FreshNames(self.graph)
         self.values: dict[ir.Value, Affine] = {}
         self.statistics: Counter = Counter()
-        self._exact = ExactExecutor.constants_of(model)
+        self._constants: dict[ir.Value, object] | None = None
+
+    @property
+    def _exact(self) -> dict[ir.Value, object]:
+        """Every constant, exactly; folded on first use (seconds on millions of weights), so that a
+        model of powers of two only is passed over without it."""
+        if self._constants is None:
+            self._constants = ExactExecutor.constants_of(self.model)
+        return self._constants
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -145,6 +153,7 @@ class Rewriter:
         """Whether any quantizer has a scale that is not a power of two (on data or on weights), or a
         graph input reaches its quantizer through a rescale that is not one: then the whole model is
         taken to integers (a model of powers of two only is left as it is)."""
+        runtime = self.runtime_values()
         for node in self.graph:
             if not node.outputs or (not any(True for _ in node.outputs[0].uses()) and not node.outputs[0].is_graph_output()):
                 continue  # dead (a weight quantizer this pass already read): a second run changes nothing
@@ -153,11 +162,19 @@ class Rewriter:
                 continue
             if not is_power_of_two(view.scale):
                 return True
-            if node.inputs[0] is not None and self.constant(node.inputs[0]) is None:
+            if node.inputs[0] is not None and node.inputs[0] in runtime:
                 chain = self.input_chain(node.inputs[0])
                 if chain.source is not None and not chain.trivial:
                     return True
         return False
+
+    def runtime_values(self) -> set[ir.Value]:
+        """The values computed from a graph input (the others are constants), found without folding."""
+        runtime = {v for v in self.graph.inputs if v.name not in self.graph.initializers}
+        for node in self.graph:  # topological order
+            if any(v in runtime for v in node.inputs if v is not None):
+                runtime.update(node.outputs)
+        return runtime
 
     def is_root(self, node: ir.Node) -> bool:
         """A quantizer of a runtime value that is not rescaled yet (a graph input's, or a float value's)."""
