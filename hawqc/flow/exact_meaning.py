@@ -16,13 +16,13 @@ longer computes the model's float32 arithmetic. So verification then runs, per s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 import onnx_ir as ir
 
 from hawqc.ir.interfaces import InputCodes, OutputAffine, input_codes, output_affines
 from hawqc.ir.layout import invert, layout_permutations
+from hawqc.ir.rationals import exact_fractions
 from hawqc.sim.exact import ExactExecutor
 
 
@@ -135,7 +135,7 @@ class ExactMeaning:
         out = design if self.output_perm is None else design.transpose(invert(self.output_perm))
         affine = self.affines.get(self.output_name)
         if affine is None:
-            return np.frompyfunc(lambda v: Fraction(float(v)), 1, 1)(np.asarray(out, dtype=np.float64))
+            return exact_fractions(np.asarray(out, dtype=np.float64))
         return affine.decode(out)
 
     def add(self, x: np.ndarray, hardware: np.ndarray) -> int | None:

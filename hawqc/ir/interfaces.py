@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawqc.ir.ops.rounding import round_quotient
+from hawqc.ir.rationals import exact_fractions
 
 INPUT_KEY = "hawqc.input_codes."
 _ROUNDING_NAMES = {"ROUND": "round_half_even", "HALF_EVEN": "round_half_even"}
@@ -66,7 +67,7 @@ class InputCodes:
         total = self.pre_scale / self.scale
         offset = self.pre_offset / self.scale
         # x = k * 2^-149 exactly for every float32; v = x * total + offset over one denominator.
-        numerator = np.frompyfunc(lambda v: Fraction(float(v)), 1, 1)(x.astype(np.float64))
+        numerator = exact_fractions(x.astype(np.float64))
         v = numerator * total + offset
         num = np.frompyfunc(lambda f: f.numerator, 1, 1)(v)
         den = np.frompyfunc(lambda f: f.denominator, 1, 1)(v)
@@ -115,7 +116,7 @@ class OutputAffine:
 
     def decode(self, v: np.ndarray) -> np.ndarray:
         """Exact real values (object array of Fractions) of the port's values (float64, exact)."""
-        exact = np.frompyfunc(lambda x: Fraction(float(x)), 1, 1)(np.asarray(v, dtype=np.float64))
+        exact = exact_fractions(np.asarray(v, dtype=np.float64))
         return exact * self.scale + self.offset
 
     def decode_float(self, v: np.ndarray) -> np.ndarray:

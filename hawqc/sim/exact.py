@@ -35,6 +35,7 @@ from hawqc.ir.ops.keys import onnx_op, op_key, qonnx_op
 from hawqc.ir.ops.quantizer import code_bounds, quantizer
 from hawqc.ir.ops.rounding import round_quotient
 from hawqc.ir.ops.window import Windows
+from hawqc.ir.rationals import exact_fractions
 from hawqc.sim import ops
 from hawqc.sim.executor import _topological_order
 
@@ -154,7 +155,7 @@ class Exact:
     def equals(self, other: np.ndarray) -> np.ndarray:
         """Per element: is the float array's value exactly this value?"""
         other = np.asarray(other, dtype=np.float64)
-        exact = np.frompyfunc(lambda v: Fraction(float(v)) if math.isfinite(v) else None, 1, 1)(other)
+        exact = exact_fractions(other)
         return np.asarray(self.fractions() == exact, dtype=bool)
 
     def with_scale(self, scale: np.ndarray) -> Exact:

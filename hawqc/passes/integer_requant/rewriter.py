@@ -19,17 +19,17 @@ from hawqc.ir.ops.keys import onnx_op, op_key
 from hawqc.ir.ops.quantizer import BIPOLAR_QUANTIZER, INTEGER_QUANTIZERS, code_bounds, quantizer
 from hawqc.ir.qtypes import power_of_two_exponent
 from hawqc.ir.quant_annotation import QuantAnnotation, annotate
+from hawqc.ir.rationals import exact_fractions
 from hawqc.passes.integer_requant.rules import RULES
 from hawqc.passes.integer_requant.tracking import (
     AFFINE_OPS,
-    MOVE_OPS,
     FEWEST_PROVEN_KEY,
+    MOVE_OPS,
     MULTIPLIER_BITS_KEY,
     Affine,
     InputChain,
     compact,
     float_exact,
-    fractions,
     is_power_of_two,
     label,
     objects,
@@ -351,7 +351,7 @@ class Rewriter:
         `self._last` to (the input's tracking, r, t, the codes' range)."""
         dims = self.dims(x, node)
         a = self.values[x].full(dims)
-        s = np.broadcast_to(fractions(scale.astype(np.float64)).reshape((1,) * (len(dims) + 1 - scale.ndim) + scale.shape), a.scale.shape)
+        s = np.broadcast_to(exact_fractions(scale.astype(np.float64)).reshape((1,) * (len(dims) + 1 - scale.ndim) + scale.shape), a.scale.shape)
         r, t = a.scale / s, a.offset / s
         if a.relu and any(v < 0 for v in r.reshape(-1)):
             raise UnsupportedModelError(f"{describe(node)}: a Relu before it acts on a negatively scaled value")
@@ -369,7 +369,7 @@ class Rewriter:
             m[index], c[index] = solved[key].multiplier, solved[key].offset
         p2 = is_power_of_two(scale)
         sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
-        sigma_f = np.broadcast_to(fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m.shape)
+        sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m.shape)
         # The graph holds n * 2^exp: multiply by m / 2^(e + exp), and scale the codes by sigma.
         double = x.dtype == ir.DataType.DOUBLE
         multiplier = float_exact(m * sigma_f / Fraction(2) ** a.exp, double)
@@ -396,7 +396,7 @@ class Rewriter:
         out_dims = self.dims(node.outputs[0], node)
         rank = len(out_dims) + 1
         lo, hi = requantized_range(a, r, t, low, high, mode)
-        s = fractions(scale.astype(np.float64)).reshape((1,) * (rank - scale.ndim) + scale.shape)
+        s = exact_fractions(scale.astype(np.float64)).reshape((1,) * (rank - scale.ndim) + scale.shape)
         exp = power_of_two_exponent(float(sigma.reshape(-1)[0])) if sigma.size else 0
         return Affine(s, objects(Fraction(0), s.shape), lo, hi, exp=exp)
 

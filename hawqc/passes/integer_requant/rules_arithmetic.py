@@ -13,7 +13,8 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.ops.batchnorm import batch_norm
-from hawqc.passes.integer_requant.tracking import Affine, compact, float_exact, fractions, label, objects
+from hawqc.ir.rationals import exact_fractions
+from hawqc.passes.integer_requant.tracking import Affine, compact, float_exact, label, objects
 from hawqc.sim.exact import Exact
 
 if TYPE_CHECKING:
@@ -113,8 +114,8 @@ def batch_normalization(self: Rewriter, node: ir.Node) -> None:
     if a.relu:
         raise UnsupportedModelError(f"{describe(node)}: normalizes a Relu of a value with a float offset")
     shape = (1, -1) + (1,) * (len(dims) - 1)
-    ca = fractions(np.asarray(coefficients[0], dtype=np.float64)).reshape(shape)
-    cb = fractions(np.asarray(coefficients[1], dtype=np.float64)).reshape(shape)
+    ca = exact_fractions(np.asarray(coefficients[0], dtype=np.float64)).reshape(shape)
+    cb = exact_fractions(np.asarray(coefficients[1], dtype=np.float64)).reshape(shape)
     self.values[node.outputs[0]] = Affine(a.scale * ca, a.offset * ca + cb, a.lo, a.hi, exp=a.exp)
     self.bypass(node, x)
 

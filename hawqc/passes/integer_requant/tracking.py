@@ -21,9 +21,6 @@ REFUSAL_KEY = "hawqc.integer_requant.refused"
 
 COUNTERS = ("requantizations-made-dyadic", "input-code-ports", "output-affine-maps", "widest-multiplier-bits")
 
-_frac = np.frompyfunc(lambda x: Fraction(float(x)) if not isinstance(x, Fraction) else x, 1, 1)
-
-
 def label(node: ir.Node) -> str:
     """A node's name, or its first output's where it has none (text IR leaves nodes unnamed)."""
     return node.name or node.outputs[0].name or node.op_type.lower()
@@ -33,12 +30,6 @@ def objects(value, shape) -> np.ndarray:
     out = np.empty(shape, dtype=object)
     out[...] = value
     return out
-
-
-def fractions(array) -> np.ndarray:
-    array = np.asarray(array)
-    result = _frac(array)
-    return result if isinstance(result, np.ndarray) else objects(result, ())
 
 
 def is_power_of_two(values: np.ndarray) -> bool:
