@@ -104,6 +104,19 @@ def cnn(seed: int = 0, channels: int = 4, act_bits: int = 4, weight_bits: int = 
     return b.build((1, 8, 8), h)
 
 
+def residual(seed: int = 0, op: str = "Add", relu: bool = False) -> ir.Model:
+    """x -> Quant -> two Dense branches quantized with different float scales (6 and 5 bits) -> Add / Sub
+    -> Relu? -> Quant(float s): a residual sum whose branches no common float32 integer aligns."""
+    b = FloatScaleBuilder(seed)
+    x = b.quant("x", b.scale(), 8)
+    h1 = b.quant(b.dense(x, 16, 12, 4, True), b.scale(), 6)
+    h2 = b.quant(b.dense(x, 16, 12, 4, False), np.float32(0.0517), 5)
+    h = b.node(op, [h1, h2])
+    if relu:
+        h = b.node("Relu", [h])
+    return b.build((16,), b.quant(h, np.float32(0.0731), 8, signed=not relu))
+
+
 def hardware_against_exact(model: ir.Model, samples: int = 200):
     """Lower `model` with the default pipeline and run hardware mode on `samples` drawn host inputs (as
     codes where the port takes codes) against the original's exact meaning: the ExactMeaning, whose

@@ -154,6 +154,31 @@ def test_a_nonzero_zero_point_is_refused_naming_the_node():
     _refused(build, r"node 'quant\d+' .*non-zero zero point")
 
 
+@pytest.mark.parametrize("op,relu", [("Add", False), ("Sub", False), ("Add", True)])
+def test_a_requantized_sum_of_two_scales_gets_one_multiplier_per_branch(op, relu):
+    """A residual sum of values with different float scales, read by a quantizer (through a Relu or
+    not): each branch multiplied by its own dyadic, proven on every pair of branch values
+    (dyadic_requant.solve_sum); translation validation and hardware mode against the exact meaning."""
+    model = models.residual(0, op, relu)
+    records = PassManager.parse("cleanup,integer-requant{strict=true}", validate=300).run(model)
+    assert records[-1].statistics["requantizations-made-dyadic"] == 3
+    (add,) = [n for n in model.graph if n.op_type == op and "hawqc.requant.multiplier_bits" in n.metadata_props]
+    assert 1 <= int(add.metadata_props["hawqc.requant.multiplier_bits"]) <= 24
+    assert all(v.producer().op_type == "Mul" for v in add.inputs)  # the two branch multipliers
+    assert [n.op_type for n in model.graph].count("Relu") == relu
+    meaning = models.hardware_against_exact(models.residual(0, op, relu), 300)
+    assert meaning.comparison.equal, meaning.comparison.summary()
+
+
+def test_a_requantized_sum_compiles_bit_exact(tmp_path):
+    from hawqc.flow.driver import CompileOptions, compile_model
+
+    write_model(models.residual(1, "Add", True), tmp_path / "m.onnx")
+    result = compile_model(tmp_path / "m.onnx", tmp_path / "proj", CompileOptions(backend="vitis", verify_samples=200))
+    assert result.verify.bit_exact and result.verify.exact.equal and result.verify.passed, result.verify.summary()
+    assert len(result.report.requantizations) == 3
+
+
 def test_adding_values_of_different_scales_is_refused():
     def build():
         b = models.FloatScaleBuilder(0)

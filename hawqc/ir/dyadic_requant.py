@@ -320,7 +320,7 @@ def _feasible_at(q, e: int, n: np.ndarray, cells, bottom: np.ndarray, top: np.nd
     base = math.floor(target)
     candidates = sorted({max(0, base + k) for k in (0, 1, -1, 2)}, key=lambda m: abs(m - target))
     for m in candidates:
-        window = _offset_window(e, m, n, cells, bottom, top)
+        window = _offset_window(e, [(m, n)], cells, bottom, top)
         if window is None:
             continue
         c_min, c_max = window
@@ -333,14 +333,15 @@ def _feasible_at(q, e: int, n: np.ndarray, cells, bottom: np.ndarray, top: np.nd
     return None
 
 
-def _offset_window(e: int, m: int, n: np.ndarray, cells, bottom, top) -> tuple[int, int] | None:
-    """The integers c with (m*n + c) / 2^e in every checked code's cell: [c_min, c_max], or None."""
-    big = max(abs(int(n.min())), abs(int(n.max())), 1) * m + (int(np.abs(cells.hi2).max()) + 2 << e)
+def _offset_window(e: int, terms: list[tuple[int, np.ndarray]], cells, bottom, top) -> tuple[int, int] | None:
+    """The integers c with (sum of m*n over `terms` + c) / 2^e in every checked code's cell:
+    [c_min, c_max], or None."""
+    big = sum(max(abs(int(n.min())), abs(int(n.max())), 1) * abs(m) for m, n in terms) + (int(np.abs(cells.hi2).max()) + 2 << e)
     if big < 1 << 60:
-        mn = m * n
+        mn = sum(m * n for m, n in terms)
         lo2, hi2 = cells.lo2 << e, cells.hi2 << e
     else:
-        mn = n.astype(object) * m
+        mn = sum(n.astype(object) * m for m, n in terms)
         lo2 = cells.lo2.astype(object) * (1 << e)
         hi2 = cells.hi2.astype(object) * (1 << e)
     # 2(mn + c) >= lo2 (closed) or > lo2 (open): c >= ceil((lo2 - 2mn) / 2) or floor(...) + 1.
@@ -386,3 +387,99 @@ def _why_none(q: Requantization, n: np.ndarray, codes: np.ndarray) -> str:
         v, y, k = ties[0]
         return f"accumulator {v} gives exactly {y} (a tie of {q.mode}, code {k}); no dyadic multiply up to 2^{MAX_EXPONENT} reproduces it"
     return f"no dyadic multiply with up to {MAX_EXPONENT} fraction bits reproduces the codes of accumulators {int(n[0])}..{int(n[-1])}"
+
+
+# ---- a requantization of a sum of two integers (a residual's two branches) ---------------------
+
+
+@dataclass(frozen=True)
+class SumRequantization:
+    """code(n1, n2) = R(clip(g(r1*n1 + r2*n2 + t))), n1 in [lo1, hi1] and n2 in [lo2, hi2]: the
+    requantization of two integers with different scales added (a residual sum)."""
+
+    r1: Fraction
+    r2: Fraction
+    t: Fraction
+    lo1: int
+    hi1: int
+    lo2: int
+    hi2: int
+    min_code: int
+    max_code: int
+    mode: str
+    relu: bool = False
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        n1, n2 = np.meshgrid(np.arange(self.lo1, self.hi1 + 1, dtype=np.int64), np.arange(self.lo2, self.hi2 + 1, dtype=np.int64), indexing="ij")
+        return n1.reshape(-1), n2.reshape(-1)
+
+    def exact_codes(self, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
+        """code(n1, n2) for every pair, exact: over one common denominator, in Python integers."""
+        den = math.lcm(self.r1.denominator, self.r2.denominator, self.t.denominator)
+        a1, a2, b = int(self.r1 * den), int(self.r2 * den), int(self.t * den)
+        num = n1.astype(object) * a1 + n2.astype(object) * a2 + b
+        if self.relu:
+            num = np.maximum(num, 0)
+        num = np.clip(num, self.min_code * den, self.max_code * den)
+        return np.asarray(round_quotient(num, den, self.mode), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SumDyadic:
+    """code~(n1, n2) = R(clip(g((m1*n1 + m2*n2 + c) / 2^e)))."""
+
+    m1: int
+    m2: int
+    c: int
+    e: int
+
+    @property
+    def mantissa_bits(self) -> int:
+        """Significant bits of the wider of the two multipliers."""
+        return max(Dyadic(m, 0, self.e).mantissa_bits for m in (self.m1, self.m2))
+
+    def codes(self, q: SumRequantization, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
+        num = n1.astype(object) * self.m1 + n2.astype(object) * self.m2 + self.c
+        if q.relu:
+            num = np.maximum(num, 0)
+        num = np.clip(num, q.min_code << self.e, q.max_code << self.e)
+        return np.asarray(round_quotient(num, 1 << self.e, q.mode), dtype=np.int64)
+
+
+def solve_sum(q: SumRequantization) -> SumDyadic:
+    """The dyadic pair with the smallest exponent reproducing `q` on every (n1, n2) of its ranges,
+    proven by enumerating them all (each pair confines c to its code's cell, as in `solve`; a
+    code at the lowest or highest end only from one side). Feasibility is monotone in e here too
+    ((m1, m2, c, e) -> (2m1, 2m2, 2c, e+1)), so e is found by bisection. Raises NoDyadic when the
+    ranges hold more than MAX_CHECKED pairs or no dyadic up to 2^-MAX_EXPONENT reproduces them."""
+    mode = check_mode(q.mode)
+    q = SumRequantization(q.r1, q.r2, q.t, q.lo1, q.hi1, q.lo2, q.hi2, q.min_code, q.max_code, mode, q.relu)
+    count = (q.hi1 - q.lo1 + 1) * (q.hi2 - q.lo2 + 1)
+    if count > MAX_CHECKED:
+        raise NoDyadic(f"the two added integers take {count} pairs of values (more than {MAX_CHECKED} to check)")
+    n1, n2 = q.grid()
+    codes = q.exact_codes(n1, n2)
+    low_code = max(q.min_code, 0) if q.relu and q.min_code <= 0 <= q.max_code else q.min_code
+    cells, bottom, top = code_cell(codes, mode), codes == low_code, codes == q.max_code
+
+    def at(e: int) -> SumDyadic | None:
+        near = [sorted({math.floor(r * (1 << e)) + k for k in (0, 1, -1, 2)}, key=lambda m: abs(m - r * (1 << e))) for r in (q.r1, q.r2)]
+        for m1 in near[0]:
+            for m2 in near[1]:
+                window = _offset_window(e, [(m1, n1), (m2, n2)], cells, bottom, top)
+                if window is not None:
+                    return SumDyadic(m1, m2, _simplest_in(*window, q.t * (1 << e)), e)
+        return None
+
+    if at(MAX_EXPONENT) is None:
+        raise NoDyadic(f"no pair of dyadic multipliers with up to {MAX_EXPONENT} fraction bits reproduces the codes of the sum")
+    lo_e, hi_e = 0, MAX_EXPONENT
+    while lo_e < hi_e:
+        mid = (lo_e + hi_e) // 2
+        if at(mid) is not None:
+            hi_e = mid
+        else:
+            lo_e = mid + 1
+    found = at(hi_e)
+    assert found is not None
+    return found

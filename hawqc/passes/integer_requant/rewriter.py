@@ -12,7 +12,7 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.constants import make_initializer
 from hawqc.ir.diagnostics import describe
-from hawqc.ir.dyadic_requant import NoDyadic, Requantization, solve
+from hawqc.ir.dyadic_requant import NoDyadic, Requantization, SumDyadic, SumRequantization, solve, solve_sum
 from hawqc.ir.interfaces import InputCodes, OutputAffine, write_input, write_output
 from hawqc.ir.names import FreshNames
 from hawqc.ir.ops.keys import onnx_op, op_key
@@ -28,6 +28,7 @@ from hawqc.passes.integer_requant.tracking import (
     MULTIPLIER_BITS_KEY,
     Affine,
     InputChain,
+    PendingSum,
     compact,
     float_exact,
     is_power_of_two,
@@ -44,6 +45,8 @@ class Rewriter:
         self.graph = model.graph
         self.names = FreshNames(self.graph)
         self.values: dict[ir.Value, Affine] = {}
+        # Sums of two rescaled values of different scales, waiting for the quantizer that reads them.
+        self.sums: dict[ir.Value, PendingSum] = {}
         self.statistics: Counter = Counter()
         self._constants: dict[ir.Value, object] | None = None
 
@@ -339,11 +342,15 @@ class Rewriter:
         """A Quant of a rescaled value: a proven dyadic multiply-add, then the Quant at scale 1 (or at
         its own scale, a power of two); its codes are the next rescaled value."""
         scale, low, high, mode = self.quant_parameters(node)
-        value, sigma = self.dyadic(node, node.inputs[0], scale, low, high, mode)
+        if node.inputs[0] in self.sums:
+            value, sigma, (lo, hi) = self.dyadic_sum(node, node.inputs[0], scale, low, high, mode)
+        else:
+            value, sigma = self.dyadic(node, node.inputs[0], scale, low, high, mode)
+            lo, hi = requantized_range(*self._last)
         p2 = is_power_of_two(scale)
         node.replace_input_with(0, value)
         node.replace_input_with(1, self.initializer(sigma, f"{label(node)}_unit_scale" if not p2 else f"{label(node)}_scale", like=node.inputs[1]))
-        self.values[node.outputs[0]] = self.codes_of(node, self._last, scale, sigma)
+        self.values[node.outputs[0]] = self.codes_of(node, lo, hi, scale, sigma)
 
     def dyadic(self, node: ir.Node, x: ir.Value, scale: np.ndarray, low: int, high: int, mode: str) -> tuple[ir.Value, np.ndarray]:
         """Insert before `node` the multiply-add whose Quant at scale sigma (returned: 1, or `scale` when
@@ -390,12 +397,59 @@ class Rewriter:
         self._last = (a, r, t, low, high, mode)
         return value, sigma
 
-    def codes_of(self, node: ir.Node, last, scale: np.ndarray, sigma: np.ndarray) -> Affine:
-        """The tracking of a requantized value: codes (times sigma in the graph), real = code * scale."""
-        a, r, t, low, high, mode = last
+    def dyadic_sum(self, node: ir.Node, x: ir.Value, scale: np.ndarray, low: int, high: int, mode: str):
+        """`dyadic` for a sum of two rescaled values of different scales (`rules_arithmetic.add_rescaled`):
+        each branch multiplied by its own dyadic m_i / 2^e before the Add, then the offset, Relu and
+        the Quant; proven on every pair of branch values. Returns the value, sigma and the codes' range."""
+        pending = self.sums.pop(x)
+        add = pending.node
+        dims = self.dims(x, node)
+        a, b = pending.a.full(dims), pending.b.full(dims)
+        if a.relu or b.relu:
+            raise UnsupportedModelError(f"{describe(add)}: adds a Relu of a value with a float offset")
+        sign = 1 if add.op_type == "Add" else -1
+        s = np.broadcast_to(exact_fractions(scale.astype(np.float64)).reshape((1,) * (len(dims) + 1 - scale.ndim) + scale.shape), a.scale.shape)
+        r1, r2, t = a.scale / s, sign * b.scale / s, (a.offset + sign * b.offset) / s
+        solved: dict[tuple, SumDyadic] = {}
+        m1, m2, c = (np.empty(r1.shape, dtype=object) for _ in range(3))
+        los, his = np.empty(r1.shape, dtype=object), np.empty(r1.shape, dtype=object)
+        for index in np.ndindex(r1.shape):
+            key = (r1[index], r2[index], t[index], int(a.lo[index]), int(a.hi[index]), int(b.lo[index]), int(b.hi[index]))
+            if key not in solved:
+                q = SumRequantization(*key, low, high, mode, pending.relu)
+                try:
+                    solved[key] = solve_sum(q)
+                except NoDyadic as refusal:
+                    raise UnsupportedModelError(f"{describe(node)}: no dyadic requantization of the sum {describe(add)} is exact: {refusal.reason}") from None
+                codes = q.exact_codes(*q.grid())
+                solved[key] = (solved[key], int(codes.min()), int(codes.max()))
+            d, los[index], his[index] = solved[key]
+            unit = Fraction(1, 1 << d.e)
+            m1[index], m2[index], c[index] = d.m1 * unit, sign * d.m2 * unit, d.c * unit
+        p2 = is_power_of_two(scale)
+        sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
+        sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m1.shape)
+        name = label(node)
+        for index, (multiplier, tracked) in enumerate(((m1, a), (m2, b))):
+            branch = add.inputs[index]
+            exact = float_exact(multiplier * sigma_f / Fraction(2) ** tracked.exp, branch.dtype == ir.DataType.DOUBLE)
+            if exact is None:
+                raise UnsupportedModelError(f"{describe(node)}: the exact requantization of the sum {describe(add)} needs a multiplier wider than its float type")
+            scaled = self.insert(add, "Mul", [branch, self.initializer(compact(exact), f"{name}_dyadic_multiplier{index}", like=branch)], f"{name}_requant_mul{index}")
+            add.replace_input_with(index, scaled)
+        bits = max(d.mantissa_bits for d, _, _ in solved.values())
+        add.metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
+        value = self.offsets(node, x, c * sigma_f, name, x.dtype == ir.DataType.DOUBLE)
+        if pending.relu:
+            value = self.insert(node, "Relu", [value], f"{name}_relu")
+        self.statistics["requantizations-made-dyadic"] += 1
+        self.statistics["widest-multiplier-bits"] = max(self.statistics["widest-multiplier-bits"], bits)
+        return value, sigma, (los, his)
+
+    def codes_of(self, node: ir.Node, lo: np.ndarray, hi: np.ndarray, scale: np.ndarray, sigma: np.ndarray) -> Affine:
+        """The tracking of a requantized value: codes in [lo, hi] (times sigma in the graph), real = code * scale."""
         out_dims = self.dims(node.outputs[0], node)
         rank = len(out_dims) + 1
-        lo, hi = requantized_range(a, r, t, low, high, mode)
         s = exact_fractions(scale.astype(np.float64)).reshape((1,) * (rank - scale.ndim) + scale.shape)
         exp = power_of_two_exponent(float(sigma.reshape(-1)[0])) if sigma.size else 0
         return Affine(s, objects(Fraction(0), s.shape), lo, hi, exp=exp)

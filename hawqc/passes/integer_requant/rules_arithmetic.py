@@ -13,8 +13,10 @@ import onnx_ir as ir
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
 from hawqc.ir.ops.batchnorm import batch_norm
+from hawqc.ir.ops.keys import onnx_op, op_key
+from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS
 from hawqc.ir.rationals import exact_fractions
-from hawqc.passes.integer_requant.tracking import Affine, compact, float_exact, label, objects
+from hawqc.passes.integer_requant.tracking import Affine, PendingSum, compact, float_exact, label, objects
 from hawqc.sim.exact import Exact
 
 if TYPE_CHECKING:
@@ -61,7 +63,9 @@ def rescale(self: Rewriter, node: ir.Node) -> None:
 
 
 def add_rescaled(self: Rewriter, node: ir.Node) -> None:
-    """Add / Sub of two rescaled values: their scales must be equal (then the integers add)."""
+    """Add / Sub of two rescaled values: with equal scales the integers add; otherwise the sum is
+    requantized with one multiplier per branch where a quantizer reads it alone, else the two are
+    aligned on one scale by exact integer multipliers."""
     if node.op_type not in ("Add", "Sub") or any(v not in self.values for v in node.inputs):
         raise UnsupportedModelError(f"{describe(node)}: {node.op_type} of a rescaled value and a value computed in float")
     dims = self.dims(node.outputs[0], node)
@@ -69,11 +73,29 @@ def add_rescaled(self: Rewriter, node: ir.Node) -> None:
     if a.relu or b.relu:
         raise UnsupportedModelError(f"{describe(node)}: adds a Relu of a value with a float offset")
     if not np.all(a.scale == b.scale) or a.exp != b.exp:
+        if requantized_alone(node.outputs[0]):
+            # Each branch gets its own dyadic multiplier when the sum is requantized (as HAWQ does):
+            # the requantization of the pair is proven on every pair of values (`dyadic_sum`).
+            self.sums[node.outputs[0]] = PendingSum(a, b, node)
+            self.values[node.outputs[0]] = a  # stands for the sum until its quantizer reads it
+            return
         a, b = aligned(self, node, a, b)
     if node.op_type == "Add":
         self.values[node.outputs[0]] = Affine(a.scale, a.offset + b.offset, a.lo + b.lo, a.hi + b.hi, exp=a.exp)
     else:
         self.values[node.outputs[0]] = Affine(a.scale, a.offset - b.offset, a.lo - b.hi, a.hi - b.lo, exp=a.exp)
+
+
+def requantized_alone(value: ir.Value) -> bool:
+    """Whether a value's only reader is an integer quantizer, perhaps through one Relu (and neither
+    is a graph output)."""
+    uses = list(value.uses())
+    if value.is_graph_output() or len(uses) != 1 or uses[0][1] != 0:
+        return False
+    reader = uses[0][0]
+    if op_key(reader) == onnx_op("Relu"):
+        return requantized_alone(reader.outputs[0]) and op_key(next(iter(reader.outputs[0].uses()))[0]) != onnx_op("Relu")
+    return op_key(reader) in INTEGER_QUANTIZERS
 
 
 def aligned(self: Rewriter, node: ir.Node, a: Affine, b: Affine) -> tuple[Affine, Affine]:
@@ -122,6 +144,11 @@ def batch_normalization(self: Rewriter, node: ir.Node) -> None:
 
 def relu(self: Rewriter, node: ir.Node) -> None:
     x = node.inputs[0]
+    if x in self.sums:  # a sum waiting for its quantizer: the Relu moves after the requantization's offset
+        self.sums[x] = replace(self.sums[x], relu=True)
+        ir.convenience.replace_all_uses_with(node.outputs[0], x)
+        self.graph.remove(node, safe=True)
+        return
     dims = self.dims(x, node)
     a = self.values[x].full(dims)
     if any(v < 0 for v in a.scale.reshape(-1)):

@@ -87,6 +87,17 @@ class Affine:
         return Affine(*arrays, self.relu, self.exp)
 
 
+@dataclass(frozen=True)
+class PendingSum:
+    """A sum of two rescaled values of different scales, waiting for the quantizer that reads it
+    (`Rewriter.dyadic_sum`), perhaps through a Relu (then applied after the requantization's offset)."""
+
+    a: Affine
+    b: Affine
+    node: ir.Node  # the Add or Sub
+    relu: bool = False
+
+
 def compact(array: np.ndarray) -> np.ndarray:
     """One number when all are equal, else the array reduced to size 1 along every axis it is
     constant along (a per-channel constant stays per channel)."""
