@@ -13,6 +13,11 @@ for every v the interval analysis allows (`hawqc.ir.dyadic_requant`), with the f
 
     Mul(v, m/2^e) [-> Add(c/2^e)] [-> Relu] -> Quant(scale 1, or s when s is a power of two)
 
+A sum of two values with different scales that a quantizer reads (a residual, perhaps through a
+Relu) gets one multiplier per branch, `Mul(v1, m1/2^e) + Mul(v2, m2/2^e) [-> Add(c/2^e)] [-> Relu]
+-> Quant(scale 1)`, proven on every pair (v1, v2) (`dyadic_requant.solve_sum`); a sum read otherwise
+is aligned on one scale by exact integer multipliers.
+
 What the pass keeps exact is the exact meaning (`hawqc.sim.exact`), not semantic mode's float32
 arithmetic: float32 rounds some products and quotients of the original graph near a rounding
 boundary, and the rewritten graph's products of m/2^e differently. Hardware mode of the result
@@ -25,7 +30,8 @@ that is not the identity is delivered as v, with its affine map recorded.
 
 Refused, naming the node: a zero point other than 0, a quantizer reached with a pending Relu on a
 negative scale, an op the pass has no rule for on a rescaled value (it could only compute it in
-float), two rescaled values added with scales whose ratio is not dyadic, a requantization no dyadic
+float), two rescaled values added with different scales and read otherwise than by a quantizer, whose
+common integer form outgrows the float type, a requantization no dyadic
 reproduces (naming the accumulator value and the tie), or integer codes beyond float32's 2^24.
 """
 
