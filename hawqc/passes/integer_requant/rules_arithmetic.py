@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from hawqc.errors import UnsupportedModelError
 from hawqc.ir.diagnostics import describe
+from hawqc.ir.dyadic_requant import MAX_CHECKED
 from hawqc.ir.ops.batchnorm import batch_norm
 from hawqc.ir.ops.keys import onnx_op, op_key
 from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS
@@ -64,8 +65,9 @@ def rescale(self: Rewriter, node: ir.Node) -> None:
 
 def add_rescaled(self: Rewriter, node: ir.Node) -> None:
     """Add / Sub of two rescaled values: with equal scales the integers add; otherwise the sum is
-    requantized with one multiplier per branch where a quantizer reads it alone, else the two are
-    aligned on one scale by exact integer multipliers."""
+    requantized with one multiplier per branch where a quantizer reads it alone and the pairs of
+    values can be checked one by one, else the two are aligned on one scale by exact integer
+    multipliers."""
     if node.op_type not in ("Add", "Sub") or any(v not in self.values for v in node.inputs):
         raise UnsupportedModelError(f"{describe(node)}: {node.op_type} of a rescaled value and a value computed in float")
     dims = self.dims(node.outputs[0], node)
@@ -73,7 +75,8 @@ def add_rescaled(self: Rewriter, node: ir.Node) -> None:
     if a.relu or b.relu:
         raise UnsupportedModelError(f"{describe(node)}: adds a Relu of a value with a float offset")
     if not np.all(a.scale == b.scale) or a.exp != b.exp:
-        if requantized_alone(node.outputs[0]):
+        pairs = max(int(v) for v in ((a.hi - a.lo + 1) * (b.hi - b.lo + 1)).reshape(-1))
+        if requantized_alone(node.outputs[0]) and pairs <= MAX_CHECKED:
             # Each branch gets its own dyadic multiplier when the sum is requantized (as HAWQ does):
             # the requantization of the pair is proven on every pair of values (`dyadic_sum`).
             self.sums[node.outputs[0]] = PendingSum(a, b, node)
