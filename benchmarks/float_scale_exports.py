@@ -6,7 +6,8 @@ mantissas; hawqc proves the fewest bits).
 
 Model classes: the Brevitas exports of tests/data/brevitas (export_qonnx), the FINN / QONNX-zoo
 shaped MLPs of tests/finn_models.py, the float-scale MLPs and CNNs of tests/float_scale_models.py, and
-HAWQ MLPs lifted with a calibrated input scale.
+HAWQ MLPs lifted with a calibrated input scale, and HAWQ's own exports without an input QuantAct
+(`--hawq-export-semantics hawq --input-precision`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def models(workdir: Path):
     import finn_models
     import float_scale_models
     import hawq_chain_models
+    import numpy as np
     import onnx
     import torch
 
@@ -46,6 +48,9 @@ def models(workdir: Path):
         "mlp_8bit": lambda: float_scale_models.mlp(2, relu=False, act_bits=8, weight_bits=8),
         "cnn_bn": lambda: float_scale_models.cnn(0),
         "cnn_bn_8bit": lambda: float_scale_models.cnn(1, act_bits=8, weight_bits=8),
+        "residual_add": lambda: float_scale_models.residual(0, "Add"),
+        "residual_sub": lambda: float_scale_models.residual(1, "Sub"),
+        "residual_add_relu": lambda: float_scale_models.residual(2, "Add", relu=True),
     }.items():
         path = workdir / f"{name}.onnx"
         write_model(make(), path)
@@ -60,6 +65,20 @@ def models(workdir: Path):
         path = workdir / f"hawq_mlp_{seed}.onnx"
         write_model(hawqc.lift(model, torch.zeros(1, *model.INPUT_SHAPE)), path)
         yield "HAWQ lifted, calibrated input", f"chain_mlp_seed{seed}", path, {}
+    # HAWQ's own exports (hawq2qonnx layout) without an input QuantAct, read as HAWQ's arithmetic: the
+    # first layer's accumulator rounded at a calibrated scale (a wide input type: beyond enumeration).
+    import hawq_export_files
+
+    calibrated = float(np.float32(3.3 / 127))
+    for name, make, fixed in (
+        ("mlp_fixed10_3", hawq_export_files.export_mlp, "fixed<10,3>"),
+        ("mlp_fixed15_5", hawq_export_files.export_mlp, "fixed<15,5>"),
+        ("cnn_fixed10_3", hawq_export_files.export_cnn, "fixed<10,3>"),
+    ):
+        net, shape = make(round_trip_scales=False, input_quant=False, input_scale=calibrated)
+        path = workdir / f"hawq_export_{name}.onnx"
+        onnx.save(hawq_export_files.to_hawq_export(net, shape), path)
+        yield "HAWQ export, no input QuantAct", name, path, {"hawq_export_semantics": "hawq", "input_precision": fixed}
 
 
 def main() -> None:

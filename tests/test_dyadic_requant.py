@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from fractions import Fraction
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from hawqc.ir import dyadic_requant
-from hawqc.ir.dyadic_requant import NoDyadic, Requantization, solve
+from hawqc.ir.dyadic_requant import NoDyadic, Requantization, SumRequantization, solve, solve_sum
 from hawqc.ir.ops.rounding import MODES, code_cell, round_quotient
 from hawqc.sim.quant import rounding_function
 
@@ -159,3 +160,45 @@ def test_too_many_values_near_a_boundary_are_refused_naming_the_count(monkeypatc
     q = Requantization(Fraction(1, 3 << 20), Fraction(0), -(1 << 40), 1 << 40, -(1 << 15), (1 << 15) - 1, "ROUND")
     with pytest.raises(NoDyadic, match=r"accumulator takes \d+ values .* more than 64 of them lie too near"):
         solve(q)
+
+
+def _random_sum(rng: random.Random, span: int) -> SumRequantization:
+    r1 = Fraction(float(np.float32(rng.uniform(0.02, 1.5))))
+    r2 = Fraction(float(np.float32(rng.uniform(0.02, 1.5)))) * (-1 if rng.random() < 0.3 else 1)
+    t = Fraction(float(np.float32(rng.uniform(-3, 3)))) if rng.random() < 0.7 else Fraction(rng.randint(-6, 6), 2)
+    bits = rng.choice([2, 3, 4])
+    signed = rng.random() < 0.5
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    lo1, hi1 = sorted(rng.sample(range(-span, span), 2))
+    lo2, hi2 = sorted(rng.sample(range(-span, span), 2))
+    return SumRequantization(r1, r2, t, lo1, hi1, lo2, hi2, low, high, rng.choice(MODES), rng.random() < 0.3)
+
+
+def test_the_sum_dyadic_reproduces_every_pair_and_no_smaller_exponent_exists():
+    """solve_sum against brute force: exact on every pair of the two ranges, and at every smaller
+    exponent no (m1, m2, c) at all reproduces the codes (searched over wide ranges of each)."""
+    rng = random.Random(4)
+    for _ in range(25):
+        q = _random_sum(rng, 6)
+        d = solve_sum(q)
+        n1, n2 = q.grid()
+        exact = q.exact_codes(n1, n2)
+        assert np.array_equal(d.codes(q, n1, n2), exact), (q, d)
+        for e in range(d.e):
+            scale = 1 << e
+            c = np.arange(-(12 << e), (12 << e) + 1, dtype=np.int64)[:, None]
+            for m1 in range(math.floor(q.r1 * scale) - 3, math.floor(q.r1 * scale) + 5):
+                for m2 in range(math.floor(q.r2 * scale) - 3, math.floor(q.r2 * scale) + 5):
+                    num = m1 * n1[None, :] + m2 * n2[None, :] + c
+                    if q.relu:
+                        num = np.maximum(num, 0)
+                    num = np.clip(num, q.min_code << e, q.max_code << e)
+                    codes = round_quotient(num, scale, q.mode)
+                    assert not (codes == exact).all(axis=1).any(), (q, d, m1, m2, e)
+
+
+def test_a_sum_with_too_many_pairs_is_refused_naming_the_count(monkeypatch):
+    monkeypatch.setattr(dyadic_requant, "MAX_CHECKED", 100)
+    q = SumRequantization(Fraction(1, 3), Fraction(1, 5), Fraction(0), 0, 20, 0, 20, -8, 7, "ROUND")
+    with pytest.raises(NoDyadic, match=r"take 441 pairs of values \(more than 100 to check\)"):
+        solve_sum(q)

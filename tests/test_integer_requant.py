@@ -162,7 +162,7 @@ def test_a_requantized_sum_of_two_scales_gets_one_multiplier_per_branch(op, relu
     model = models.residual(0, op, relu)
     records = PassManager.parse("cleanup,integer-requant{strict=true}", validate=300).run(model)
     assert records[-1].statistics["requantizations-made-dyadic"] == 3
-    (add,) = [n for n in model.graph if n.op_type == op and "hawqc.requant.multiplier_bits" in n.metadata_props]
+    (add,) = [n for n in model.graph if n.op_type == "Add" and "hawqc.requant.multiplier_bits" in n.metadata_props]  # a Sub becomes an Add
     assert 1 <= int(add.metadata_props["hawqc.requant.multiplier_bits"]) <= 24
     assert all(v.producer().op_type == "Mul" for v in add.inputs)  # the two branch multipliers
     assert [n.op_type for n in model.graph].count("Relu") == relu
@@ -170,10 +170,11 @@ def test_a_requantized_sum_of_two_scales_gets_one_multiplier_per_branch(op, relu
     assert meaning.comparison.equal, meaning.comparison.summary()
 
 
-def test_a_requantized_sum_compiles_bit_exact(tmp_path):
+@pytest.mark.parametrize("op,relu", [("Add", True), ("Sub", False)])
+def test_a_requantized_sum_compiles_bit_exact(op, relu, tmp_path):
     from hawqc.flow.driver import CompileOptions, compile_model
 
-    write_model(models.residual(1, "Add", True), tmp_path / "m.onnx")
+    write_model(models.residual(1, op, relu), tmp_path / "m.onnx")
     result = compile_model(tmp_path / "m.onnx", tmp_path / "proj", CompileOptions(backend="vitis", verify_samples=200))
     assert result.verify.bit_exact and result.verify.exact.equal and result.verify.passed, result.verify.summary()
     assert len(result.report.requantizations) == 3

@@ -425,7 +425,7 @@ class Rewriter:
                 solved[key] = (solved[key], int(codes.min()), int(codes.max()))
             d, los[index], his[index] = solved[key]
             unit = Fraction(1, 1 << d.e)
-            m1[index], m2[index], c[index] = d.m1 * unit, sign * d.m2 * unit, d.c * unit
+            m1[index], m2[index], c[index] = d.m1 * unit, d.m2 * unit, d.c * unit
         p2 = is_power_of_two(scale)
         sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
         sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m1.shape)
@@ -437,6 +437,11 @@ class Rewriter:
                 raise UnsupportedModelError(f"{describe(node)}: the exact requantization of the sum {describe(add)} needs a multiplier wider than its float type")
             scaled = self.insert(add, "Mul", [branch, self.initializer(compact(exact), f"{name}_dyadic_multiplier{index}", like=branch)], f"{name}_requant_mul{index}")
             add.replace_input_with(index, scaled)
+        if add.op_type == "Sub":  # the sign is in m2: an Add (the lowering has no Sub of two tensors)
+            x = self.insert(add, "Add", list(add.inputs), f"{label(add)}_as_add")
+            ir.convenience.replace_all_uses_with(add.outputs[0], x)
+            self.graph.remove(add, safe=True)
+            add = x.producer()
         bits = max(d.mantissa_bits for d, _, _ in solved.values())
         add.metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
         value = self.offsets(node, x, c * sigma_f, name, x.dtype == ir.DataType.DOUBLE)
