@@ -246,3 +246,53 @@ g (float[1,2,2] x) => (float[1,4] y)
     model = load_onnx_text(text)
     records = PassManager.parse("default", validate=64).run(model)
     assert next(r for r in records if r.name == "integer-requant").changed
+
+
+def test_per_channel_powers_of_two_at_a_requantization_carry_the_codes():
+    # Found by the property run (seed 6): an output quantizer with per-channel scales {0.25, 2} (both
+    # powers of two) kept its scale in the graph, but the value tracks one exponent (the first
+    # channel's), so channel 1 was read 8x too large (2 -> 16). Unequal powers of two now give codes.
+    text = """<ir_version: 7, opset_import: ["" : 11, "qonnx.custom_op.general" : 1]>
+g (float[1,1,1,1] x) => (float[1,2,1,1] y)
+   <float s1 = {2.6386063}, float z = {0}, float b1 = {1}, float[2,1,1,2] w = {-1.2617002,-2.2338445,-1.8925502,-1.9744693},
+    float sw = {1.2617002}, float[2] bias = {-0.925,1.25}, float[1,2,1,1] s2 = {0.25,2}>
+{
+   q = qonnx.custom_op.general.Quant <narrow: int = 0, rounding_mode: string = "ROUND", signed: int = 1> (x, s1, z, b1)
+   wq = qonnx.custom_op.general.Quant <narrow: int = 0, rounding_mode: string = "ROUND", signed: int = 1> (w, sw, z, b1)
+   c = Conv <kernel_shape: ints = [1, 2], pads: ints = [0, 0, 0, 1]> (q, wq, bias)
+   r = Relu (c)
+   y = qonnx.custom_op.general.Quant <narrow: int = 0, rounding_mode: string = "ROUND", signed: int = 0> (r, s2, z, b1)
+}"""
+    from hawqc.frontends.onnx import load_onnx_text
+
+    model = load_onnx_text(text)
+    records = PassManager.parse("cleanup,integer-requant", validate=64).run(model)
+    assert records[-1].changed
+    (quant,) = [n for n in model.graph if n.outputs[0].name == "y"]
+    assert np.all(quant.inputs[1].const_value.numpy() == 1)  # codes, mapped back by the output's affine map
+
+
+def test_exact_mode_multiplies_padding_zeros_with_wide_integers():
+    # Found by the property run (seed 6): a Conv with float weights on a BatchNorm's exact output has
+    # integers beyond int64; the padding's zeros were numpy int64 scalars in the object array, and
+    # numpy's matmul overflowed on their products with Python ints instead of growing.
+    text = """<ir_version: 7, opset_import: ["" : 11, "qonnx.custom_op.general" : 1]>
+g (float[1,1,1,1] x) => (float[1,1,1,1] y)
+   <float s1 = {2.6386063}, float z = {0}, float b1 = {1}, float k = {0.54097354}, float[1] g1 = {-1.3132702},
+    float[1] b = {0.82551116}, float[1] m = {0.21327156}, float[1] v = {0.1314025}, float[1,1,1,3] w = {1.0625,0.5625,0.2875},
+    float[1] bias = {-0.925}>
+{
+   q = qonnx.custom_op.general.Quant <narrow: int = 0, rounding_mode: string = "ROUND", signed: int = 1> (x, s1, z, b1)
+   h = Mul (k, q)
+   n = BatchNormalization (h, g1, b, m, v)
+   c = Conv <kernel_shape: ints = [1, 3], pads: ints = [0, 1, 0, 1]> (n, w, bias)
+   y = Relu (c)
+}"""
+    from hawqc.frontends.onnx import load_onnx_text
+    from hawqc.sim import Executor
+    from hawqc.sim.exact import ExactExecutor
+
+    model = load_onnx_text(text)
+    out = ExactExecutor(model).run(np.array([[[[0.7]]]], dtype=np.float32))["y"]
+    semantic = Executor(model).run(np.array([[[[0.7]]]], dtype=np.float32))["y"]
+    assert abs(float(out.to_float64().reshape(-1)[0]) - float(semantic.reshape(-1)[0])) < 1e-5

@@ -70,8 +70,15 @@ def _compact(ints: np.ndarray) -> np.ndarray:
     return ints
 
 
+_PYTHON_INT = np.frompyfunc(int, 1, 1)
+
+
 def _wide(ints: np.ndarray) -> np.ndarray:
-    return ints if ints.dtype == object else ints.astype(object)
+    """Python ints throughout: an object array may also hold numpy int64 scalars (a padding's zeros),
+    whose products and sums with Python ints overflow instead of growing."""
+    if ints.dtype != object:
+        return ints.astype(object)  # Python ints already
+    return np.asarray(_PYTHON_INT(ints), dtype=object).reshape(ints.shape)
 
 
 def _bound(ints: np.ndarray) -> int:

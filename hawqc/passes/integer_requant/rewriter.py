@@ -32,6 +32,7 @@ from hawqc.passes.integer_requant.tracking import (
     compact,
     float_exact,
     is_power_of_two,
+    one_power_of_two,
     label,
     objects,
     requantized_range,
@@ -347,7 +348,7 @@ class Rewriter:
         else:
             value, sigma = self.dyadic(node, node.inputs[0], scale, low, high, mode)
             lo, hi = requantized_range(*self._last)
-        p2 = is_power_of_two(scale)
+        p2 = one_power_of_two(scale)
         node.replace_input_with(0, value)
         node.replace_input_with(1, self.initializer(sigma, f"{label(node)}_unit_scale" if not p2 else f"{label(node)}_scale", like=node.inputs[1]))
         self.values[node.outputs[0]] = self.codes_of(node, lo, hi, scale, sigma)
@@ -374,7 +375,7 @@ class Rewriter:
                 except NoDyadic as refusal:
                     raise UnsupportedModelError(f"{describe(node)}: no dyadic requantization is exact: {refusal.reason}") from None
             m[index], c[index] = solved[key].multiplier, solved[key].offset
-        p2 = is_power_of_two(scale)
+        p2 = one_power_of_two(scale)
         sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
         sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m.shape)
         # The graph holds n * 2^exp: multiply by m / 2^(e + exp), and scale the codes by sigma.
@@ -426,7 +427,7 @@ class Rewriter:
             d, los[index], his[index] = solved[key]
             unit = Fraction(1, 1 << d.e)
             m1[index], m2[index], c[index] = d.m1 * unit, d.m2 * unit, d.c * unit
-        p2 = is_power_of_two(scale)
+        p2 = one_power_of_two(scale)
         sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
         sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m1.shape)
         name = label(node)

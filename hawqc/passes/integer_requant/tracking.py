@@ -36,6 +36,13 @@ def is_power_of_two(values: np.ndarray) -> bool:
     return all(power_of_two_exponent(float(v)) is not None for v in np.asarray(values).reshape(-1))
 
 
+def one_power_of_two(values: np.ndarray) -> bool:
+    """One power of two for every element: the graph can carry codes times it (a value tracks one
+    exponent), where per-channel powers of two must carry the codes themselves."""
+    flat = np.asarray(values).reshape(-1)
+    return bool(flat.size) and bool(np.all(flat == flat[0])) and is_power_of_two(flat[:1])
+
+
 def is_dyadic(f: Fraction) -> bool:
     return f.denominator & (f.denominator - 1) == 0
 
