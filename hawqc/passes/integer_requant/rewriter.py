@@ -32,9 +32,9 @@ from hawqc.passes.integer_requant.tracking import (
     compact,
     float_exact,
     is_power_of_two,
-    one_power_of_two,
     label,
     objects,
+    one_power_of_two,
     requantized_range,
 )
 from hawqc.sim.exact import Exact, ExactExecutor
