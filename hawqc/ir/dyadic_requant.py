@@ -303,7 +303,13 @@ def _search(q: Requantization, n: np.ndarray, codes: np.ndarray, low_code: int, 
         lo_e = probe + 1
     if hi_e is None:
         raise NoDyadic(_why_none(q, n, codes))
-    while lo_e < hi_e:  # the smallest feasible e in [lo_e, hi_e]
+    return _smallest_feasible(at, lo_e, hi_e)
+
+
+def _smallest_feasible(at: Callable[[int], object | None], lo_e: int, hi_e: int):
+    """at(e) for the smallest e in [lo_e, hi_e] where it is not None, by bisection: feasibility is
+    monotone in e (a dyadic at e is one at e + 1 with every integer doubled), and at(hi_e) is feasible."""
+    while lo_e < hi_e:
         mid = (lo_e + hi_e) // 2
         if at(mid) is not None:
             hi_e = mid
@@ -473,13 +479,4 @@ def solve_sum(q: SumRequantization) -> SumDyadic:
 
     if at(MAX_EXPONENT) is None:
         raise NoDyadic(f"no pair of dyadic multipliers with up to {MAX_EXPONENT} fraction bits reproduces the codes of the sum")
-    lo_e, hi_e = 0, MAX_EXPONENT
-    while lo_e < hi_e:
-        mid = (lo_e + hi_e) // 2
-        if at(mid) is not None:
-            hi_e = mid
-        else:
-            lo_e = mid + 1
-    found = at(hi_e)
-    assert found is not None
-    return found
+    return _smallest_feasible(at, 0, MAX_EXPONENT)
