@@ -296,3 +296,17 @@ g (float[1,1,1,1] x) => (float[1,1,1,1] y)
     out = ExactExecutor(model).run(np.array([[[[0.7]]]], dtype=np.float32))["y"]
     semantic = Executor(model).run(np.array([[[[0.7]]]], dtype=np.float32))["y"]
     assert abs(float(out.to_float64().reshape(-1)[0]) - float(semantic.reshape(-1)[0])) < 1e-5
+
+
+def test_a_sum_read_by_a_binary_quantizer_is_a_threshold_on_both_branches():
+    # A 1-bit signed Quant of a sum of two scales is a threshold (the bipolar rule), which needs the
+    # sum's integers: the branches are aligned, not left waiting for a per-branch requantization.
+    b = models.FloatScaleBuilder(3)
+    x = b.quant("x", b.scale(), 8)
+    h1 = b.quant(b.dense(x, 16, 12, 4, True), b.scale(), 6)
+    h2 = b.quant(b.dense(x, 16, 12, 4, False), np.float32(0.0517), 5)
+    model = b.build((16,), b.quant(b.node("Add", [h1, h2]), np.float32(0.5), 1))
+    try:
+        PassManager.parse("cleanup,integer-requant{strict=true}", validate=200).run(model)
+    except UnsupportedModelError as refusal:  # an alignment too wide for float32 is refused, never wrong
+        assert "common integer form outgrows" in str(refusal)

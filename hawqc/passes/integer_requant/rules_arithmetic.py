@@ -15,7 +15,7 @@ from hawqc.ir.diagnostics import describe
 from hawqc.ir.dyadic_requant import MAX_CHECKED
 from hawqc.ir.ops.batchnorm import batch_norm
 from hawqc.ir.ops.keys import onnx_op, op_key
-from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS
+from hawqc.ir.ops.quantizer import INTEGER_QUANTIZERS, quantizer
 from hawqc.ir.rationals import exact_fractions
 from hawqc.passes.integer_requant.tracking import Affine, PendingSum, compact, float_exact, label, objects
 from hawqc.sim.exact import Exact
@@ -98,7 +98,8 @@ def requantized_alone(value: ir.Value) -> bool:
     reader = uses[0][0]
     if op_key(reader) == onnx_op("Relu"):
         return requantized_alone(reader.outputs[0]) and op_key(next(iter(reader.outputs[0].uses()))[0]) != onnx_op("Relu")
-    return op_key(reader) in INTEGER_QUANTIZERS
+    view = quantizer(reader)  # a 1-bit signed Quant is a threshold (`bipolar`), not a requantization
+    return op_key(reader) in INTEGER_QUANTIZERS and view is not None and not view.is_bipolar
 
 
 def aligned(self: Rewriter, node: ir.Node, a: Affine, b: Affine) -> tuple[Affine, Affine]:
