@@ -178,6 +178,9 @@ def test_a_requantized_sum_compiles_bit_exact(op, relu, tmp_path):
     result = compile_model(tmp_path / "m.onnx", tmp_path / "proj", CompileOptions(backend="vitis", verify_samples=200))
     assert result.verify.bit_exact and result.verify.exact.equal and result.verify.passed, result.verify.summary()
     assert len(result.report.requantizations) == 3
+    # The test bench holds what the port takes: the input quantizer's 8-bit codes, not host values.
+    bench = np.loadtxt(tmp_path / "proj" / "tb_data" / "tb_input_features.dat", ndmin=2)
+    assert np.all(bench == np.round(bench)) and bench.min() >= -128 and bench.max() <= 127 and np.any(bench != 0)
 
 
 def test_adding_values_of_different_scales_is_refused():
