@@ -359,6 +359,18 @@ def quantizer_values(node: ir.Node, rank: int, limit: int) -> ValueSet | None:
     return ValueSet(out)
 
 
+def _elementwise_upstream(node: ir.Node) -> tuple[ir.Value, np.ndarray, bool] | None:
+    """An Add/Sub/Mul/Div of one float32 constant: (the other input, the constant, whether the
+    other input comes first), or None."""
+    a, b = node.inputs
+    constant_b, constant_a = _float32_constant(b), _float32_constant(a)
+    if constant_b is not None and constant_a is None and a is not None:
+        return a, constant_b, True
+    if constant_a is not None and constant_b is None and b is not None:
+        return b, constant_a, False
+    return None
+
+
 def _quant_parameters(node: ir.Node):
     """(scale, zeropt, bounds, rounding mode) of a Quant with float32 constant parameters."""
     key = tuple(None if v is None else v.const_value for v in node.inputs[1:])
@@ -396,61 +408,124 @@ def _apply_quant(node: ir.Node, x: np.ndarray) -> np.ndarray:
 # The analyses
 # ---------------------------------------------------------------------------------------------------
 
+# A value set is enumerated through at most this many ops from the quantizers it starts at (the
+# sets of a long chain of ops would all be held at once; beyond it the range facts take over).
+MAX_SET_DEPTH = 64
+
+
 @dataclass
 class Analysis:
     """Range facts, value sets and sign-of-zero relevance (`hawqc.ir.ops.zero_sign`) of the values
-    of one graph, computed on demand and cached; `forget()` after a rewrite that can change them."""
+    of one graph, computed on demand and cached.
+
+    Facts, value sets and `from_quantizer` of a value depend only on the nodes above it, so a
+    rewrite makes stale only the entries of the values below the outputs it replaces:
+    `forget_below(value)` drops those (the cached ones, and their cached readers: every cached
+    entry's inputs are cached, so the walk stops where nothing is), which keeps a sweep linear
+    where dropping everything made it quadratic on long chains. Sign-of-zero relevance depends on
+    the nodes below, so it is dropped whole; `forget()` drops everything (between sweeps).
+    """
 
     graph: ir.Graph
     enumeration_limit: int
     _facts: dict[ir.Value, Facts | None] = field(default_factory=dict)
     _sets: dict[ir.Value, ValueSet | None] = field(default_factory=dict)
+    # The most ops between a value and the quantizers its (non-None) value set starts at.
+    _set_depths: dict[ir.Value, int] = field(default_factory=dict)
+    _from_quantizer: dict[ir.Value, bool] = field(default_factory=dict)
     zero_sign: ZeroSignAnalysis = field(default_factory=ZeroSignAnalysis)
 
     def forget(self) -> None:
         self._facts.clear()
         self._sets.clear()
+        self._set_depths.clear()
+        self._from_quantizer.clear()
         self.zero_sign.forget()
+
+    def forget_below(self, value: ir.Value) -> None:
+        """Drop what a rewrite of `value`'s producer can change: the cached entries of `value` and
+        of everything computed from it, and all sign-of-zero relevance."""
+        self.zero_sign.forget()
+        stack = [value]
+        while stack:
+            current = stack.pop()
+            known = current in self._facts or current in self._sets or current in self._from_quantizer
+            if not known and current is not value:
+                continue
+            for cache in (self._facts, self._sets, self._set_depths, self._from_quantizer):
+                cache.pop(current, None)
+            stack.extend(out for node, _ in current.uses() for out in node.outputs)
 
     # -- value sets ---------------------------------------------------------------------------
 
     def value_set(self, value: ir.Value) -> ValueSet | None:
-        if value not in self._sets:
-            self._sets[value] = self._compute_set(value, depth=0)
+        # Iterative, like `facts`: the sets a value's set is computed from are computed first.
+        stack = [value]
+        while stack:
+            current = stack[-1]
+            if current in self._sets:
+                stack.pop()
+                continue
+            missing = [v for v in self._set_inputs(current) if v not in self._sets]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            self._sets[current] = self._compute_set(current)
         return self._sets[value]
 
-    def _compute_set(self, value: ir.Value, depth: int) -> ValueSet | None:
+    def _set_inputs(self, value: ir.Value) -> list[ir.Value]:
+        """The values whose sets `_set_through(value)` reads."""
+        node = value.producer()
+        if node is None or _rank(value) is None or not _is_float32(value) or op_key(node) in CODE_QUANTIZERS:
+            return []
+        if node.domain == "" and node.op_type == "Concat":
+            return [v for v in node.inputs if v is not None]
+        if not node.inputs or node.inputs[0] is None:
+            return []
+        if node.domain == "" and node.op_type in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2:
+            upstream = _elementwise_upstream(node)
+            return [] if upstream is None else [upstream[0]]
+        return [node.inputs[0]]
+
+    def _compute_set(self, value: ir.Value) -> ValueSet | None:
         node = value.producer()
         rank = _rank(value)
-        if node is None or rank is None or depth > 64 or not _is_float32(value):
+        if node is None or rank is None or not _is_float32(value):
             return None
-        if value in self._sets:
-            return self._sets[value]
-        found = self._set_through(node, value, rank, depth)
+        inputs = self._set_inputs(value)
+        if any(self._sets[v] is None for v in inputs):
+            return None
+        depth = 1 + max((self._set_depths[v] for v in inputs), default=-1)
+        if depth > MAX_SET_DEPTH:
+            return None
+        found = self._set_through(node, value, rank)
         if found is not None and found.values.size > self.enumeration_limit:
             found = None
         if found is not None and found.per_tensor:
             found = found.deduplicated()
-        self._sets[value] = found
+        if found is not None:
+            self._set_depths[value] = depth
         return found
 
-    def _set_through(self, node: ir.Node, value: ir.Value, rank: int, depth: int) -> ValueSet | None:
+    def _set_through(self, node: ir.Node, value: ir.Value, rank: int) -> ValueSet | None:
+        """The set of `value` from the (computed) sets of its producer's inputs."""
         op, domain = node.op_type, node.domain
         if op_key(node) in CODE_QUANTIZERS:
             if _is_float32(node.inputs[0]):
                 return quantizer_values(node, rank, self.enumeration_limit)
             return None
         if domain == "" and op == "Concat":
-            parts = [self._compute_set(v, depth + 1) for v in node.inputs]
-            if any(p is None or not p.per_tensor for p in parts):
+            parts = [self._sets[v] for v in node.inputs if v is not None]
+            if len(parts) != len(node.inputs) or any(p is None or not p.per_tensor for p in parts):
                 return None
             return ValueSet(np.concatenate([p.with_rank(rank).values for p in parts]))
         if not node.inputs or node.inputs[0] is None:
             return None
         source = node.inputs[0]
         if domain == "" and op in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2:
-            return self._set_elementwise(node, rank, depth)
-        upstream = self._compute_set(source, depth + 1)
+            return self._set_elementwise(node, rank)
+        upstream = self._sets[source]
         if upstream is None:
             return None
         if domain == "" and op == "Relu":
@@ -470,16 +545,13 @@ class Analysis:
             return upstream
         return None
 
-    def _set_elementwise(self, node: ir.Node, rank: int, depth: int) -> ValueSet | None:
-        a, b = node.inputs
-        constant_b, constant_a = _float32_constant(b), _float32_constant(a)
-        if constant_b is not None and constant_a is None:
-            upstream, constant, set_first = self._compute_set(a, depth + 1), constant_b, True
-        elif constant_a is not None and constant_b is None:
-            upstream, constant, set_first = self._compute_set(b, depth + 1), constant_a, False
-        else:
+    def _set_elementwise(self, node: ir.Node, rank: int) -> ValueSet | None:
+        found = _elementwise_upstream(node)
+        if found is None:
             return None
-        constant = None if constant is None else _padded(constant, rank)
+        source, constant, set_first = found
+        upstream = self._sets[source]
+        constant = _padded(constant, rank)
         if upstream is None or constant is None:
             return None
         function = {"Mul": np.multiply, "Div": np.divide, "Add": np.add, "Sub": np.subtract}[node.op_type]
@@ -493,6 +565,29 @@ class Analysis:
             return None  # shapes that do not broadcast: the executor would refuse the graph
         with np.errstate(all="ignore"):
             return ValueSet(np.asarray(function(v, c) if set_first else function(c, v), dtype=np.float32))
+
+    # -- where a value comes from -------------------------------------------------------------
+
+    def from_quantizer(self, value: ir.Value) -> bool:
+        """Whether `value` is a quantizer's output, possibly through ops that only select or zero
+        values (statistics only). Cached along the way, so a long chain is walked once."""
+        path: list[ir.Value] = []
+        current, answer = value, None
+        while answer is None:
+            if current in self._from_quantizer:
+                answer = self._from_quantizer[current]
+                continue
+            path.append(current)
+            producer = current.producer()
+            if producer is not None and op_key(producer) in CODE_QUANTIZERS:
+                answer = True
+            elif producer is not None and op_key(producer) in _SELECTING and producer.inputs and producer.inputs[0] is not None:
+                current = producer.inputs[0]
+            else:
+                answer = False
+        for walked in path:
+            self._from_quantizer[walked] = answer
+        return answer
 
     # -- facts --------------------------------------------------------------------------------
 
@@ -862,18 +957,15 @@ class RedundantQuantRule:
             self.statistics["quants-kept-sign-of-zero"] += 1
             return None
         self.statistics[self._kind(x)] += 1
-        self.analysis.forget()
+        self.analysis.forget_below(y)
         return [x]
 
-    @staticmethod
-    def _kind(x: ir.Value) -> str:
+    def _kind(self, x: ir.Value) -> str:
         producer = x.producer()
         if producer is not None and op_key(producer) in CODE_QUANTIZERS:
             return "quants-merged"
-        while producer is not None and op_key(producer) in _SELECTING:
-            producer = producer.inputs[0].producer() if producer.inputs and producer.inputs[0] is not None else None
-            if producer is not None and op_key(producer) in CODE_QUANTIZERS:
-                return "quants-after-selection-removed"
+        if self.analysis.from_quantizer(x):
+            return "quants-after-selection-removed"
         return "range-checks-removed"
 
 
