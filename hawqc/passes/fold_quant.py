@@ -74,8 +74,9 @@ Refused on purpose: moving the power of two of `Mul(acc, 2^e) -> Quant(s)` into 
 (`Quant(acc, s * 2^-e)` outputs q * s * 2^-e, not q * s: the Mul would have to come back after it,
 so nothing is gained); merging rescales of which neither is a power of two; dividing by anything
 but a power of two; any rewrite needing a range bound on an unquantized input. The analyses stop
-at quantizers and constants, so each query looks at a few nodes; their results are cached for one
-sweep (and dropped after a quantizer is removed).
+at quantizers and constants (value sets also 64 ops up), and their results are cached for one
+sweep; removing a quantizer drops only the results below it, so a sweep stays linear in the number
+of nodes (a chain of 20,000 `Relu -> Quant` blocks: seconds, not hours).
 """
 
 from __future__ import annotations
