@@ -424,7 +424,9 @@ class Analysis:
     `forget_below(value)` drops those (the cached ones, and their cached readers: every cached
     entry's inputs are cached, so the walk stops where nothing is), which keeps a sweep linear
     where dropping everything made it quadratic on long chains. Sign-of-zero relevance depends on
-    the nodes below, so it is dropped whole; `forget()` drops everything (between sweeps).
+    the nodes below, so it is dropped whole; `forget()` drops everything (between sweeps). The
+    rescale rules drop nothing within a sweep (as before): nodes are visited in topological order,
+    so what a rewrite there could make stale is not asked again in that sweep.
     """
 
     graph: ir.Graph
