@@ -409,6 +409,25 @@ def _apply_quant(node: ir.Node, x: np.ndarray) -> np.ndarray:
 # The analyses
 # ---------------------------------------------------------------------------------------------------
 
+def _bottom_up(value: ir.Value, cache: dict, inputs_of, compute):
+    """`cache[value]`, computing first every uncached value it needs (`inputs_of`), each by
+    `compute` once its inputs are cached: iterative, so a long chain of ops with no quantizer does
+    not hit Python's recursion limit."""
+    stack = [value]
+    while stack:
+        current = stack[-1]
+        if current in cache:
+            stack.pop()
+            continue
+        missing = [v for v in inputs_of(current) if v not in cache]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        cache[current] = compute(current)
+    return cache[value]
+
+
 # A value set is enumerated through at most this many ops from the quantizers it starts at (the
 # sets of a long chain of ops would all be held at once; beyond it the range facts take over).
 MAX_SET_DEPTH = 64
@@ -462,20 +481,7 @@ class Analysis:
     # -- value sets ---------------------------------------------------------------------------
 
     def value_set(self, value: ir.Value) -> ValueSet | None:
-        # Iterative, like `facts`: the sets a value's set is computed from are computed first.
-        stack = [value]
-        while stack:
-            current = stack[-1]
-            if current in self._sets:
-                stack.pop()
-                continue
-            missing = [v for v in self._set_inputs(current) if v not in self._sets]
-            if missing:
-                stack.extend(missing)
-                continue
-            stack.pop()
-            self._sets[current] = self._compute_set(current)
-        return self._sets[value]
+        return _bottom_up(value, self._sets, self._set_inputs, self._compute_set)
 
     def _set_inputs(self, value: ir.Value) -> list[ir.Value]:
         """The values whose sets `_set_through(value)` reads."""
@@ -597,21 +603,7 @@ class Analysis:
     def facts(self, value: ir.Value | None) -> Facts | None:
         if value is None:
             return None
-        # Iterative: values are computed after the inputs they need (a long chain of ops with no
-        # quantizer must not hit Python's recursion limit).
-        stack = [value]
-        while stack:
-            current = stack[-1]
-            if current in self._facts:
-                stack.pop()
-                continue
-            missing = [v for v in self._fact_inputs(current) if v not in self._facts]
-            if missing:
-                stack.extend(missing)
-                continue
-            stack.pop()
-            self._facts[current] = self._compute_facts(current)
-        return self._facts[value]
+        return _bottom_up(value, self._facts, self._fact_inputs, self._compute_facts)
 
     def _fact_inputs(self, value: ir.Value) -> list[ir.Value]:
         """The values whose facts `_compute_facts(value)` reads."""
