@@ -359,7 +359,7 @@ class Rewriter:
         `self._last` to (the input's tracking, r, t, the codes' range)."""
         dims = self.dims(x, node)
         a = self.values[x].full(dims)
-        s = np.broadcast_to(exact_fractions(scale.astype(np.float64)).reshape((1,) * (len(dims) + 1 - scale.ndim) + scale.shape), a.scale.shape)
+        s, sigma, sigma_f = self.requant_units(scale, dims, a.scale.shape)
         r, t = a.scale / s, a.offset / s
         if a.relu and any(v < 0 for v in r.reshape(-1)):
             raise UnsupportedModelError(f"{describe(node)}: a Relu before it acts on a negatively scaled value")
@@ -375,9 +375,6 @@ class Rewriter:
                 except NoDyadic as refusal:
                     raise UnsupportedModelError(f"{describe(node)}: no dyadic requantization is exact: {refusal.reason}") from None
             m[index], c[index] = solved[key].multiplier, solved[key].offset
-        p2 = one_power_of_two(scale)
-        sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
-        sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m.shape)
         # The graph holds n * 2^exp: multiply by m / 2^(e + exp), and scale the codes by sigma.
         double = x.dtype == ir.DataType.DOUBLE
         multiplier = float_exact(m * sigma_f / Fraction(2) ** a.exp, double)
@@ -386,15 +383,9 @@ class Rewriter:
             raise UnsupportedModelError(f"{describe(node)}: the exact requantization needs a multiplier wider than {width} bits")
         name = label(node)
         value = self.insert(node, "Mul", [x, self.initializer(compact(multiplier), f"{name}_dyadic_multiplier", like=x)], f"{name}_requant_mul")
-        bits = max(d.mantissa_bits for d in solved.values())
-        value.producer().metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
         if not all(d.fewest for d in solved.values()):
             value.producer().metadata_props[FEWEST_PROVEN_KEY] = "false"
-        value = self.offsets(node, value, c * sigma_f, name, double)
-        if a.relu:
-            value = self.insert(node, "Relu", [value], f"{name}_relu")
-        self.statistics["requantizations-made-dyadic"] += 1
-        self.statistics["widest-multiplier-bits"] = max(self.statistics["widest-multiplier-bits"], bits)
+        value = self.finish_requant(node, value, value.producer(), list(solved.values()), c * sigma_f, a.relu)
         self._last = (a, r, t, low, high, mode)
         return value, sigma
 
@@ -409,7 +400,7 @@ class Rewriter:
         if a.relu or b.relu:
             raise UnsupportedModelError(f"{describe(add)}: adds a Relu of a value with a float offset")
         sign = 1 if add.op_type == "Add" else -1
-        s = np.broadcast_to(exact_fractions(scale.astype(np.float64)).reshape((1,) * (len(dims) + 1 - scale.ndim) + scale.shape), a.scale.shape)
+        s, sigma, sigma_f = self.requant_units(scale, dims, a.scale.shape)
         r1, r2, t = a.scale / s, sign * b.scale / s, (a.offset + sign * b.offset) / s
         solved: dict[tuple, SumDyadic] = {}
         m1, m2, c = (np.empty(r1.shape, dtype=object) for _ in range(3))
@@ -422,14 +413,12 @@ class Rewriter:
                     solved[key] = solve_sum(q)
                 except NoDyadic as refusal:
                     raise UnsupportedModelError(f"{describe(node)}: no dyadic requantization of the sum {describe(add)} is exact: {refusal.reason}") from None
-                codes = q.exact_codes(*q.grid())
-                solved[key] = (solved[key], int(codes.min()), int(codes.max()))
+                # The codes are monotone in each branch: their extremes lie at the corners of the box.
+                corners = q.exact_codes(np.array([q.lo1, q.lo1, q.hi1, q.hi1]), np.array([q.lo2, q.hi2, q.lo2, q.hi2]))
+                solved[key] = (solved[key], int(corners.min()), int(corners.max()))
             d, los[index], his[index] = solved[key]
             unit = Fraction(1, 1 << d.e)
             m1[index], m2[index], c[index] = d.m1 * unit, d.m2 * unit, d.c * unit
-        p2 = one_power_of_two(scale)
-        sigma = scale.astype(np.float32) if p2 else np.ones_like(scale, dtype=np.float32)
-        sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (len(dims) + 1 - sigma.ndim) + sigma.shape), m1.shape)
         name = label(node)
         for index, (multiplier, tracked) in enumerate(((m1, a), (m2, b))):
             branch = add.inputs[index]
@@ -443,14 +432,31 @@ class Rewriter:
             ir.convenience.replace_all_uses_with(add.outputs[0], x)
             self.graph.remove(add, safe=True)
             add = x.producer()
-        bits = max(d.mantissa_bits for d, _, _ in solved.values())
-        add.metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
-        value = self.offsets(node, x, c * sigma_f, name, x.dtype == ir.DataType.DOUBLE)
-        if pending.relu:
+        value = self.finish_requant(node, x, add, [d for d, _, _ in solved.values()], c * sigma_f, pending.relu)
+        return value, sigma, (los, his)
+
+    def requant_units(self, scale: np.ndarray, dims: tuple[int, ...], shape: tuple[int, ...]):
+        """For a requantization to the quantizer scale `scale`: that scale as exact fractions broadcast
+        to `shape`, and sigma, the scale the rewritten Quant keeps (itself when it is one power of two,
+        else 1), as float32 and as exact fractions broadcast to `shape`."""
+        rank = len(dims) + 1
+        s = np.broadcast_to(exact_fractions(scale.astype(np.float64)).reshape((1,) * (rank - scale.ndim) + scale.shape), shape)
+        sigma = scale.astype(np.float32) if one_power_of_two(scale) else np.ones_like(scale, dtype=np.float32)
+        sigma_f = np.broadcast_to(exact_fractions(sigma.astype(np.float64)).reshape((1,) * (rank - sigma.ndim) + sigma.shape), shape)
+        return s, sigma, sigma_f
+
+    def finish_requant(self, node: ir.Node, value: ir.Value, multiplying: ir.Node, dyadics: list, offset: np.ndarray, relu: bool) -> ir.Value:
+        """After the multiply (by `multiplying`, which records the widest multiplier's bits): the
+        exact offset, the Relu if one waits, and the statistics; the value the Quant `node` reads."""
+        bits = max(d.mantissa_bits for d in dyadics)
+        multiplying.metadata_props[MULTIPLIER_BITS_KEY] = str(bits)
+        name = label(node)
+        value = self.offsets(node, value, offset, name, value.dtype == ir.DataType.DOUBLE)
+        if relu:
             value = self.insert(node, "Relu", [value], f"{name}_relu")
         self.statistics["requantizations-made-dyadic"] += 1
         self.statistics["widest-multiplier-bits"] = max(self.statistics["widest-multiplier-bits"], bits)
-        return value, sigma, (los, his)
+        return value
 
     def codes_of(self, node: ir.Node, lo: np.ndarray, hi: np.ndarray, scale: np.ndarray, sigma: np.ndarray) -> Affine:
         """The tracking of a requantized value: codes in [lo, hi] (times sigma in the graph), real = code * scale."""
